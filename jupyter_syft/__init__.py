@@ -1,0 +1,1 @@
+"""jupyter-syft: remote data science from JupyterLab."""
