@@ -94,6 +94,11 @@ def user_identity() -> Identity:
     return load_or_create(syft_home() / USER_KEY_FILE)
 
 
+def whoami() -> str:
+    """This user's peer ID: their name on every network and domain."""
+    return user_identity().peer_id
+
+
 def public_key_of(peer_id: str) -> Ed25519PublicKey:
     """The Ed25519 public key embedded in a peer ID (identity multihash)."""
     try:

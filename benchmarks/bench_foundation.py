@@ -1,0 +1,165 @@
+"""Foundation benchmarks: a real domain process and this process as owner and scientist.
+
+Prints one table with PySyft 0.9.5's figures (measured on the same kind of machine, see
+TOOLCHAIN.md) beside ours. Run: `make bench` (or `.venv/bin/python benchmarks/bench_foundation.py`).
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from nodes import DomainProcess, person  # noqa: E402
+
+from jupyter_syft.client.admin import AdminClient  # noqa: E402
+from jupyter_syft.client.connection import NodeConnection  # noqa: E402
+from jupyter_syft.client.domain import DomainClient  # noqa: E402
+from jupyter_syft.wire import messages as m  # noqa: E402
+from jupyter_syft.wire import values  # noqa: E402
+
+MiB = 2**20
+
+
+def median_time(action: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def column_means(df):
+    return df.mean()
+
+
+def trivial(df):
+    return 1
+
+
+def tensor_100mib(df):
+    import torch
+
+    return torch.ones(100 * 2**20 // 8, dtype=torch.float64)
+
+
+def approve_and_wait(scientist: DomainClient, admin: AdminClient, function) -> object:
+    request = scientist.request(function, df="table")
+    admin._connection.call(m.Decide(request.id, approve=True))
+    request.wait(timeout=120)
+    return request
+
+
+def raw_socket_seconds(nbytes: int) -> float:
+    """Copy `nbytes` over a loopback TCP socket to another process; seconds to receive all."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    sender = subprocess.Popen([sys.executable, "-c", (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('127.0.0.1',{port}))\n"
+        f"b=bytes({8 * MiB})\n"
+        f"for _ in range({nbytes // (8 * MiB)}): s.sendall(b)\n"
+        "s.close()\n"
+    )])  # fmt: skip
+    connection, _ = server.accept()
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    received = 0
+    while received < nbytes:
+        n = connection.recv_into(view[received:])
+        if n == 0:
+            break
+        received += n
+    seconds = time.perf_counter() - started
+    connection.close()
+    server.close()
+    sender.wait()
+    return seconds
+
+
+def import_seconds() -> float:
+    code = "import time; t=time.perf_counter(); import jupyter_syft; print(time.perf_counter()-t)"
+    runs = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout)  # fmt: skip
+        for _ in range(3)
+    ]
+    return statistics.median(runs)
+
+
+def main() -> None:
+    console = Console()
+    root = Path(tempfile.mkdtemp(prefix="jsyft-bench-"))
+    owner_home, owner = person(root, "owner")
+    _, scientist_identity = person(root, "scientist")
+    node = DomainProcess(root, "bench", owner_home)
+    node.start()
+    rows: list[tuple[str, str, str, str, str]] = []
+    try:
+        admin = AdminClient(NodeConnection(node.address, owner))
+        admin.add_user(scientist_identity.peer_id)
+        scientist = DomainClient(NodeConnection(node.address, scientist_identity))
+        rng = np.random.default_rng(0)
+        table = pd.DataFrame(rng.normal(size=(1_000_000, 10)), columns=[f"c{i}" for i in range(10)])
+        mock = table.head(1000).copy()
+
+        counter = iter(range(100))
+        upload = median_time(
+            lambda: admin.create_dataset(f"upload{next(counter)}", private=table, mock=mock), 3
+        )
+        rows.append(("upload 1M x 10 float64 (76 MiB) + 1k mock", f"{upload:.3f} s", "<= 0.4 s",
+                     "3.8 s", f"{3.8 / upload:.0f}x"))  # fmt: skip
+
+        admin.create_dataset("table", private=table, mock=mock)
+        means = median_time(lambda: approve_and_wait(scientist, admin, column_means).result(), 3)
+        rows.append(("approved column means, submit -> result", f"{means:.3f} s", "<= 0.5 s",
+                     "11.9 s", f"{11.9 / means:.0f}x"))  # fmt: skip
+
+        approve_and_wait(scientist, admin, trivial).result()  # warm
+        small = median_time(lambda: approve_and_wait(scientist, admin, trivial).result(), 20)
+        rows.append(("trivial function: request -> approve -> result", f"{small * 1000:.1f} ms",
+                     "<= 50 ms", "630 ms (HTTP)", f"{0.63 / small:.0f}x"))  # fmt: skip
+
+        big = approve_and_wait(scientist, admin, tensor_100mib)
+        fetch = median_time(lambda: type(big)(big._connection, big.info).result(), 5)
+        raw = statistics.median(raw_socket_seconds(100 * MiB) for _ in range(3))
+        rate = 100 / 1024 / fetch
+        rows.append(("100 MiB tensor result to the scientist", f"{rate:.2f} GiB/s "
+                     f"({fetch * 1000:.0f} ms)", ">= 1 GiB/s", "7.3 s (0.013 GiB/s)",
+                     f"{7.3 / fetch:.0f}x; raw socket {100 / 1024 / raw:.1f} GiB/s, "
+                     f"ours/raw {raw / fetch:.2f}"))  # fmt: skip
+
+        connection = scientist._connection
+        fetch_mock = lambda: values.table_to_data(connection.table(connection.call(m.GetMock("table"))))  # noqa: E731
+        fetch_mock()
+        mock_s = median_time(fetch_mock, 20)
+        rows.append(("fetch a 1k-row mock (warm connection)", f"{mock_s * 1000:.1f} ms",
+                     "<= 20 ms", "-", "-"))  # fmt: skip
+        imported = import_seconds()
+        rows.append(("import jupyter_syft", f"{imported:.2f} s", "-", "3.5 s (import syft)",
+                     f"{3.5 / imported:.1f}x"))  # fmt: skip
+    finally:
+        node.stop()
+    result = Table("step", "jupyter-syft", "target", "PySyft 0.9.5", "ratio", title=(
+        "Foundation benchmarks (domain and client in separate processes, loopback; "
+        "medians)"))  # fmt: skip
+    for row in rows:
+        result.add_row(*row)
+    console.print(result)
+
+
+if __name__ == "__main__":
+    main()

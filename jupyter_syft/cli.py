@@ -1,0 +1,79 @@
+"""The `jupyter-syft` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jupyter-syft", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("whoami", help="print this user's peer ID (created on first use)")
+
+    domain = commands.add_parser("domain", help="run a data owner's domain node")
+    domain_commands = domain.add_subparsers(dest="domain_command", required=True)
+    start = domain_commands.add_parser("start", help="serve a domain in the foreground")
+    start.add_argument("--name", required=True, help="the domain's name, e.g. hospital-a")
+    start.add_argument("--data-dir", required=True, type=Path, help="where its state lives")
+    start.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help="libp2p multiaddr")
+    start.add_argument("--workers", type=int, default=2, help="jobs run at once")
+    start.add_argument("--job-timeout", type=float, default=60.0, help="seconds per job")
+    start.add_argument("--job-memory-mb", type=int, default=4096, help="memory per job")
+    start.add_argument("--max-result-mb", type=int, default=2048, help="largest result")
+
+    demo = commands.add_parser("demo", help="two domains with real data, both roles, end to end")
+    demo.add_argument("--dir", type=Path, default=Path("demo-data"), help="demo state folder")
+
+    args = parser.parse_args(argv)
+    if args.command == "whoami":
+        from jupyter_syft.identity import whoami
+
+        print(whoami())
+        return 0
+    if args.command == "domain":
+        return _domain_start(args)
+    from jupyter_syft.demo import run_demo
+
+    return run_demo(args.dir)
+
+
+def _domain_start(args: argparse.Namespace) -> int:
+    from jupyter_syft.domain.node import DomainConfig, run_domain
+    from jupyter_syft.domain.service import Limits
+    from jupyter_syft.identity import IdentityError, user_identity
+
+    try:
+        admin = user_identity()
+    except IdentityError as exc:
+        print(f"jupyter-syft: {exc}", file=sys.stderr)
+        return 2
+    limits = Limits(
+        job_timeout_s=args.job_timeout,
+        job_memory_bytes=args.job_memory_mb * 2**20,
+        max_result_bytes=args.max_result_mb * 2**20,
+    )
+    config = DomainConfig(args.name, args.data_dir, args.listen, args.workers, limits)
+
+    def ready(address: str) -> None:
+        print(address, flush=True)
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_domain, config, admin, ready)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(serve)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

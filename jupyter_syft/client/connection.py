@@ -1,0 +1,78 @@
+"""One signed-call channel to one node, over this process's shared libp2p peer.
+
+A process has one libp2p peer per identity (started on first use, kept for the life of the
+process), so every node it talks to shares one host and its open connections.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+
+import pyarrow as pa
+
+from jupyter_syft.client.flight_client import FlightDataClient
+from jupyter_syft.errors import BY_CODE, InvalidError, NodeError
+from jupyter_syft.identity import Identity, user_identity
+from jupyter_syft.p2p import P2PThread
+from jupyter_syft.wire import messages as m
+from jupyter_syft.wire.signing import sign_call
+
+_peers: dict[str, P2PThread] = {}
+_peers_lock = threading.Lock()
+
+
+def shared_peer(identity: Identity) -> P2PThread:
+    with _peers_lock:
+        peer = _peers.get(identity.peer_id)
+        if peer is None:
+            peer = _peers[identity.peer_id] = P2PThread(identity).start()
+            atexit.register(peer.close)
+        return peer
+
+
+def peer_id_of(multiaddr: str) -> str:
+    parts = multiaddr.rstrip("/").split("/")
+    if len(parts) < 3 or parts[-2] != "p2p":
+        raise InvalidError(
+            f"{multiaddr!r} is not a full multiaddr: expected /ip4/HOST/tcp/PORT/p2p/PEER_ID"
+        )
+    return parts[-1]
+
+
+class NodeConnection:
+    """Signs calls with this user's identity and turns error replies into exceptions."""
+
+    def __init__(self, multiaddr: str, identity: Identity | None = None) -> None:
+        self.multiaddr = multiaddr
+        self.node_peer_id = peer_id_of(multiaddr)
+        self.identity = identity or user_identity()
+        self._peer = shared_peer(self.identity)
+        self.info: m.NodeInfo = self.call(m.Hello())  # type: ignore[assignment]
+        self._flight: FlightDataClient | None = None
+
+    def call(self, call: m.Call, timeout: float = 60.0) -> m.Reply:
+        frame = sign_call(self.identity, self.node_peer_id, call)
+        raw = self._peer.request(self.multiaddr, m.DOMAIN_PROTOCOL, frame, timeout=timeout)
+        try:
+            reply = m.decode_reply(raw)
+        except Exception as exc:
+            raise NodeError(f"the node sent a reply that is not a valid message: {exc}") from exc
+        if isinstance(reply, m.Error):
+            raise BY_CODE[reply.code](reply.message)
+        return reply
+
+    @property
+    def flight(self) -> FlightDataClient:
+        if self._flight is None:
+            self._flight = FlightDataClient(
+                self.info.flight_location, self.info.tls_cert_pem, self.identity
+            )
+        return self._flight
+
+    def table(self, data: m.ArrowData) -> pa.Table:
+        """Inline IPC bytes, or a Flight fetch with the ticket the node issued."""
+        if data.ticket:
+            return self.flight.get(data.ticket)
+        with pa.ipc.open_stream(data.ipc) as reader:
+            return reader.read_all()

@@ -1,0 +1,219 @@
+"""The data scientist's view of a domain: datasets, mocks, requests and results."""
+
+from __future__ import annotations
+
+import html
+import inspect
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed
+from jupyter_syft.wire import messages as m
+from jupyter_syft.wire import values
+
+FINAL_STATES = ("done", "denied", "failed")
+POLL_S = 30.0
+
+
+class Dataset:
+    """Metadata of a dataset; `mock` fetches its mock once and keeps it."""
+
+    def __init__(self, connection: NodeConnection, info: m.DatasetInfo) -> None:
+        self._connection = connection
+        self.info = info
+        self._mock: Any = None
+
+    name = property(lambda self: self.info.name)
+    description = property(lambda self: self.info.description)
+    schema = property(lambda self: dict(self.info.schema))
+    rows = property(lambda self: self.info.rows)
+
+    @property
+    def mock(self) -> Any:
+        if self._mock is None:
+            data = self._connection.call(m.GetMock(self.name))
+            self._mock = values.table_to_data(self._connection.table(data))
+        return self._mock
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.name}: {self.info.kind}, {self.rows} rows, {self.description!r}>"
+
+    def _repr_html_(self) -> str:
+        columns = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+            for k, v in self.info.schema.items()
+        )
+        return (
+            f"<b>{html.escape(self.name)}</b> ({self.info.kind}, {self.rows} rows, "
+            f"mock {self.info.mock_rows} rows)<br>{html.escape(self.description)}"
+            f"<table><tr><th>column</th><th>type</th></tr>{columns}</table>"
+        )
+
+
+class DatasetMap(Mapping[str, Dataset]):
+    """`domain.datasets["name"]`; a fresh listing each time it is read from the domain."""
+
+    def __init__(self, datasets: list[Dataset], domain_name: str) -> None:
+        self._by_name = {d.name: d for d in datasets}
+        self._domain_name = domain_name
+
+    def __getitem__(self, name: str) -> Dataset:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            known = ", ".join(self._by_name) or "none"
+            raise KeyError(
+                f"no dataset {name!r} on domain {self._domain_name!r} (datasets: {known})"
+            ) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return "\n".join(repr(d) for d in self._by_name.values()) or "<no datasets>"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(d.name)}</td><td>{d.info.kind}</td><td>{d.rows}</td>"
+            f"<td>{html.escape(d.description)}</td></tr>"
+            for d in self._by_name.values()
+        )
+        return (
+            "<table><tr><th>dataset</th><th>kind</th><th>rows</th><th>description</th></tr>"
+            f"{rows}</table>"
+        )
+
+
+class RemoteRequest:
+    """A request on a domain: its live status, and its result once done."""
+
+    def __init__(self, connection: NodeConnection, info: m.RequestInfo) -> None:
+        self._connection = connection
+        self.info = info
+        self._result: Any = None
+        self._has_result = False
+
+    @property
+    def id(self) -> str:
+        return self.info.request_id
+
+    @property
+    def status(self) -> str:
+        return self.refresh().status
+
+    def refresh(self, wait_s: float = 0.0) -> m.RequestInfo:
+        call = m.GetRequest(self.id, wait_s=wait_s, known_status=self.info.status)
+        self.info = self._connection.call(call, timeout=wait_s + 30)  # type: ignore[assignment]
+        return self.info
+
+    def wait(self, timeout: float | None = None) -> m.RequestInfo:
+        """Block until the request is done, denied or failed (or `timeout` passes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.refresh()
+        while self.info.status not in FINAL_STATES:
+            left = POLL_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"request {self.id} is still {self.info.status} after {timeout} s"
+                )
+            self.refresh(wait_s=min(left, POLL_S))
+        return self.info
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value the code returned on the private data; raises if denied or failed."""
+        if self._has_result:
+            return self._result
+        info = self.wait(timeout)
+        if info.status == "denied":
+            raise RequestDenied(self.id, info.reason)
+        if info.status == "failed":
+            raise RequestFailed(self.id, info.error)
+        data = self._connection.call(m.FetchResult(self.id))
+        tables = [self._connection.table(part) for part in data.parts]  # type: ignore[union-attr]
+        self._result = values.decode_result(data.manifest, tables)  # type: ignore[union-attr]
+        self._has_result = True
+        return self._result
+
+    def __repr__(self) -> str:
+        return f"<Request {self.id[:8]} {self.info.function_name}: {self.info.status}>"
+
+    def _repr_html_(self) -> str:
+        info = self.info
+        detail = info.reason or (info.error.splitlines()[-1] if info.error else "")
+        extra = html.escape(detail)
+        return (
+            f"<b>request {info.request_id[:8]}</b> <code>{html.escape(info.function_name)}"
+            f"</code> on {html.escape(', '.join(info.inputs.values()))}: "
+            f"<b>{info.status}</b> {extra}"
+        )
+
+
+class DomainClient:
+    """A connection to one domain node as this process's user."""
+
+    request_type: type[RemoteRequest] = RemoteRequest
+
+    def __init__(self, connection: NodeConnection) -> None:
+        self._connection = connection
+
+    @property
+    def name(self) -> str:
+        return self._connection.info.name
+
+    @property
+    def peer_id(self) -> str:
+        return self._connection.info.peer_id
+
+    @property
+    def role(self) -> str:
+        return self._connection.info.your_role
+
+    @property
+    def datasets(self) -> DatasetMap:
+        listing = self._connection.call(m.ListDatasets())
+        found = [Dataset(self._connection, d) for d in listing.datasets]  # type: ignore[union-attr]
+        return DatasetMap(found, self.name)
+
+    def request(self, function: Callable[..., Any], **inputs: Dataset | str) -> RemoteRequest:
+        """Ask to run `function` on the private data of `inputs` (argument -> dataset).
+
+        The function's source text travels, not a pickle: it must be a plain `def` whose
+        source Python can find (in a file or a notebook cell), using only its arguments and
+        the modules it imports itself.
+        """
+        if not callable(function) or getattr(function, "__name__", "<lambda>") == "<lambda>":
+            raise InvalidError("request() needs a function defined with `def`")
+        try:
+            code = textwrap.dedent(inspect.getsource(function))
+        except (OSError, TypeError) as exc:
+            raise InvalidError(
+                f"cannot find the source of {function.__name__}: define it in a file or cell"
+            ) from exc
+        return self.submit(code, function.__name__, inputs)
+
+    def submit(
+        self, code: str, function_name: str, inputs: Mapping[str, Dataset | str]
+    ) -> RemoteRequest:
+        """Submit source `code` whose function `function_name` takes `inputs` as arguments."""
+        names = {arg: d.name if isinstance(d, Dataset) else str(d) for arg, d in inputs.items()}
+        info = self._connection.call(m.SubmitRequest(code, function_name, names))
+        return self.request_type(self._connection, info)  # type: ignore[arg-type]
+
+    def requests(self, status: str = "") -> list[RemoteRequest]:
+        """Your requests on this domain (all requests, for its admin)."""
+        listing = self._connection.call(m.ListRequests(status))
+        return [self.request_type(self._connection, r) for r in listing.requests]  # type: ignore[union-attr]
+
+    def get_request(self, request_id: str) -> RemoteRequest:
+        info = self._connection.call(m.GetRequest(request_id))
+        return self.request_type(self._connection, info)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Domain {self.name} {self.peer_id} (you: {self.role or 'stranger'})>"
+

@@ -1,0 +1,68 @@
+"""The data scientist's side of the bulk-data plane: Arrow Flight over pinned TLS.
+
+The node's certificate arrives over the authenticated libp2p channel and is the only one
+trusted here, so no CA (and no man in the middle with a CA-signed certificate) can stand in for
+the node. Tokens come from the node over libp2p too; they are signed with our key just before
+use, binding them to us.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from jupyter_syft.identity import Identity
+from jupyter_syft.wire.tickets import sign_ticket
+
+# Batches of a few MiB stream fastest; one huge batch is slower and holds more memory at once.
+BATCH_BYTES = 4 << 20
+
+
+class DataTransferError(Exception):
+    """A download or upload failed or was refused; the message carries the server's reason."""
+
+
+class FlightDataClient:
+    """One cached Flight connection to a domain node's data plane."""
+
+    def __init__(self, location: str, cert_pem: bytes, identity: Identity) -> None:
+        # Refuse plaintext: the pinned certificate would be silently ignored, and the data and
+        # tickets sent in the clear.
+        if not location.startswith("grpc+tls://"):
+            raise DataTransferError(f"refusing {location!r}: the data plane must use grpc+tls://")
+        self._location = location
+        self._identity = identity
+        self._client = flight.FlightClient(location, tls_root_certs=cert_pem)
+
+    def get(self, token: bytes) -> pa.Table:
+        """Download the table a `get` token grants."""
+        ticket = flight.Ticket(sign_ticket(token, self._identity))
+        try:
+            return self._client.do_get(ticket).read_all()
+        except flight.FlightError as exc:
+            raise DataTransferError(
+                f"download from {self._location} failed; {_reason(exc)}"
+            ) from exc
+
+    def put(self, token: bytes, table: pa.Table) -> None:
+        """Upload `table` to the path a `put` token grants, in batches of ~BATCH_BYTES."""
+        descriptor = flight.FlightDescriptor.for_command(sign_ticket(token, self._identity))
+        rows = max(1, BATCH_BYTES * table.num_rows // table.nbytes) if table.nbytes else None
+        try:
+            writer, _ = self._client.do_put(descriptor, table.schema)
+            with writer:
+                writer.write_table(table, max_chunksize=rows)
+        except flight.FlightError as exc:
+            raise DataTransferError(f"upload to {self._location} failed; {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _reason(exc: flight.FlightError) -> str:
+    """The server's message (or why no server was reached), without gRPC's debug context."""
+    message = str(exc).split(". Detail:")[0].split(". gRPC client debug")[0]
+    if isinstance(exc, flight.FlightUnavailableError):
+        prefix = "Flight returned unavailable error, with message: "
+        return "could not connect: " + message.removeprefix(prefix)
+    return "server said: " + message

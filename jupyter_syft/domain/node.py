@@ -1,0 +1,132 @@
+"""A domain node's lifecycle: store, Flight server, executor, libp2p host, job workers.
+
+The node process never runs submitted code: approved requests go to worker processes via the
+executor, so a crash, a timeout or an out-of-memory job fails that request only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
+from jupyter_syft.domain.flight_server import FlightDataServer
+from jupyter_syft.domain.service import DomainService, Limits
+from jupyter_syft.domain.store import Store, StoreError
+from jupyter_syft.identity import Identity, load_or_create
+from jupyter_syft.p2p import P2PHost
+from jupyter_syft.tls import ensure_tls_cert
+from jupyter_syft.wire.messages import DOMAIN_PROTOCOL
+from jupyter_syft.wire.tickets import TicketIssuer
+
+
+@dataclass
+class DomainConfig:
+    name: str
+    data_dir: Path
+    listen: str = "/ip4/127.0.0.1/tcp/0"
+    workers: int = 2
+    limits: Limits = field(default_factory=Limits)
+
+
+async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
+    """Serve until cancelled. `admin` becomes the admin when this call creates the data dir."""
+    store = Store(config.data_dir)
+    flight: FlightDataServer | None = None
+    executor: Executor | None = None
+    try:
+        store.initialise(config.name, admin.peer_id)
+        node_identity = load_or_create(store.paths.node_key)
+        tls = ensure_tls_cert(config.data_dir)
+        issuer = TicketIssuer()
+        flight = FlightDataServer(config.data_dir, tls, issuer)
+        flight.start()
+        executor = Executor()
+        await trio.to_thread.run_sync(executor.warm)
+        jobs_in, jobs_out = trio.open_memory_channel[str](math.inf)
+        service = DomainService(
+            name=config.name,
+            peer_id=node_identity.peer_id,
+            store=store,
+            issuer=issuer,
+            flight_location=flight.location,
+            tls_cert_pem=tls.cert_pem,
+            tls_fingerprint=tls.fingerprint,
+            limits=config.limits,
+            on_approved=jobs_in.send,
+        )
+        async with P2PHost(node_identity, config.listen) as host:
+            host.set_handler(DOMAIN_PROTOCOL, service.handle, service.bad_frame_reply)
+            async with trio.open_nursery() as nursery:
+                for _ in range(config.workers):
+                    nursery.start_soon(_job_worker, jobs_out.clone(), service, executor)
+                for request_id in store.requeue_interrupted():
+                    await jobs_in.send(request_id)
+                address = host.multiaddrs[0]
+                _write_node_info(store.paths.node_info, config.name, address)
+                ready(address)
+                await trio.sleep_forever()
+    finally:
+        store.paths.node_info.unlink(missing_ok=True)
+        if executor is not None:
+            executor.close()
+        if flight is not None:
+            flight.stop()
+        store.close()
+
+
+async def _job_worker(
+    jobs: trio.MemoryReceiveChannel[str], service: DomainService, executor: Executor
+) -> None:
+    async for request_id in jobs:
+        await _run_job(request_id, service, executor)
+
+
+async def _run_job(request_id: str, service: DomainService, executor: Executor) -> None:
+    store = service.store
+    info = store.request(request_id)
+    if info is None or info.status != "approved":
+        return
+    try:
+        store.start_run(request_id)
+    except StoreError:
+        return
+    service.notify(request_id)
+    output_dir = store.paths.result_dir(request_id)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    inputs = {}
+    for argument, dataset in info.inputs.items():
+        dataset_info = store.dataset(dataset)
+        kind = dataset_info.kind if dataset_info else "table"
+        inputs[argument] = InputSpec(path=str(store.private_path(dataset)), kind=kind)
+    limits = service.limits
+    job = JobSpec(
+        request_id=request_id,
+        code=info.code,
+        function_name=info.function_name,
+        inputs=inputs,
+        output_dir=str(output_dir),
+        timeout_s=limits.job_timeout_s,
+        memory_bytes=limits.job_memory_bytes,
+        max_result_bytes=limits.max_result_bytes,
+    )
+    outcome = await trio.to_thread.run_sync(executor.run, job, abandon_on_cancel=True)
+    if outcome.ok:
+        store.finish_run(request_id, outcome.part_count, outcome.result_bytes)
+    else:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        store.fail_run(request_id, outcome.error)
+    service.notify(request_id)
+
+
+def _write_node_info(path: Path, name: str, address: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"name": name, "multiaddr": address, "pid": os.getpid()}))
+    os.replace(tmp, path)

@@ -1,0 +1,302 @@
+"""The domain protocol's handlers: check the call, check the caller's role, act, reply.
+
+One rule holds every handler together: a refused call changes nothing. Each handler validates
+everything first and writes to the store last, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import trio
+
+from jupyter_syft.domain.executor import CodeError, check_code
+from jupyter_syft.domain.store import Store, StoreError
+from jupyter_syft.identity import IdentityError, public_key_of
+from jupyter_syft.wire import messages as m
+from jupyter_syft.wire import values
+from jupyter_syft.wire.signing import BadMessage, ReplayGuard, open_call
+from jupyter_syft.wire.tickets import TicketIssuer
+
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+INLINE_BYTES = 1 << 20  # tables up to this size ride the control plane; larger go over Flight
+MAX_CODE_BYTES = 256 * 1024
+MAX_WAIT_S = 60.0
+UPLOAD_TTL_S = 600.0
+
+
+class Refused(Exception):
+    """A call the node will not carry out; becomes an `Error` reply."""
+
+    def __init__(self, code: m.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Limits:
+    job_timeout_s: float = 60.0
+    job_memory_bytes: int = 4 * 2**30
+    max_result_bytes: int = 2 * 2**30
+    max_upload_bytes: int = 16 * 2**30
+
+
+@dataclass
+class PendingUpload:
+    dataset: str
+    description: str
+    public: bool
+    owner: str
+    expires: float
+
+
+@dataclass
+class DomainService:
+    """Everything a handler needs; the node owns the processes behind these objects."""
+
+    name: str
+    peer_id: str
+    store: Store
+    issuer: TicketIssuer
+    flight_location: str
+    tls_cert_pem: bytes
+    tls_fingerprint: str
+    limits: Limits
+    on_approved: Callable[[str], Awaitable[None]]
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+    _uploads: dict[str, PendingUpload] = field(default_factory=dict)
+    _changed: dict[str, trio.Event] = field(default_factory=dict)
+
+    # ---- entry point ------------------------------------------------------------------------
+
+    async def handle(self, remote_peer: str, frame: bytes) -> bytes:
+        try:
+            envelope = open_call(frame, remote_peer, self.peer_id, self.guard)
+        except BadMessage as exc:
+            return m.encode(m.Error("bad_message", str(exc)))
+        sender, call = envelope.sender, envelope.call
+        handler = getattr(self, "_" + type(call).__name__)
+        try:
+            reply = await handler(sender, self.store.role_of(sender), call)
+        except Refused as exc:
+            if exc.code == "not_authorised":
+                self.store.audit(sender, "refused", type(call).__name__, str(exc))
+            return m.encode(m.Error(exc.code, str(exc)))
+        except StoreError as exc:
+            return m.encode(m.Error("conflict", str(exc)))
+        return m.encode(reply)
+
+    @staticmethod
+    def bad_frame_reply(reason: str) -> bytes:
+        return m.encode(m.Error("bad_message", reason))
+
+    def notify(self, request_id: str) -> None:
+        """Wake every long-poll waiting on this request."""
+        event = self._changed.pop(request_id, None)
+        if event is not None:
+            event.set()
+
+    # ---- anyone -----------------------------------------------------------------------------
+
+    async def _Hello(self, sender: str, role: str, call: m.Hello) -> m.NodeInfo:
+        return m.NodeInfo(
+            self.name,
+            self.peer_id,
+            role,
+            self.flight_location,
+            self.tls_cert_pem,
+            self.tls_fingerprint,
+        )
+
+    async def _ListDatasets(self, sender: str, role: str, call: m.ListDatasets) -> m.DatasetList:
+        found = self.store.datasets()
+        return m.DatasetList([d for d in found if role or d.public])
+
+    async def _GetMock(self, sender: str, role: str, call: m.GetMock) -> m.ArrowData:
+        info = self._dataset(call.dataset)
+        if not (role or info.public):
+            raise Refused("not_authorised", f"{sender} is not a user of this domain")
+        self.store.audit(sender, "read_mock", call.dataset)
+        return self._arrow(self.store.mock_path(call.dataset), sender)
+
+    # ---- members ----------------------------------------------------------------------------
+
+    async def _SubmitRequest(self, sender: str, role: str, call: m.SubmitRequest) -> m.RequestInfo:
+        self._require_member(sender, role)
+        if len(call.code.encode()) > MAX_CODE_BYTES:
+            raise Refused("invalid", f"code is larger than {MAX_CODE_BYTES} bytes")
+        if not call.inputs:
+            raise Refused("invalid", "a request must read at least one dataset")
+        for argument, dataset in call.inputs.items():
+            if not argument.isidentifier():
+                raise Refused("invalid", f"argument name {argument!r} is not a Python identifier")
+            self._dataset(dataset)
+        try:
+            check_code(call.code, call.function_name)
+        except CodeError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return self.store.add_request(sender, call)
+
+    async def _GetRequest(self, sender: str, role: str, call: m.GetRequest) -> m.RequestInfo:
+        info = self._request_for(sender, role, call.request_id)
+        if call.wait_s > 0 and info.status == call.known_status:
+            event = self._changed.setdefault(call.request_id, trio.Event())
+            with trio.move_on_after(min(call.wait_s, MAX_WAIT_S)):
+                await event.wait()
+            info = self._request_for(sender, role, call.request_id)
+        return info
+
+    async def _ListRequests(self, sender: str, role: str, call: m.ListRequests) -> m.RequestList:
+        self._require_member(sender, role)
+        requester = None if role == "admin" else sender
+        return m.RequestList(self.store.requests(requester, call.status))
+
+    async def _FetchResult(self, sender: str, role: str, call: m.FetchResult) -> m.ResultData:
+        info = self._request_for(sender, role, call.request_id)
+        if info.status != "done":
+            raise Refused("conflict", f"request {call.request_id} is {info.status}, not done")
+        folder = self.store.paths.result_dir(call.request_id)
+        manifest = (folder / "manifest.msgpack").read_bytes()
+        count = self.store.result_parts(call.request_id)
+        parts = [self._arrow(folder / f"part-{i}.arrow", sender) for i in range(count)]
+        self.store.audit(sender, "fetch_result", call.request_id)
+        return m.ResultData(manifest, parts)
+
+    # ---- admin ------------------------------------------------------------------------------
+
+    async def _Decide(self, sender: str, role: str, call: m.Decide) -> m.RequestInfo:
+        self._require_admin(sender, role)
+        self._request_for(sender, role, call.request_id)
+        info = self.store.decide(sender, call.request_id, call.approve, call.reason)
+        self.notify(call.request_id)
+        if call.approve:
+            await self.on_approved(call.request_id)
+        return info
+
+    async def _AddUser(self, sender: str, role: str, call: m.AddUser) -> m.Done:
+        self._require_admin(sender, role)
+        try:
+            public_key_of(call.peer_id)
+        except IdentityError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        self.store.add_user(sender, call.peer_id, call.role, call.name)
+        return m.Done()
+
+    async def _ListUsers(self, sender: str, role: str, call: m.ListUsers) -> m.UserList:
+        self._require_admin(sender, role)
+        return m.UserList(self.store.users())
+
+    async def _BeginUpload(self, sender: str, role: str, call: m.BeginUpload) -> m.UploadTickets:
+        self._require_admin(sender, role)
+        if not DATASET_NAME.match(call.dataset):
+            raise Refused(
+                "invalid",
+                f"dataset name {call.dataset!r}: use 1-64 letters, digits, '_', '.', '-'",
+            )
+        if self.store.dataset(call.dataset) is not None:
+            raise Refused("conflict", f"a dataset named {call.dataset!r} already exists")
+        self._drop_expired_uploads()
+        upload_id = uuid.uuid4().hex
+        (self.store.paths.staging / upload_id).mkdir()
+        self._uploads[upload_id] = PendingUpload(
+            call.dataset, call.description, call.public, sender, time.time() + UPLOAD_TTL_S
+        )
+        limit = self.limits.max_upload_bytes
+        return m.UploadTickets(
+            upload_id,
+            self.issuer.issue("put", f"staging/{upload_id}/private.arrow", sender, limit),
+            self.issuer.issue("put", f"staging/{upload_id}/mock.arrow", sender, limit),
+        )
+
+    async def _CommitUpload(self, sender: str, role: str, call: m.CommitUpload) -> m.DatasetInfo:
+        self._require_admin(sender, role)
+        upload = self._uploads.pop(call.upload_id, None)
+        if upload is None or upload.owner != sender:
+            raise Refused("not_found", f"no upload {call.upload_id} in progress")
+        folder = self.store.paths.staging / call.upload_id
+        try:
+            info = self._staged_dataset(upload, folder)
+            self.store.add_dataset(sender, info, folder / "private.arrow", folder / "mock.arrow")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return info
+
+    async def _ReadAudit(self, sender: str, role: str, call: m.ReadAudit) -> m.AuditLog:
+        self._require_admin(sender, role)
+        return m.AuditLog(self.store.audit_entries(call.limit), self.store.verify_audit())
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _require_member(self, sender: str, role: str) -> None:
+        if not role:
+            raise Refused("not_authorised", f"{sender} is not a user of this domain")
+
+    def _require_admin(self, sender: str, role: str) -> None:
+        if role != "admin":
+            raise Refused("not_authorised", f"{sender} is not an admin of this domain")
+
+    def _dataset(self, name: str) -> m.DatasetInfo:
+        info = self.store.dataset(name)
+        if info is None:
+            raise Refused("not_found", f"no dataset named {name!r} on domain {self.name!r}")
+        return info
+
+    def _request_for(self, sender: str, role: str, request_id: str) -> m.RequestInfo:
+        """The request, if the sender may see it: its requester or an admin (invariant 3)."""
+        info = self.store.request(request_id)
+        if info is None or (info.requester != sender and role != "admin"):
+            raise Refused("not_found", f"no request {request_id} of yours on this domain")
+        return info
+
+    def _arrow(self, path: Path, requester: str) -> m.ArrowData:
+        """Small files inline as an Arrow IPC stream; large ones as a Flight ticket."""
+        if path.stat().st_size > INLINE_BYTES:
+            relative = path.relative_to(self.store.paths.root).as_posix()
+            return m.ArrowData(ticket=self.issuer.issue("get", relative, requester))
+        table = values.read_ipc_file(path)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return m.ArrowData(ipc=sink.getvalue().to_pybytes())
+
+    def _staged_dataset(self, upload: PendingUpload, folder: Path) -> m.DatasetInfo:
+        missing = [p for p in ("private.arrow", "mock.arrow") if not (folder / p).exists()]
+        if missing:
+            raise Refused("invalid", f"upload incomplete: {', '.join(missing)} not received")
+        private = values.read_ipc_file(folder / "private.arrow")
+        mock = values.read_ipc_file(folder / "mock.arrow")
+        try:
+            values.check_mock_schema(private.schema, mock.schema)
+        except values.SchemaMismatchError as exc:
+            raise Refused("invalid", f"mock does not match the private data: {exc}") from exc
+        kind, schema, rows = describe(private)
+        _, _, mock_rows = describe(mock)
+        return m.DatasetInfo(
+            upload.dataset, upload.description, kind, schema, rows, mock_rows,
+            upload.public, time.time(),
+        )  # fmt: skip
+
+    def _drop_expired_uploads(self) -> None:
+        now = time.time()
+        for upload_id, upload in list(self._uploads.items()):
+            if upload.expires < now:
+                del self._uploads[upload_id]
+                shutil.rmtree(self.store.paths.staging / upload_id, ignore_errors=True)
+
+
+def describe(table: pa.Table) -> tuple[str, dict[str, str], int]:
+    """Kind, a readable schema and the row count of an asset table."""
+    kind = values.table_kind(table.schema)
+    if kind == "tensor":
+        meta = values.tensor_meta(table.schema)
+        shape = meta["shape"]
+        return kind, {"shape": json.dumps(shape), "dtype": meta["dtype"]}, shape[0] if shape else 1
+    return kind, {f.name: str(f.type) for f in table.schema}, table.num_rows

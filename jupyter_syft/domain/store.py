@@ -1,0 +1,410 @@
+"""The domain's durable state: one SQLite file (WAL) plus Arrow IPC files under the data dir.
+
+Layout of a data dir:
+    domain.sqlite         users, datasets, requests, results, audit log
+    node.key              the node's libp2p identity (0600)
+    tls-cert.pem, tls-key.pem
+    assets/NAME/private.arrow, assets/NAME/mock.arrow
+    results/REQUEST_ID/   manifest.msgpack, part-N.arrow
+    staging/              uploads in flight; emptied at start
+
+Every write is one transaction, so a crash leaves the previous state or the next one, never
+a mix. The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained:
+each entry's hash covers the previous hash, so editing or dropping a past entry through the
+file itself breaks `verify_audit()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_syft.wire import messages as m
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    peer_id TEXT PRIMARY KEY, role TEXT NOT NULL, name TEXT NOT NULL, added_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, description TEXT NOT NULL, kind TEXT NOT NULL,
+    schema_json TEXT NOT NULL, rows INTEGER NOT NULL, mock_rows INTEGER NOT NULL,
+    public INTEGER NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY, requester TEXT NOT NULL, code TEXT NOT NULL,
+    function_name TEXT NOT NULL, inputs_json TEXT NOT NULL, policy TEXT NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
+    submitted_at REAL NOT NULL, decided_at REAL, finished_at REAL,
+    result_parts INTEGER NOT NULL DEFAULT 0, result_bytes INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    subject TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+
+GENESIS_HASH = "0" * 64
+
+
+class StoreError(Exception):
+    """A write that the current state does not allow; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "domain.sqlite"
+
+    @property
+    def node_key(self) -> Path:
+        return self.root / "node.key"
+
+    @property
+    def node_info(self) -> Path:
+        """Written while the node runs: how local owner tools find it."""
+        return self.root / "node.json"
+
+    def asset_dir(self, dataset: str) -> Path:
+        return self.root / "assets" / dataset
+
+    def result_dir(self, request_id: str) -> Path:
+        return self.root / "results" / request_id
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+
+def _entry_hash(
+    prev_hash: str, at: float, actor: str, action: str, subject: str, detail: str
+) -> str:
+    canonical = json.dumps([prev_hash, repr(at), actor, action, subject, detail])
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Store:
+    """Typed reads and transactional writes over the domain's SQLite file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.paths = Paths(Path(data_dir))
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        for folder in ("assets", "results"):
+            (self.paths.root / folder).mkdir(exist_ok=True)
+        shutil.rmtree(self.paths.staging, ignore_errors=True)
+        self.paths.staging.mkdir()
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.paths.database, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, *args: object) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, *args: object) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ---- node metadata ---------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", key)
+        return None if row is None else row["value"]
+
+    def initialise(self, name: str, admin_peer_id: str) -> None:
+        """Record the node's name and its admin, once: the identity that creates DIR owns it."""
+        with self._transaction() as db:
+            if self.meta("admin") is None:
+                now = time.time()
+                db.execute("INSERT INTO meta VALUES ('admin', ?)", (admin_peer_id,))
+                db.execute("INSERT INTO meta VALUES ('created_at', ?)", (repr(now),))
+                db.execute(
+                    "INSERT INTO users VALUES (?, 'admin', 'owner', ?)", (admin_peer_id, now)
+                )
+                self._audit(db, admin_peer_id, "create_domain", name, "")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('name', ?)", (name,))
+
+    # ---- users ----------------------------------------------------------------------------
+
+    def role_of(self, peer_id: str) -> str:
+        row = self._one("SELECT role FROM users WHERE peer_id = ?", peer_id)
+        return "" if row is None else row["role"]
+
+    def add_user(self, actor: str, peer_id: str, role: str, name: str) -> None:
+        with self._transaction() as db:
+            if self.meta("admin") == peer_id and role != "admin":
+                raise StoreError("the domain's creator stays admin")
+            db.execute(
+                "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT(peer_id) DO UPDATE "
+                "SET role = excluded.role, name = excluded.name",
+                (peer_id, role, name, time.time()),
+            )
+            self._audit(db, actor, "add_user", peer_id, json.dumps({"role": role, "name": name}))
+
+    def users(self) -> list[m.UserInfo]:
+        rows = self._all("SELECT * FROM users ORDER BY added_at")
+        return [m.UserInfo(r["peer_id"], r["role"], r["name"], r["added_at"]) for r in rows]
+
+    # ---- datasets -------------------------------------------------------------------------
+
+    def add_dataset(self, actor: str, info: m.DatasetInfo, private: Path, mock: Path) -> None:
+        """Move the staged asset files into place and record the dataset, all or nothing."""
+        target = self.paths.asset_dir(info.name)
+        with self._transaction() as db:
+            if self.dataset(info.name) is not None:
+                raise StoreError(f"a dataset named {info.name!r} already exists")
+            db.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.name,
+                    info.description,
+                    info.kind,
+                    json.dumps(info.schema),
+                    info.rows,
+                    info.mock_rows,
+                    int(info.public),
+                    info.created_at,
+                ),
+            )
+            self._audit(db, actor, "create_dataset", info.name, json.dumps({"rows": info.rows}))
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            os.replace(private, target / "private.arrow")
+            os.replace(mock, target / "mock.arrow")
+            _fsync_dir(target)
+
+    def dataset(self, name: str) -> m.DatasetInfo | None:
+        row = self._one("SELECT * FROM datasets WHERE name = ?", name)
+        return None if row is None else _dataset_info(row)
+
+    def datasets(self) -> list[m.DatasetInfo]:
+        return [_dataset_info(r) for r in self._all("SELECT * FROM datasets ORDER BY name")]
+
+    def private_path(self, name: str) -> Path:
+        return self.paths.asset_dir(name) / "private.arrow"
+
+    def mock_path(self, name: str) -> Path:
+        return self.paths.asset_dir(name) / "mock.arrow"
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(self, requester: str, call: m.SubmitRequest) -> m.RequestInfo:
+        request_id = uuid.uuid4().hex
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
+                " status, submitted_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (
+                    request_id,
+                    requester,
+                    call.code,
+                    call.function_name,
+                    json.dumps(call.inputs),
+                    call.policy,
+                    time.time(),
+                ),
+            )
+            self._audit(db, requester, "submit_request", request_id, json.dumps(call.inputs))
+        info = self.request(request_id)
+        assert info is not None
+        return info
+
+    def request(self, request_id: str) -> m.RequestInfo | None:
+        row = self._one("SELECT * FROM requests WHERE id = ?", request_id)
+        return None if row is None else _request_info(row)
+
+    def requests(self, requester: str | None = None, status: str = "") -> list[m.RequestInfo]:
+        sql, args = "SELECT * FROM requests WHERE 1", []
+        if requester is not None:
+            sql, args = sql + " AND requester = ?", [*args, requester]
+        if status:
+            sql, args = sql + " AND status = ?", [*args, status]
+        return [_request_info(r) for r in self._all(sql + " ORDER BY submitted_at", *args)]
+
+    def decide(self, actor: str, request_id: str, approve: bool, reason: str) -> m.RequestInfo:
+        status = "approved" if approve else "denied"
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE requests SET status = ?, reason = ?, decided_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (status, reason, time.time(), request_id),
+            ).rowcount
+            if not changed:
+                current = self._request_or_fail(request_id)
+                raise StoreError(f"request {request_id} is {current.status}, not pending")
+            self._audit(db, actor, status, request_id, reason)
+        return self._request_or_fail(request_id)
+
+    def start_run(self, request_id: str) -> None:
+        self._move(request_id, "approved", "running", "run_started", "")
+
+    def finish_run(self, request_id: str, parts: int, result_bytes: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET status = 'done', finished_at = ?, result_parts = ?,"
+                " result_bytes = ? WHERE id = ? AND status = 'running'",
+                (time.time(), parts, result_bytes, request_id),
+            )
+            self._audit(db, "node", "run_done", request_id, json.dumps({"bytes": result_bytes}))
+
+    def fail_run(self, request_id: str, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
+                " WHERE id = ? AND status = 'running'",
+                (time.time(), error, request_id),
+            )
+            self._audit(db, "node", "run_failed", request_id, error.splitlines()[0][:200])
+
+    def result_parts(self, request_id: str) -> int:
+        row = self._one("SELECT result_parts FROM requests WHERE id = ?", request_id)
+        return 0 if row is None else row["result_parts"]
+
+    def requeue_interrupted(self) -> list[str]:
+        """Jobs cut off by a node crash go back to 'approved' so they run again."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT id FROM requests WHERE status = 'running'").fetchall()
+            for row in rows:
+                db.execute("UPDATE requests SET status = 'approved' WHERE id = ?", (row["id"],))
+                self._audit(db, "node", "run_requeued", row["id"], "node restarted mid-run")
+        return [r["id"] for r in self._all("SELECT id FROM requests WHERE status = 'approved'")]
+
+    def _move(self, request_id: str, old: str, new: str, action: str, detail: str) -> None:
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE requests SET status = ? WHERE id = ? AND status = ?",
+                (new, request_id, old),
+            ).rowcount
+            if not changed:
+                raise StoreError(f"request {request_id} is not {old}")
+            self._audit(db, "node", action, request_id, detail)
+
+    def _request_or_fail(self, request_id: str) -> m.RequestInfo:
+        info = self.request(request_id)
+        if info is None:
+            raise StoreError(f"no request {request_id}")
+        return info
+
+    # ---- audit ----------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        with self._transaction() as db:
+            self._audit(db, actor, action, subject, detail)
+
+    def _audit(
+        self, db: sqlite3.Connection, actor: str, action: str, subject: str, detail: str
+    ) -> None:
+        last = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        prev_hash = GENESIS_HASH if last is None else last["hash"]
+        at = time.time()
+        entry_hash = _entry_hash(prev_hash, at, actor, action, subject, detail)
+        db.execute(
+            "INSERT INTO audit (at, actor, action, subject, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, actor, action, subject, detail, prev_hash, entry_hash),
+        )
+
+    def audit_entries(self, limit: int = 100) -> list[m.AuditEntry]:
+        rows = self._all("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", limit)
+        return [
+            m.AuditEntry(
+                r["seq"], r["at"], r["actor"], r["action"], r["subject"], r["detail"], r["hash"]
+            )
+            for r in reversed(rows)
+        ]
+
+    def verify_audit(self) -> bool:
+        """True when every entry's hash matches its content and its predecessor."""
+        prev_hash = GENESIS_HASH
+        for r in self._all("SELECT * FROM audit ORDER BY seq"):
+            expected = _entry_hash(
+                prev_hash, r["at"], r["actor"], r["action"], r["subject"], r["detail"]
+            )
+            if r["prev_hash"] != prev_hash or r["hash"] != expected:
+                return False
+            prev_hash = r["hash"]
+        return True
+
+
+def read_node_info(data_dir: Path) -> dict[str, str]:
+    """The running node's name and address, for owner tools on the same machine."""
+    info_file = Paths(Path(data_dir)).node_info
+    if not info_file.exists():
+        raise FileNotFoundError(
+            f"no domain node is running on {data_dir} (start one: jupyter-syft domain start)"
+        )
+    return json.loads(info_file.read_text())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dataset_info(row: sqlite3.Row) -> m.DatasetInfo:
+    return m.DatasetInfo(
+        name=row["name"],
+        description=row["description"],
+        kind=row["kind"],
+        schema=json.loads(row["schema_json"]),
+        rows=row["rows"],
+        mock_rows=row["mock_rows"],
+        public=bool(row["public"]),
+        created_at=row["created_at"],
+    )
+
+
+def _request_info(row: sqlite3.Row) -> m.RequestInfo:
+    return m.RequestInfo(
+        request_id=row["id"],
+        requester=row["requester"],
+        code=row["code"],
+        function_name=row["function_name"],
+        inputs=json.loads(row["inputs_json"]),
+        policy=row["policy"],
+        status=row["status"],
+        reason=row["reason"],
+        error=row["error"],
+        submitted_at=row["submitted_at"],
+        decided_at=row["decided_at"],
+        finished_at=row["finished_at"],
+        result_bytes=row["result_bytes"],
+    )

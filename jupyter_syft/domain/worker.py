@@ -1,0 +1,198 @@
+"""The job process: load the inputs, run the approved function, write the result.
+
+Runs in a process forked from the executor's forkserver. Everything it reports goes back as a
+msgspec-encoded JobOutcome; the result goes to Arrow IPC files plus a msgspec manifest.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import linecache
+import os
+import resource
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from jupyter_syft.domain.executor import (
+    MANIFEST_FILE,
+    PART_FILE,
+    CodeError,
+    JobOutcome,
+    JobSpec,
+    compile_code,
+)
+from jupyter_syft.wire.values import (
+    encode_result,
+    read_ipc_file,
+    result_nbytes,
+    table_kind,
+    table_to_data,
+    write_ipc_file,
+)
+
+MAX_ERROR_CHARS = 32_000
+M_ARENA_MAX = -8  # glibc's mallopt() parameter
+MALLOC_ARENAS = 2
+
+
+class JobError(Exception):
+    """A job failure, with the message the data scientist will see."""
+
+
+def warm_up() -> None:
+    """Target of the executor's first process: starting it is the whole point."""
+
+
+def main(job_bytes: bytes, conn: Connection) -> None:
+    """Entry point of a job process: run the job, report the outcome, exit at once."""
+    os.setsid()  # own process group, so a timeout also kills anything the code started
+    outcome = run_job(msgspec.msgpack.decode(job_bytes, type=JobSpec))
+    conn.send_bytes(msgspec.msgpack.encode(outcome))
+    conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # don't wait for threads the code may have left running
+
+
+def run_job(job: JobSpec) -> JobOutcome:
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            _limit_memory(job.memory_bytes)
+        inputs = _load_inputs(job, cuda)
+        value = _call(job, inputs)
+        return _write_result(job, value)
+    except JobError as e:
+        return JobOutcome(ok=False, error=_truncate(str(e)))
+    except Exception as e:
+        return JobOutcome(ok=False, error=_failure(job, "internal error in the worker", e))
+
+
+def _limit_memory(memory_bytes: int) -> None:
+    """Let the job add at most about `memory_bytes` to this process's memory.
+
+    RLIMIT_AS limits virtual memory, not resident memory: mapped libraries, memory-mapped inputs,
+    thread stacks (8 MiB each) and address space that allocators reserve ahead all count. So:
+    - the limit is what is mapped now (torch alone maps ~600 MiB) plus `memory_bytes`;
+    - Arrow uses the system allocator here, as mimalloc reserves 1 GiB up front;
+    - glibc gets at most MALLOC_ARENAS arenas, as each reserves 64 MiB (and glibc allows 8 per
+      core), so that threads started by torch or Arrow do not eat the budget.
+    Not used with CUDA, which reserves huge address ranges and fails under RLIMIT_AS.
+    """
+    try:
+        with open("/proc/self/statm") as statm:
+            mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except FileNotFoundError:  # no /proc: not Linux, and macOS does not enforce RLIMIT_AS
+        return
+    pa.set_memory_pool(pa.system_memory_pool())
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt"):  # glibc (musl has no arenas to cap)
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    limit = mapped + memory_bytes
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # the code cannot raise it again
+
+
+def _load_inputs(job: JobSpec, cuda: bool) -> dict[str, Any]:
+    inputs = {}
+    for name, spec in job.inputs.items():
+        try:
+            table = read_ipc_file(spec.path)
+            if table_kind(table.schema) != spec.kind:
+                raise ValueError(f"expected a {spec.kind}, found a {table_kind(table.schema)}")
+            device = "cuda" if cuda and spec.kind == "tensor" else None
+            inputs[name] = table_to_data(table, device)
+        except Exception as e:
+            raise JobError(_failure(job, f"could not load input {name!r}", e)) from e
+    return inputs
+
+
+def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
+    """Run the code in a fresh namespace and call the function, with tracebacks showing the
+    user's lines."""
+    filename = f"<request {job.request_id}>"
+    try:
+        code = compile_code(job.code, job.function_name, filename)
+    except CodeError as e:
+        raise JobError(str(e)) from e
+    linecache.cache[filename] = (len(job.code), None, job.code.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    try:
+        exec(code, namespace)
+        return namespace[job.function_name](**inputs)
+    except BaseException as e:  # the job's process ends anyway: report even SystemExit
+        raise JobError(_failure(job, "the code raised an error", e, filename)) from e
+
+
+def _write_result(job: JobSpec, value: Any) -> JobOutcome:
+    try:
+        manifest, tables = encode_result(value)
+    except (TypeError, ValueError) as e:
+        raise JobError(f"the result cannot be sent back: {e}") from e
+    except Exception as e:
+        raise JobError(_failure(job, "could not encode the result", e)) from e
+    size = result_nbytes(tables)
+    if size > job.max_result_bytes:
+        raise JobError(
+            f"the result is {_mib(size)} MiB, over the limit of {_mib(job.max_result_bytes)} MiB"
+        )
+    try:
+        written = sum(
+            write_ipc_file(os.path.join(job.output_dir, PART_FILE.format(i)), table)
+            for i, table in enumerate(tables)
+        )
+        # The manifest goes last: once it exists, the result is complete.
+        manifest_path = os.path.join(job.output_dir, MANIFEST_FILE)
+        with open(manifest_path + ".tmp", "wb") as file:
+            file.write(manifest)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(manifest_path + ".tmp", manifest_path)
+    except Exception as e:
+        raise JobError(_failure(job, "could not write the result", e)) from e
+    return JobOutcome(ok=True, part_count=len(tables), result_bytes=written + len(manifest))
+
+
+def _failure(job: JobSpec, what: str, error: BaseException, filename: str | None = None) -> str:
+    """One line saying what went wrong; for an error in the user's code (`filename`), then the
+    traceback from the user's code on.
+
+    Running out of memory shows as MemoryError (Python, numpy, pyarrow) or as torch's
+    RuntimeError "can't allocate memory"; both become one clear message.
+    """
+    try:
+        message = str(error)
+    except Exception:  # the code's own exception class may fail here too
+        message = "(the error message could not be shown)"
+    if isinstance(error, MemoryError) or "can't allocate memory" in message:
+        headline = f"ran out of memory (limit {_mib(job.memory_bytes)} MiB)"
+    else:
+        headline = f"{what}: {type(error).__name__}: {message}".splitlines()[0]
+    if filename is None:
+        return headline
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next  # skip the worker's own frames
+    lines = traceback.format_exception(type(error), error, tb)
+    return headline + "\n" + "".join(lines).rstrip()
+
+
+def _truncate(text: str) -> str:
+    """Keep the report small: the headline and the end of the traceback."""
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    headline, _, rest = text.partition("\n")
+    return f"{headline}\n[... traceback truncated ...]\n{rest[-MAX_ERROR_CHARS:]}"
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.4g}"

@@ -1,0 +1,57 @@
+"""Errors a user of the client sees. Each carries the node's own words."""
+
+from __future__ import annotations
+
+
+class SyftError(Exception):
+    """Base of every error jupyter_syft raises to its users."""
+
+
+class BadMessageError(SyftError):
+    """The node could not accept the call as sent (malformed, unsigned, stale, replayed)."""
+
+
+class NotAuthorisedError(SyftError, PermissionError):
+    """The caller's role on that node does not allow this."""
+
+
+class NotFoundError(SyftError, LookupError):
+    """No such dataset, request or upload (or not one the caller may see)."""
+
+
+class InvalidError(SyftError, ValueError):
+    """The call was understood but is wrong: bad code, a schema mismatch, a bad name."""
+
+
+class ConflictError(SyftError):
+    """The state does not allow it now (already decided, no result yet)."""
+
+
+class NodeError(SyftError):
+    """The node failed while handling the call."""
+
+
+class RequestDenied(SyftError):
+    """The owner denied the request; `reason` is theirs."""
+
+    def __init__(self, request_id: str, reason: str) -> None:
+        super().__init__(f"request {request_id} was denied: {reason or '(no reason given)'}")
+        self.reason = reason
+
+
+class RequestFailed(SyftError):
+    """The code ran and failed on the domain; the message holds the remote traceback."""
+
+    def __init__(self, request_id: str, error: str) -> None:
+        super().__init__(f"request {request_id} failed on the domain:\n{error}")
+        self.remote_error = error
+
+
+BY_CODE: dict[str, type[SyftError]] = {
+    "bad_message": BadMessageError,
+    "not_authorised": NotAuthorisedError,
+    "not_found": NotFoundError,
+    "invalid": InvalidError,
+    "conflict": ConflictError,
+    "internal": NodeError,
+}

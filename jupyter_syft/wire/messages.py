@@ -1,0 +1,265 @@
+"""Every message of the domain protocol, in one place.
+
+A client frame is a `SignedCall`: the msgpack bytes of a `Call` and the sender's Ed25519
+signature over them. The node answers with a `Reply`. Types are msgspec structs, decoded
+strictly: an unknown call, a missing field or a wrong type is refused before any handler runs,
+and nothing a peer sends is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+DOMAIN_PROTOCOL = "/jupyter-syft/domain/1"
+
+RequestStatus = Literal["pending", "approved", "denied", "running", "done", "failed"]
+Role = Literal["admin", "data_scientist"]
+ErrorCode = Literal[
+    "bad_message",  # the frame is not a well-formed, correctly signed, fresh call
+    "not_authorised",  # the sender's role does not allow this call
+    "not_found",  # unknown dataset, request or upload
+    "invalid",  # well-formed but wrong: bad code, schema mismatch, bad name...
+    "conflict",  # the state does not allow it (already decided, no result yet...)
+    "internal",  # the node failed; the message says how
+]
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Base of all wire structs: unknown fields are an error, not silently dropped."""
+
+
+# ---- calls (client -> node) -------------------------------------------------------------
+
+
+class Hello(Struct, tag="hello"):
+    """First call of a session: who the node is and how to reach its data plane."""
+
+
+class ListDatasets(Struct, tag="list_datasets"):
+    pass
+
+
+class GetMock(Struct, tag="get_mock"):
+    dataset: str
+
+
+class SubmitRequest(Struct, tag="submit_request"):
+    code: str  # source text defining `function_name`
+    function_name: str
+    inputs: dict[str, str]  # argument name -> dataset name
+    policy: Literal["raw"] = "raw"
+
+
+class GetRequest(Struct, tag="get_request"):
+    request_id: str
+    wait_s: float = 0.0  # long-poll: answer when the status differs from `known_status`
+    known_status: str = ""
+
+
+class ListRequests(Struct, tag="list_requests"):
+    status: str = ""  # "" = all
+
+
+class FetchResult(Struct, tag="fetch_result"):
+    request_id: str
+
+
+class Decide(Struct, tag="decide"):
+    request_id: str
+    approve: bool
+    reason: str = ""
+
+
+class AddUser(Struct, tag="add_user"):
+    peer_id: str
+    role: Role
+    name: str = ""
+
+
+class ListUsers(Struct, tag="list_users"):
+    pass
+
+
+class BeginUpload(Struct, tag="begin_upload"):
+    dataset: str
+    description: str = ""
+    public: bool = False
+
+
+class CommitUpload(Struct, tag="commit_upload"):
+    upload_id: str
+
+
+class ReadAudit(Struct, tag="read_audit"):
+    limit: int = 100
+
+
+Call = (
+    Hello
+    | ListDatasets
+    | GetMock
+    | SubmitRequest
+    | GetRequest
+    | ListRequests
+    | FetchResult
+    | Decide
+    | AddUser
+    | ListUsers
+    | BeginUpload
+    | CommitUpload
+    | ReadAudit
+)
+
+
+class CallEnvelope(Struct):
+    """What the sender signs: the call plus who, to whom, when, and a one-time nonce."""
+
+    sender: str  # peer id; must equal the Noise-authenticated remote peer
+    node: str  # the node's peer id: a call signed for one node is refused by another
+    issued_at: float  # unix seconds
+    nonce: bytes  # 16 random bytes; a repeated nonce is a replay
+    call: Call
+
+
+class SignedCall(Struct):
+    body: bytes  # msgpack of a CallEnvelope
+    signature: bytes
+
+
+# ---- replies (node -> client) -------------------------------------------------------------
+
+
+class NodeInfo(Struct, tag="node_info"):
+    name: str
+    peer_id: str
+    your_role: str  # "admin", "data_scientist" or "" for a stranger
+    flight_location: str
+    tls_cert_pem: bytes
+    tls_fingerprint: str
+
+
+class DatasetInfo(Struct, tag="dataset_info"):
+    name: str
+    description: str
+    kind: str  # "table" or "tensor"
+    schema: dict[str, str]  # column -> Arrow type; for a tensor: shape and dtype
+    rows: int
+    mock_rows: int
+    public: bool
+    created_at: float
+
+
+class DatasetList(Struct, tag="dataset_list"):
+    datasets: list[DatasetInfo]
+
+
+class ArrowData(Struct, tag="arrow_data"):
+    """A small table inline (Arrow IPC stream bytes) or, when large, a Flight ticket."""
+
+    ipc: bytes = b""
+    ticket: bytes = b""
+
+
+class RequestInfo(Struct, tag="request_info"):
+    request_id: str
+    requester: str
+    code: str
+    function_name: str
+    inputs: dict[str, str]
+    policy: str
+    status: str
+    reason: str  # the owner's reason for a denial
+    error: str  # the failure message and remote traceback
+    submitted_at: float
+    decided_at: float | None
+    finished_at: float | None
+    result_bytes: int
+
+
+class RequestList(Struct, tag="request_list"):
+    requests: list[RequestInfo]
+
+
+class ResultData(Struct, tag="result_data"):
+    manifest: bytes
+    parts: list[ArrowData]
+
+
+class UserInfo(Struct, tag="user_info"):
+    peer_id: str
+    role: str
+    name: str
+    added_at: float
+
+
+class UserList(Struct, tag="user_list"):
+    users: list[UserInfo]
+
+
+class UploadTickets(Struct, tag="upload_tickets"):
+    upload_id: str
+    private_ticket: bytes
+    mock_ticket: bytes
+
+
+class AuditEntry(Struct, tag="audit_entry"):
+    seq: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    detail: str
+    hash: str
+
+
+class AuditLog(Struct, tag="audit_log"):
+    entries: list[AuditEntry]
+    chain_ok: bool
+
+
+class Done(Struct, tag="done"):
+    pass
+
+
+class Error(Struct, tag="error"):
+    code: ErrorCode
+    message: str
+
+
+Reply = (
+    NodeInfo
+    | DatasetInfo
+    | DatasetList
+    | ArrowData
+    | RequestInfo
+    | RequestList
+    | ResultData
+    | UserList
+    | UploadTickets
+    | AuditLog
+    | Done
+    | Error
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(CallEnvelope)
+_signed_decoder = msgspec.msgpack.Decoder(SignedCall)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_signed_call(frame: bytes) -> SignedCall:
+    return _signed_decoder.decode(frame)
+
+
+def decode_envelope(body: bytes) -> CallEnvelope:
+    return _envelope_decoder.decode(body)
+
+
+def decode_reply(frame: bytes) -> Reply:
+    return _reply_decoder.decode(frame)
