@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nodes import DomainProcess, person  # noqa: E402
+from nodes import DomainProcess, person
 
-from jupyter_syft.client.admin import AdminClient  # noqa: E402
-from jupyter_syft.client.connection import NodeConnection  # noqa: E402
-from jupyter_syft.client.domain import DomainClient  # noqa: E402
-from jupyter_syft.wire import messages as m  # noqa: E402
-from jupyter_syft.wire import values  # noqa: E402
+from jupyter_syft.client.admin import AdminClient
+from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.client.domain import DomainClient
+from jupyter_syft.wire import messages as m
+from jupyter_syft.wire import values
 
 MiB = 2**20
 
@@ -66,13 +66,19 @@ def raw_socket_seconds(nbytes: int) -> float:
     """Copy `nbytes` over a loopback TCP socket to another process; seconds to receive all."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    sender = subprocess.Popen([sys.executable, "-c", (
-        "import socket,sys\n"
-        f"s=socket.create_connection(('127.0.0.1',{port}))\n"
-        f"b=bytes({8 * MiB})\n"
-        f"for _ in range({nbytes // (8 * MiB)}): s.sendall(b)\n"
-        "s.close()\n"
-    )])  # fmt: skip
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import socket,sys\n"
+                f"s=socket.create_connection(('127.0.0.1',{port}))\n"
+                f"b=bytes({8 * MiB})\n"
+                f"for _ in range({nbytes // (8 * MiB)}): s.sendall(b)\n"
+                "s.close()\n"
+            ),
+        ]
+    )
     connection, _ = server.accept()
     buffer = bytearray(nbytes)
     view = memoryview(buffer)
@@ -93,8 +99,11 @@ def raw_socket_seconds(nbytes: int) -> float:
 def import_seconds() -> float:
     code = "import time; t=time.perf_counter(); import jupyter_syft; print(time.perf_counter()-t)"
     runs = [
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout)  # fmt: skip
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
         for _ in range(3)
     ]
     return statistics.median(runs)
@@ -120,42 +129,93 @@ def main() -> None:
         upload = median_time(
             lambda: admin.create_dataset(f"upload{next(counter)}", private=table, mock=mock), 3
         )
-        rows.append(("upload 1M x 10 float64 (76 MiB) + 1k mock", f"{upload:.3f} s", "<= 0.4 s",
-                     "3.8 s", f"{3.8 / upload:.0f}x"))  # fmt: skip
+        rows.append(
+            (
+                "upload 1M x 10 float64 (76 MiB) + 1k mock",
+                f"{upload:.3f} s",
+                "<= 0.4 s",
+                "3.8 s",
+                f"{3.8 / upload:.0f}x",
+            )
+        )
 
         admin.create_dataset("table", private=table, mock=mock)
         means = median_time(lambda: approve_and_wait(scientist, admin, column_means).result(), 3)
-        rows.append(("approved column means, submit -> result", f"{means:.3f} s", "<= 0.5 s",
-                     "11.9 s", f"{11.9 / means:.0f}x"))  # fmt: skip
+        rows.append(
+            (
+                "approved column means, submit -> result",
+                f"{means:.3f} s",
+                "<= 0.5 s",
+                "11.9 s",
+                f"{11.9 / means:.0f}x",
+            )
+        )
 
         approve_and_wait(scientist, admin, trivial).result()  # warm
         small = median_time(lambda: approve_and_wait(scientist, admin, trivial).result(), 20)
-        rows.append(("trivial function: request -> approve -> result", f"{small * 1000:.1f} ms",
-                     "<= 50 ms", "630 ms (HTTP)", f"{0.63 / small:.0f}x"))  # fmt: skip
+        rows.append(
+            (
+                "trivial function: request -> approve -> result",
+                f"{small * 1000:.1f} ms",
+                "<= 50 ms",
+                "630 ms (HTTP)",
+                f"{0.63 / small:.0f}x",
+            )
+        )
 
         big = approve_and_wait(scientist, admin, tensor_100mib)
         fetch = median_time(lambda: type(big)(big._connection, big.info).result(), 5)
         raw = statistics.median(raw_socket_seconds(100 * MiB) for _ in range(3))
         rate = 100 / 1024 / fetch
-        rows.append(("100 MiB tensor result to the scientist", f"{rate:.2f} GiB/s "
-                     f"({fetch * 1000:.0f} ms)", ">= 1 GiB/s", "7.3 s (0.013 GiB/s)",
-                     f"{7.3 / fetch:.0f}x; raw socket {100 / 1024 / raw:.1f} GiB/s, "
-                     f"ours/raw {raw / fetch:.2f}"))  # fmt: skip
+        rows.append(
+            (
+                "100 MiB tensor result to the scientist",
+                f"{rate:.2f} GiB/s ({fetch * 1000:.0f} ms)",
+                ">= 1 GiB/s",
+                "7.3 s (0.013 GiB/s)",
+                f"{7.3 / fetch:.0f}x; raw socket {100 / 1024 / raw:.1f} GiB/s, "
+                f"ours/raw {raw / fetch:.2f}",
+            )
+        )
 
         connection = scientist._connection
-        fetch_mock = lambda: values.table_to_data(connection.table(connection.call(m.GetMock("table"))))  # noqa: E731
+
+        def fetch_mock() -> object:
+            return values.table_to_data(connection.table(connection.call(m.GetMock("table"))))
+
         fetch_mock()
         mock_s = median_time(fetch_mock, 20)
-        rows.append(("fetch a 1k-row mock (warm connection)", f"{mock_s * 1000:.1f} ms",
-                     "<= 20 ms", "-", "-"))  # fmt: skip
+        rows.append(
+            (
+                "fetch a 1k-row mock (warm connection)",
+                f"{mock_s * 1000:.1f} ms",
+                "<= 20 ms",
+                "-",
+                "-",
+            )
+        )
         imported = import_seconds()
-        rows.append(("import jupyter_syft", f"{imported:.2f} s", "-", "3.5 s (import syft)",
-                     f"{3.5 / imported:.1f}x"))  # fmt: skip
+        rows.append(
+            (
+                "import jupyter_syft",
+                f"{imported:.2f} s",
+                "-",
+                "3.5 s (import syft)",
+                f"{3.5 / imported:.1f}x",
+            )
+        )
     finally:
         node.stop()
-    result = Table("step", "jupyter-syft", "target", "PySyft 0.9.5", "ratio", title=(
-        "Foundation benchmarks (domain and client in separate processes, loopback; "
-        "medians)"))  # fmt: skip
+    result = Table(
+        "step",
+        "jupyter-syft",
+        "target",
+        "PySyft 0.9.5",
+        "ratio",
+        title=(
+            "Foundation benchmarks (domain and client in separate processes, loopback; medians)"
+        ),
+    )
     for row in rows:
         result.add_row(*row)
     console.print(result)

@@ -1,8 +1,8 @@
 """jupyter-syft: remote data science from JupyterLab.
 
-    import jupyter_syft as syft
-    domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
-    owner = syft.admin("path/to/domain-dir")                          # as the data owner
+import jupyter_syft as syft
+domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
+owner = syft.admin("path/to/domain-dir")                          # as the data owner
 """
 
 from __future__ import annotations

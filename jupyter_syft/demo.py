@@ -35,8 +35,9 @@ def diabetes_frame() -> pd.DataFrame:
     from sklearn.datasets import load_diabetes
 
     frame = load_diabetes(as_frame=True, scaled=False).frame
-    return frame.rename(columns={"s1": "tc", "s2": "ldl", "s3": "hdl", "s4": "tch",
-                                 "s5": "ltg", "s6": "glu"})  # fmt: skip
+    return frame.rename(
+        columns={"s1": "tc", "s2": "ldl", "s3": "hdl", "s4": "tch", "s5": "ltg", "s6": "glu"}
+    )
 
 
 def fake_like(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -52,8 +53,17 @@ def fake_like(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
 
 def start_domain(name: str, data_dir: Path, home: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "JUPYTER_SYFT_HOME": str(home)}
-    command = [sys.executable, "-m", "jupyter_syft.cli", "domain", "start",
-               "--name", name, "--data-dir", str(data_dir)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter_syft.cli",
+        "domain",
+        "start",
+        "--name",
+        name,
+        "--data-dir",
+        str(data_dir),
+    ]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True
     )
@@ -97,9 +107,7 @@ def run_demo(folder: Path) -> int:
         for i, name in enumerate(HOSPITALS):
             home = folder / "homes" / name
             owner_identity = load_or_create(home / "identity.key")
-            process, address = start_domain(
-                name, folder / name, home, folder / f"{name}.log"
-            )
+            process, address = start_domain(name, folder / name, home, folder / f"{name}.log")
             processes.append(process)
             addresses[name] = address
             owners[name] = AdminClient(NodeConnection(address, owner_identity))
@@ -108,9 +116,11 @@ def run_demo(folder: Path) -> int:
             private = frame.iloc[halves[i]].reset_index(drop=True)
             started = time.perf_counter()
             owners[name].create_dataset(
-                "diabetes", private=private, mock=fake_like(private, 100, seed=i),
+                "diabetes",
+                private=private,
+                mock=fake_like(private, 100, seed=i),
                 description="Diabetes progression after one year, 10 baseline measurements",
-            )  # fmt: skip
+            )
             owners[name].add_user(scientist.peer_id, role="data_scientist", name="scientist")
             console.print(
                 f"  uploaded 'diabetes' ({len(private)} private rows + 100-row mock) in "
@@ -128,8 +138,9 @@ def run_demo(folder: Path) -> int:
         summaries = {n: d.request(bmi_summary, df="diabetes") for n, d in domains.items()}
         dumps = {n: d.request(all_rows, df="diabetes") for n, d in domains.items()}
         for name, request in summaries.items():
-            console.print(f"{name}: bmi_summary -> {request.status}; all_rows -> "
-                          f"{dumps[name].status}")  # fmt: skip
+            console.print(
+                f"{name}: bmi_summary -> {request.status}; all_rows -> {dumps[name].status}"
+            )
 
         console.rule("[bold]4. The owners review: approve the summary, deny the raw dump")
         for name, owner in owners.items():
@@ -153,8 +164,13 @@ def run_demo(folder: Path) -> int:
                 dump_outcome = f"denied: {denied.reason}"
             total_n += result["n"]
             total_bmi += result["sum_bmi"]
-            table.add_row(name, str(result["n"]), f"{result['sum_bmi'] / result['n']:.3f}",
-                          f"{result['corr_bmi_progression']:.3f}", dump_outcome)  # fmt: skip
+            table.add_row(
+                name,
+                str(result["n"]),
+                f"{result['sum_bmi'] / result['n']:.3f}",
+                f"{result['corr_bmi_progression']:.3f}",
+                dump_outcome,
+            )
         table.add_row("pooled", str(total_n), f"{total_bmi / total_n:.3f}", "", "")
         console.print(table)
         console.print(f"check against the full table: mean BMI {frame['bmi'].mean():.3f}")
@@ -163,8 +179,10 @@ def run_demo(folder: Path) -> int:
         for name, owner in owners.items():
             log = owner.audit_log(limit=200)
             actions = ", ".join(sorted({e.action for e in log.entries}))
-            console.print(f"{name}: {len(log.entries)} entries, hash chain "
-                          f"{'verified' if log.chain_ok else '[red]BROKEN[/]'}: {actions}")  # fmt: skip
+            console.print(
+                f"{name}: {len(log.entries)} entries, hash chain "
+                f"{'verified' if log.chain_ok else '[red]BROKEN[/]'}: {actions}"
+            )
         return 0
     finally:
         for process in processes:

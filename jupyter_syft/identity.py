@@ -68,9 +68,7 @@ def load_or_create(path: Path) -> Identity:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         identity = Identity.generate()
-        pem = identity.private_key.private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
-        )
+        pem = identity.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)

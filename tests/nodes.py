@@ -33,8 +33,18 @@ class DomainProcess:
 
     def start(self) -> str:
         env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.owner_home)}
-        command = [sys.executable, "-m", "jupyter_syft.cli", "domain", "start",
-                   "--name", self.name, "--data-dir", str(self.data_dir), *self.extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "jupyter_syft.cli",
+            "domain",
+            "start",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+        ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 command, env=env, stdout=subprocess.PIPE, stderr=log, text=True

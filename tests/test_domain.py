@@ -1,4 +1,4 @@
-"""The foundation end to end: a real domain process, an owner and scientists over libp2p + Flight."""
+"""The foundation end to end: a real domain process, its owner and scientists, over the wire."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from nodes import DomainProcess, person
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection, shared_peer
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.errors import (
-    BadMessageError,
     ConflictError,
     InvalidError,
     NotAuthorisedError,
@@ -31,11 +31,8 @@ from jupyter_syft.errors import (
 )
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire.signing import sign_call
-from nodes import DomainProcess, person
 
-PRIVATE = pd.DataFrame(
-    {"age": np.arange(1000) % 80 + 18, "bmi": np.linspace(18.0, 40.0, 1000)}
-)
+PRIVATE = pd.DataFrame({"age": np.arange(1000) % 80 + 18, "bmi": np.linspace(18.0, 40.0, 1000)})
 MOCK = pd.DataFrame({"age": np.full(50, 40), "bmi": np.full(50, 25.0)})
 
 
@@ -47,16 +44,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     _, alice = person(root, "alice")
     _, bob = person(root, "bob")
     _, stranger = person(root, "stranger")
-    node = DomainProcess(root, "clinic", owner_home, "--job-timeout", "3",
-                         "--job-memory-mb", "1024", "--max-result-mb", "8")  # fmt: skip
+    node = DomainProcess(
+        root,
+        "clinic",
+        owner_home,
+        "--job-timeout",
+        "3",
+        "--job-memory-mb",
+        "1024",
+        "--max-result-mb",
+        "8",
+    )
     node.start()
     try:
         admin = AdminClient(NodeConnection(node.address, owner))
         admin.create_dataset("patients", private=PRIVATE, mock=MOCK, description="ages and BMI")
         admin.create_dataset(
-            "scans", private=torch.arange(24.0).reshape(6, 4), mock=torch.zeros(2, 4),
-            description="a tensor", public=True,
-        )  # fmt: skip
+            "scans",
+            private=torch.arange(24.0).reshape(6, 4),
+            mock=torch.zeros(2, 4),
+            description="a tensor",
+            public=True,
+        )
         admin.add_user(alice.peer_id, "data_scientist", "alice")
         admin.add_user(bob.peer_id, "data_scientist", "bob")
         yield {
@@ -108,7 +117,7 @@ def test_request_approve_result(world: dict) -> None:
     assert request.status == "pending"
     [review] = [r for r in world["admin"].requests("pending") if r.id == request.id]
     assert review.requester == world["identities"]["alice"].peer_id
-    assert "df[\"bmi\"].mean()" in review.code
+    assert 'df["bmi"].mean()' in review.code
     assert review.datasets == {"df": "patients"}
     review.approve()
     assert request.result(timeout=30) == pytest.approx(PRIVATE["bmi"].mean())
@@ -186,9 +195,12 @@ def test_scientist_in_own_process_with_own_home(world: dict, tmp_path: Path) -> 
     home = tmp_path / "carol"
     env = {**os.environ, "JUPYTER_SYFT_HOME": str(home)}
     whoami = subprocess.run(
-        [sys.executable, "-m", "jupyter_syft.cli", "whoami"], env=env, capture_output=True,
-        text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        [sys.executable, "-m", "jupyter_syft.cli", "whoami"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert oct((home / "identity.key").stat().st_mode & 0o777) == "0o600"
     world["admin"].add_user(whoami, "data_scientist", "carol")
     script = textwrap.dedent(f"""
@@ -201,8 +213,9 @@ def test_scientist_in_own_process_with_own_home(world: dict, tmp_path: Path) -> 
         print(request.result(timeout=60), flush=True)
     """)
     (tmp_path / "carol.py").write_text(script)
-    carol = subprocess.Popen([sys.executable, "carol.py"], env=env, stdout=subprocess.PIPE,
-                             text=True, cwd=tmp_path)  # fmt: skip
+    carol = subprocess.Popen(
+        [sys.executable, "carol.py"], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
     try:
         peer_id, request_id = carol.stdout.readline().split()  # type: ignore[union-attr]
         assert peer_id == whoami
@@ -273,8 +286,13 @@ def raw_call(world: dict, frame: bytes) -> m.Reply:
 
 def signed(world: dict, call_body: dict, who: str = "alice") -> bytes:
     identity = world["identities"][who]
-    envelope = {"sender": identity.peer_id, "node": world["admin"].peer_id,
-                "issued_at": time.time(), "nonce": os.urandom(16), "call": call_body}  # fmt: skip
+    envelope = {
+        "sender": identity.peer_id,
+        "node": world["admin"].peer_id,
+        "issued_at": time.time(),
+        "nonce": os.urandom(16),
+        "call": call_body,
+    }
     body = msgspec.msgpack.encode(envelope)
     return msgspec.msgpack.encode({"body": body, "signature": identity.sign(body)})
 
@@ -421,7 +439,7 @@ def test_mock_schema_mismatch(world: dict) -> None:
     wrong = MOCK.rename(columns={"bmi": "weight"})
     with pytest.raises(InvalidError, match="bmi"):
         world["admin"].create_dataset("bad", private=PRIVATE, mock=wrong)
-    with pytest.raises(InvalidError, match="shape|dtype"):
+    with pytest.raises(InvalidError, match=r"shape|dtype"):
         world["admin"].create_dataset("bad", private=torch.zeros(3, 4), mock=torch.zeros(3, 5))
     # The node checks too, for an owner tool that skips the client-side check.
     from jupyter_syft.wire import values
@@ -444,10 +462,12 @@ def test_dataset_names_and_duplicates(world: dict) -> None:
     assert snapshot(world["admin"]) == before
 
 
-def test_domain_refuses_plaintext_dialer(world: dict) -> None:
-    from test_p2p import plaintext_dial_fails  # the p2p suite's refusal check, on a real domain
+def test_domain_accepts_only_noise(world: dict) -> None:
+    import trio
+    from dialers import assert_only_noise_accepted
 
-    assert plaintext_dial_fails(world["node"].address)
+    trio.run(assert_only_noise_accepted, world["node"].address)
+    assert world["alice"].datasets["patients"].rows == 1000
 
 
 # ---- restart and crash (invariant 6) -------------------------------------------------------

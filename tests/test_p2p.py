@@ -17,17 +17,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from dialers import assert_only_noise_accepted, dial_error, noise, plaintext, secio
 from libp2p import new_host
-from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
-from libp2p.custom_types import TSecurityOptions
-from libp2p.network.config import RetryConfig
-from libp2p.network.swarm import Swarm
-from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
-from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
-from libp2p.security.noise.transport import Transport as NoiseTransport
-from libp2p.security.secio.transport import ID as SECIO_PROTOCOL_ID
-from libp2p.security.secio.transport import Transport as SecioTransport
 from multiaddr import Multiaddr
 
 from jupyter_syft.identity import Identity, load_or_create
@@ -45,6 +36,7 @@ ECHO = "/test/echo/1"
 WHOAMI = "/test/whoami/1"  # replies with the caller's peer ID as the server saw it
 BOOM = "/test/boom/1"  # the handler raises
 SLOW = "/test/slow/1"  # sleeps for the number of seconds in the payload, then replies
+HUGE = "/test/huge/1"  # replies with more than a frame can hold
 
 
 def bad_frame_reply(message: str) -> bytes:
@@ -68,8 +60,13 @@ async def slow(peer: str, payload: bytes) -> bytes:
     return b"done"
 
 
+async def huge(peer: str, payload: bytes) -> bytes:
+    return bytes(MAX_FRAME_BYTES + 1)
+
+
 def serve(host: P2PHost) -> P2PHost:
-    for protocol, handler in [(ECHO, echo), (WHOAMI, whoami), (BOOM, boom), (SLOW, slow)]:
+    handlers = [(ECHO, echo), (WHOAMI, whoami), (BOOM, boom), (SLOW, slow), (HUGE, huge)]
+    for protocol, handler in handlers:
         host.set_handler(protocol, handler, bad_frame_reply)
     return host
 
@@ -228,10 +225,15 @@ def test_timeout_and_handler_failure_leave_server_serving(server: ServerProcess)
             assert time.monotonic() - started < 1.5
             assert await client.request(server.addr, SLOW, b"0") == b"done"
 
-            with pytest.raises(P2PError, match="stream broke"):
-                await client.request(server.addr, BOOM, b"")
+            for protocol in (BOOM, HUGE):
+                with pytest.raises(P2PError, match="stream broke"):
+                    await client.request(server.addr, protocol, b"")
             assert await client.request(server.addr, ECHO, b"still here") == b"still here"
+            with pytest.raises(P2PError, match="exceeds the frame cap"):
+                await client.request(server.addr, ECHO, bytes(MAX_FRAME_BYTES + 1))
 
+            with pytest.raises(P2PError, match=r"cannot open a /test/nope/1 stream to .*'na'"):
+                await client.request(server.addr, "/test/nope/1", b"")
             with pytest.raises(P2PError, match="not a multiaddr ending in /p2p/"):
                 await client.request("/ip4/127.0.0.1/tcp/1", ECHO, b"")
 
@@ -271,41 +273,17 @@ def test_malformed_frames_get_bad_frame_reply(server: ServerProcess) -> None:
     trio.run(main)
 
 
-async def _dial_with(sec_opt: TSecurityOptions, multiaddr: str) -> None:
-    """Dial `multiaddr` from a throwaway libp2p host offering only `sec_opt`."""
-    host = new_host(key_pair=Identity.generate().key_pair, sec_opt=sec_opt)
-    network = host.get_network()
-    assert isinstance(network, Swarm)
-    network.retry_config = RetryConfig(max_retries=0)
-    info = info_from_p2p_addr(Multiaddr(multiaddr))
-    async with host.run([]):
-        with trio.fail_after(10):
-            await network.dial_addr(info.addrs[0], info.peer_id)
-
-
 def test_only_noise_dialers_are_accepted(server: ServerProcess) -> None:
-    def plaintext() -> TSecurityOptions:
-        return {PLAINTEXT_PROTOCOL_ID: InsecureTransport(Identity.generate().key_pair)}
-
-    def secio() -> TSecurityOptions:
-        return {SECIO_PROTOCOL_ID: SecioTransport(Identity.generate().key_pair)}
-
-    def noise() -> TSecurityOptions:
-        key_pair = Identity.generate().key_pair
-        noise = NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)
-        return {NOISE_PROTOCOL_ID: noise}
-
     async def main() -> None:
         # Control: the same dialers do connect to a default libp2p host.
         default = new_host(key_pair=Identity.generate().key_pair)
         async with default.run([Multiaddr("/ip4/127.0.0.1/tcp/0")]):
             for sec_opt in (plaintext(), secio(), noise()):
-                await _dial_with(sec_opt, str(default.get_addrs()[0]))
+                assert await dial_error(sec_opt, str(default.get_addrs()[0])) is None
+            await default.close()
 
-        for sec_opt in (plaintext(), secio()):
-            with pytest.raises(Exception, match="upgrade security"):
-                await _dial_with(sec_opt, server.addr)
-        await _dial_with(noise(), server.addr)
+        # The server answers "na" to anything but Noise.
+        await assert_only_noise_accepted(server.addr)
         async with P2PHost(Identity.generate(), listen=None) as client:
             assert await client.request(server.addr, ECHO, b"noise") == b"noise"
 
@@ -390,14 +368,27 @@ def test_p2pthread_requests_from_many_threads(server: ServerProcess) -> None:
         p2p.request(server.addr, ECHO, b"")
 
 
-def test_p2pthread_start_failure_is_a_p2p_error() -> None:
+def test_start_failure_is_a_p2p_error() -> None:
+    async def main() -> None:
+        with pytest.raises(P2PError, match=r"^cannot listen on /ip4/127\.0\.0\.1/udp/9$"):
+            async with P2PHost(Identity.generate(), listen="/ip4/127.0.0.1/udp/9"):
+                pass
+
+        # libp2p listens with SO_REUSEPORT; a second node must still not share a port.
+        async with P2PHost(Identity.generate()) as first:
+            taken = f"/ip4/127.0.0.1/tcp/{Multiaddr(first.multiaddrs[0]).value_for_protocol('tcp')}"
+            with pytest.raises(P2PError, match="Address already in use"):
+                async with P2PHost(Identity.generate(), listen=taken):
+                    pass
+
+    trio.run(main)
     p2p = P2PThread(Identity.generate(), listen="/ip4/127.0.0.1/udp/9")
-    with pytest.raises(P2PError, match="did not start"):
+    with pytest.raises(P2PError, match=r"did not start: cannot listen on /ip4/127\.0\.0\.1/udp/9$"):
         p2p.start()
     p2p.close()
 
 
-def test_p2pthread_can_listen(server: ServerProcess) -> None:
+def test_p2pthread_can_listen() -> None:
     p2p = P2PThread(Identity.generate(), listen="/ip4/127.0.0.1/tcp/0").start()
     try:
         assert p2p.multiaddrs[0].startswith("/ip4/127.0.0.1/tcp/")

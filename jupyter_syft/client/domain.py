@@ -115,7 +115,6 @@ class RemoteRequest:
     def wait(self, timeout: float | None = None) -> m.RequestInfo:
         """Block until the request is done, denied or failed (or `timeout` passes)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.refresh()
         while self.info.status not in FINAL_STATES:
             left = POLL_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -216,4 +215,3 @@ class DomainClient:
 
     def __repr__(self) -> str:
         return f"<Domain {self.name} {self.peer_id} (you: {self.role or 'stranger'})>"
-

@@ -280,9 +280,15 @@ class DomainService:
         kind, schema, rows = describe(private)
         _, _, mock_rows = describe(mock)
         return m.DatasetInfo(
-            upload.dataset, upload.description, kind, schema, rows, mock_rows,
-            upload.public, time.time(),
-        )  # fmt: skip
+            upload.dataset,
+            upload.description,
+            kind,
+            schema,
+            rows,
+            mock_rows,
+            upload.public,
+            time.time(),
+        )
 
     def _drop_expired_uploads(self) -> None:
         now = time.time()

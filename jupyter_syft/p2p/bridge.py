@@ -63,7 +63,7 @@ class P2PThread:
                 log.exception("the libp2p host thread crashed")
             self._error = exc
         finally:
-            self._token = None
+            self._token = self._host = None
             self._ready.set()
 
     async def _main(self) -> None:

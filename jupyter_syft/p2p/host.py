@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -135,17 +136,28 @@ class P2PHost:
         return [str(addr) for addr in self._host.get_addrs()]
 
     async def __aenter__(self) -> P2PHost:
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(self._host.run([]))
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self._host.run([]))
+        # `run` only cancels tasks on exit; `close` also closes sockets and listeners.
+        stack.push_async_callback(self._host.close)
+        try:
             if self._listen is not None:
                 await self._start_listening(self._listen)
-            self._stack = stack.pop_all()
+        except BaseException:
+            await stack.aclose()  # then raise: raised inside `run`, it would come out grouped
+            raise
+        self._stack = stack
         return self
 
     async def _start_listening(self, listen: str) -> None:
         # Called directly, not via `BasicHost.run(addrs)`, which ignores a failed listen.
         try:
-            listening = await self._swarm.listen(Multiaddr(listen))
+            maddr = Multiaddr(listen)
+        except Exception as exc:
+            raise P2PError(f"cannot listen on {listen}: {exc}") from exc
+        _refuse_taken_port(maddr)
+        try:
+            listening = await self._swarm.listen(maddr)
         except Exception as exc:
             raise P2PError(f"cannot listen on {listen}: {exc}") from exc
         if not listening:
@@ -199,12 +211,18 @@ class P2PHost:
                     break
                 try:
                     reply = await handler(remote, payload)
+                    if len(reply) > MAX_FRAME_BYTES:
+                        raise FrameError(f"reply of {len(reply)} bytes exceeds the frame cap")
                 except Exception:
                     log.exception("handler for %s failed on a request from %s", protocol, remote)
                     break
                 await write_frame(stream, reply)
         except _STREAM_ERRORS as exc:
             log.debug("%s stream from %s broke: %r", protocol, remote, exc)
+            await _discard(stream)
+            return
+        except Exception:  # e.g. a reply that is not bytes; must not reach libp2p's tasks
+            log.exception("serving %s to %s failed", protocol, remote)
             await _discard(stream)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -221,9 +239,12 @@ class P2PHost:
         """Send `payload` to the peer at `multiaddr` on `protocol` and return its reply.
 
         A reused stream that turns out broken is dropped and the request sent once more on a
-        new stream, so a handler may, rarely, see a request twice.
+        new stream, so a handler may, rarely, see a request twice. Every failure, including
+        a payload over the frame cap, raises `P2PError`.
         """
         peer_id, addr = _parse(multiaddr)
+        if len(payload) > MAX_FRAME_BYTES:
+            raise P2PError(f"{protocol} request of {len(payload)} bytes exceeds the frame cap")
         try:
             with trio.fail_after(timeout):
                 stream, reused = await self._checkout(peer_id, addr, multiaddr, protocol)
@@ -284,7 +305,9 @@ class P2PHost:
         try:
             return await self._host.new_stream(peer_id, [TProtocol(protocol)])
         except Exception as exc:
-            raise P2PError(f"cannot open a {protocol} stream to {multiaddr}: {exc}") from exc
+            raise P2PError(
+                f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}"
+            ) from exc
 
     async def _connect(self, peer_id: ID, addr: Multiaddr, multiaddr: str) -> None:
         """Make sure a live connection to `peer_id` exists, dialling `addr` if needed.
@@ -305,6 +328,30 @@ class P2PHost:
 
     def _live(self, peer_id: ID) -> bool:
         return any(not conn.is_closed for conn in self._swarm.get_connections(peer_id))
+
+
+def _refuse_taken_port(listen: Multiaddr) -> None:
+    """Raise if another socket already listens on this fixed TCP port.
+
+    libp2p listens with SO_REUSEPORT, so a second node on a taken port would start without
+    error and the kernel would split incoming connections between the two. A probe socket
+    without SO_REUSEPORT cannot bind next to a listener (SO_REUSEADDR lets it past the
+    TIME_WAIT leftovers of a node that just stopped).
+    """
+    names = {p.name for p in listen.protocols()}
+    if "tcp" not in names or not ({"ip4", "ip6"} & names):
+        return
+    port = int(listen.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    ip6 = "ip6" in names
+    ip = listen.value_for_protocol("ip6" if ip6 else "ip4")
+    with socket.socket(socket.AF_INET6 if ip6 else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError as exc:
+            raise P2PError(f"cannot listen on {listen}: {exc.strerror}") from exc
 
 
 @functools.lru_cache(maxsize=1024)
