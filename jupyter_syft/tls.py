@@ -48,15 +48,17 @@ def ensure_tls_cert(
 ) -> TlsCert:
     """Load `directory`/tls-cert.pem and tls-key.pem, creating them on first use.
 
-    ECDSA P-256, because gRPC's TLS stack (used by Flight) accepts it everywhere; `hosts`
-    become the subject alternative names (IP addresses or DNS names) the client checks.
+    ECDSA P-256: pyarrow 26's gRPC also accepts Ed25519, but every TLS stack accepts P-256.
+    `hosts` become the subject alternative names (IP addresses or DNS names) the client checks;
+    they only matter on creation, an existing pair is reused as it is.
     """
     directory = Path(directory)
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     if not (cert_path.exists() and key_path.exists()):
         directory.mkdir(parents=True, exist_ok=True)
         cert_pem, key_pem = _self_signed(hosts)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        key_path.unlink(missing_ok=True)  # O_EXCL below: never reuse a file with a looser mode
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(key_pem)
         cert_path.write_bytes(cert_pem)

@@ -138,12 +138,14 @@ def write_ipc(path: Path, table: pa.Table) -> None:
 
 
 def sample_table() -> pa.Table:
-    return pa.table({
-        "id": pa.array([1, 2, None, 4], pa.int64()),
-        "name": ["ada", "bob", None, "éve"],
-        "score": [0.5, float("inf"), -1.0, 1e300],
-        "tags": [["a"], [], None, ["b", "c"]],
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": pa.array([1, 2, None, 4], pa.int64()),
+            "name": ["ada", "bob", None, "éve"],
+            "score": [0.5, float("inf"), -1.0, 1e300],
+            "tags": [["a"], [], None, ["b", "c"]],
+        }
+    )
 
 
 def big_table(mib: int) -> pa.Table:
