@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 def _domain_start(args: argparse.Namespace) -> int:
     from jupyter_syft.domain.node import DomainConfig, run_domain
     from jupyter_syft.domain.service import Limits
+    from jupyter_syft.domain.store import StoreError
     from jupyter_syft.identity import IdentityError, user_identity
+    from jupyter_syft.p2p import P2PError
 
     try:
         admin = user_identity()
@@ -71,8 +73,14 @@ def _domain_start(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(serve)
-    return 0
+    failures: list[BaseException] = []
+    try:
+        trio.run(serve)
+    except* (P2PError, StoreError, IdentityError, OSError) as group:
+        failures.extend(group.exceptions)
+    for failure in failures:
+        print(f"jupyter-syft: the domain could not run: {failure}", file=sys.stderr)
+    return 2 if failures else 0
 
 
 if __name__ == "__main__":

@@ -539,3 +539,24 @@ def test_audit_log_is_append_only_and_tamper_evident(tmp_path: Path) -> None:
     store = Store(tmp_path / "d")
     assert not store.verify_audit()
     store.close()
+
+
+def test_domain_start_with_a_bad_listen_address_says_why(tmp_path: Path) -> None:
+    env = {**os.environ, "JUPYTER_SYFT_HOME": str(tmp_path / "home")}
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter_syft.cli",
+        "domain",
+        "start",
+        "--name",
+        "x",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--listen",
+        "not-a-multiaddr",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "could not run: cannot listen on not-a-multiaddr" in done.stderr
+    assert "Traceback" not in done.stderr

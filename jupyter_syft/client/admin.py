@@ -13,6 +13,7 @@ from typing import Any
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient, RemoteRequest
+from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.domain.store import read_node_info
 from jupyter_syft.errors import InvalidError, NotAuthorisedError
 from jupyter_syft.identity import whoami
@@ -76,8 +77,10 @@ class AdminClient(DomainClient):
             raise InvalidError(f"mock does not match the private data: {exc}") from exc
         tickets = self._connection.call(m.BeginUpload(name, description, public))
         assert isinstance(tickets, m.UploadTickets)
-        self._connection.flight.put(tickets.private_ticket, private_table)
-        self._connection.flight.put(tickets.mock_ticket, mock_table)
+        flight = self._connection.flight
+        with transfer_progress(f"uploading {name}", private_table.nbytes) as bar:
+            flight.put(tickets.private_ticket, private_table, bar)
+        flight.put(tickets.mock_ticket, mock_table)
         return self._connection.call(m.CommitUpload(tickets.upload_id))  # type: ignore[return-value]
 
     def add_user(self, peer_id: str, role: str = "data_scientist", name: str = "") -> None:

@@ -12,6 +12,7 @@ import threading
 import pyarrow as pa
 
 from jupyter_syft.client.flight_client import FlightDataClient
+from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.errors import BY_CODE, InvalidError, NodeError
 from jupyter_syft.identity import Identity, user_identity
 from jupyter_syft.p2p import P2PThread
@@ -73,6 +74,7 @@ class NodeConnection:
     def table(self, data: m.ArrowData) -> pa.Table:
         """Inline IPC bytes, or a Flight fetch with the ticket the node issued."""
         if data.ticket:
-            return self.flight.get(data.ticket)
+            with transfer_progress(f"downloading from {self.info.name}", data.nbytes) as bar:
+                return self.flight.get(data.ticket, bar)
         with pa.ipc.open_stream(data.ipc) as reader:
             return reader.read_all()

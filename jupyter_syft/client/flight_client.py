@@ -8,6 +8,8 @@ use, binding them to us.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.flight as flight
 
@@ -16,6 +18,9 @@ from jupyter_syft.wire.tickets import sign_ticket
 
 # Batches of a few MiB stream fastest; one huge batch is slower and holds more memory at once.
 BATCH_BYTES = 4 << 20
+
+
+Progress = Callable[[int], None]
 
 
 class DataTransferError(Exception):
@@ -34,24 +39,34 @@ class FlightDataClient:
         self._identity = identity
         self._client = flight.FlightClient(location, tls_root_certs=cert_pem)
 
-    def get(self, token: bytes) -> pa.Table:
-        """Download the table a `get` token grants."""
+    def get(self, token: bytes, progress: Progress | None = None) -> pa.Table:
+        """Download the table a `get` token grants; `progress(nbytes)` after each batch."""
         ticket = flight.Ticket(sign_ticket(token, self._identity))
         try:
-            return self._client.do_get(ticket).read_all()
+            reader = self._client.do_get(ticket)
+            if progress is None:
+                return reader.read_all()
+            batches = []
+            for chunk in reader:
+                batches.append(chunk.data)
+                progress(chunk.data.nbytes)
+            return pa.Table.from_batches(batches, schema=reader.schema)
         except flight.FlightError as exc:
             raise DataTransferError(
                 f"download from {self._location} failed; {_reason(exc)}"
             ) from exc
 
-    def put(self, token: bytes, table: pa.Table) -> None:
+    def put(self, token: bytes, table: pa.Table, progress: Progress | None = None) -> None:
         """Upload `table` to the path a `put` token grants, in batches of ~BATCH_BYTES."""
         descriptor = flight.FlightDescriptor.for_command(sign_ticket(token, self._identity))
         rows = max(1, BATCH_BYTES * table.num_rows // table.nbytes) if table.nbytes else None
         try:
             writer, _ = self._client.do_put(descriptor, table.schema)
             with writer:
-                writer.write_table(table, max_chunksize=rows)
+                for batch in table.to_batches(max_chunksize=rows):
+                    writer.write_batch(batch)
+                    if progress is not None:
+                        progress(batch.nbytes)
         except flight.FlightError as exc:
             raise DataTransferError(f"upload to {self._location} failed; {_reason(exc)}") from exc
 

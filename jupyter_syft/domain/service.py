@@ -258,9 +258,10 @@ class DomainService:
 
     def _arrow(self, path: Path, requester: str) -> m.ArrowData:
         """Small files inline as an Arrow IPC stream; large ones as a Flight ticket."""
-        if path.stat().st_size > INLINE_BYTES:
+        size = path.stat().st_size
+        if size > INLINE_BYTES:
             relative = path.relative_to(self.store.paths.root).as_posix()
-            return m.ArrowData(ticket=self.issuer.issue("get", relative, requester))
+            return m.ArrowData(ticket=self.issuer.issue("get", relative, requester), nbytes=size)
         table = values.read_ipc_file(path)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:

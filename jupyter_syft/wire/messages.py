@@ -160,6 +160,7 @@ class ArrowData(Struct, tag="arrow_data"):
 
     ipc: bytes = b""
     ticket: bytes = b""
+    nbytes: int = 0  # size of the data behind a ticket, for progress
 
 
 class RequestInfo(Struct, tag="request_info"):
