@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import CodeType
 
@@ -113,6 +113,7 @@ class Executor:
         # happen under this lock. Waiting for a process happens outside it.
         self._lock = threading.Lock()
         self._running: set[BaseProcess] = set()
+        self._spares: list[tuple[BaseProcess, Connection]] = []
         self._closed = False
 
     def warm(self) -> None:
@@ -121,6 +122,7 @@ class Executor:
         if process is None:
             raise RuntimeError("the executor is closed")
         self._reap(process, None)
+        self._add_spare()
 
     def run(self, job: JobSpec) -> JobOutcome:
         """Run a job to completion; a failure is reported in the outcome, never raised."""
@@ -149,6 +151,10 @@ class Executor:
             self._closed = True
             for process in self._running:
                 _kill(process)
+            spares, self._spares = self._spares, []
+        for process, conn in spares:
+            conn.close()
+            self._reap(process, EXIT_GRACE_S)
 
     def __enter__(self) -> Executor:
         return self
@@ -160,19 +166,18 @@ class Executor:
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        reader, writer = self._context.Pipe(duplex=False)
-        with reader:
+        spare = self._take_spare()
+        if spare is None:
+            return JobOutcome(ok=False, error="the executor is closed")
+        process, conn = spare
+        threading.Thread(target=self._add_spare, daemon=True).start()
+        with conn:
             try:
-                process = self._start(self._worker.main, (msgspec.msgpack.encode(job), writer))
-            finally:
-                writer.close()
-            if process is None:
-                return JobOutcome(ok=False, error="the executor is closed")
-            ready = reader.poll(remaining())
-            try:
-                report = reader.recv_bytes(MAX_OUTCOME_BYTES) if ready else None
+                conn.send_bytes(msgspec.msgpack.encode(job))
+                ready = conn.poll(remaining())
+                report = conn.recv_bytes(MAX_OUTCOME_BYTES) if ready else None
             except (EOFError, OSError):  # the worker ended without reporting
-                report = None
+                ready, report = True, None
         code = self._reap(process, EXIT_GRACE_S if report is not None else remaining())
         if not ready:
             return JobOutcome(ok=False, error=f"timed out after {job.timeout_s:g} s")
@@ -182,6 +187,42 @@ class Executor:
             return msgspec.msgpack.decode(report, type=JobOutcome)
         except msgspec.DecodeError as e:
             return JobOutcome(ok=False, error=f"the worker sent a malformed report: {e}")
+
+    def _spawn(self) -> tuple[BaseProcess, Connection] | None:
+        """A worker process waiting for its job on a pipe, or None once closed."""
+        ours, theirs = self._context.Pipe(duplex=True)
+        try:
+            process = self._start(self._worker.main, (theirs,))
+        finally:
+            theirs.close()
+        if process is None:
+            ours.close()
+            return None
+        return process, ours
+
+    def _add_spare(self) -> None:
+        spare = self._spawn()
+        if spare is None:
+            return
+        with self._lock:
+            if not self._closed:
+                self._spares.append(spare)
+                return
+        spare[1].close()
+        self._reap(spare[0], EXIT_GRACE_S)
+
+    def _take_spare(self) -> tuple[BaseProcess, Connection] | None:
+        """A ready spare that is still alive, else a new worker."""
+        while True:
+            with self._lock:
+                spare = self._spares.pop() if self._spares else None
+                alive = spare is not None and spare[0].is_alive()
+            if spare is None:
+                return self._spawn()
+            if alive:
+                return spare
+            spare[1].close()
+            self._reap(spare[0], 0)
 
     def _start(self, target: Callable[..., None], args: tuple) -> BaseProcess | None:
         """Start a worker process, or return None once the executor is closed."""

@@ -48,9 +48,17 @@ def warm_up() -> None:
     """Target of the executor's first process: starting it is the whole point."""
 
 
-def main(job_bytes: bytes, conn: Connection) -> None:
-    """Entry point of a job process: run the job, report the outcome, exit at once."""
+def main(conn: Connection) -> None:
+    """Entry point of a job process: wait for one job, run it, report the outcome, exit at once.
+
+    The executor starts this process before a job arrives (a spare), so forking is off the
+    request path; each job still gets a process of its own.
+    """
     os.setsid()  # own process group, so a timeout also kills anything the code started
+    try:
+        job_bytes = conn.recv_bytes()
+    except (EOFError, OSError):  # the executor closed without a job for us
+        os._exit(0)
     outcome = run_job(msgspec.msgpack.decode(job_bytes, type=JobSpec))
     conn.send_bytes(msgspec.msgpack.encode(outcome))
     conn.close()
