@@ -1,15 +1,17 @@
 """jupyter-syft: remote data science from JupyterLab.
 
 import jupyter_syft as syft
+net = syft.connect(NETWORK_MULTIADDR)                            # a network: search it
+domain = net.domain("hospital-a")                                # or a domain, directly:
 domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
 owner = syft.admin("path/to/domain-dir")                          # as the data owner
 """
 
 from __future__ import annotations
 
-from jupyter_syft.client.admin import AdminClient, ReviewRequest, open_admin
-from jupyter_syft.client.connection import NodeConnection
-from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from jupyter_syft.errors import (
     ConflictError,
     InvalidError,
@@ -19,15 +21,50 @@ from jupyter_syft.errors import (
     RequestFailed,
     SyftError,
 )
-from jupyter_syft.identity import whoami
+
+if TYPE_CHECKING:
+    from jupyter_syft.client.admin import AdminClient, ReviewRequest
+    from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
+    from jupyter_syft.client.network import NetworkClient
+
+# Imported on first use: libp2p, pyarrow and pandas cost ~1 s, and a kernel or a CLI command
+# should not pay for what it does not touch.
+_LAZY = {
+    "AdminClient": ("jupyter_syft.client.admin", "AdminClient"),
+    "ReviewRequest": ("jupyter_syft.client.admin", "ReviewRequest"),
+    "admin": ("jupyter_syft.client.admin", "open_admin"),
+    "Dataset": ("jupyter_syft.client.domain", "Dataset"),
+    "DomainClient": ("jupyter_syft.client.domain", "DomainClient"),
+    "RemoteRequest": ("jupyter_syft.client.domain", "RemoteRequest"),
+    "NetworkClient": ("jupyter_syft.client.network", "NetworkClient"),
+    "whoami": ("jupyter_syft.identity", "whoami"),
+}
 
 
-def connect(multiaddr: str) -> DomainClient:
-    """Connect to a domain node as this user (identity under $JUPYTER_SYFT_HOME)."""
-    return DomainClient(NodeConnection(multiaddr))
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'jupyter_syft' has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
 
 
-admin = open_admin
+def connect(multiaddr: str) -> NetworkClient | DomainClient:
+    """Connect as this user (identity under $JUPYTER_SYFT_HOME) to a network or a domain node.
+
+    A network node serves the network protocol; any other node is taken for a domain.
+    """
+    from jupyter_syft.client.connection import NodeConnection
+    from jupyter_syft.client.domain import DomainClient
+    from jupyter_syft.client.network import NetworkClient, NetworkConnection
+    from jupyter_syft.p2p import ProtocolNotSupported
+
+    try:
+        return NetworkClient(NetworkConnection(multiaddr))
+    except ProtocolNotSupported:
+        return DomainClient(NodeConnection(multiaddr))
+
 
 __all__ = [
     "AdminClient",
@@ -35,6 +72,7 @@ __all__ = [
     "Dataset",
     "DomainClient",
     "InvalidError",
+    "NetworkClient",
     "NotAuthorisedError",
     "NotFoundError",
     "RemoteRequest",

@@ -1,0 +1,276 @@
+"""The Syft magics: `%syft ...`, `%%mock` and `%%request`.
+
+Bad input of any kind (an unknown domain or dataset, an offline domain, a syntax error) is
+raised as IPython's UsageError: the cell shows one clear line and no traceback, and fails, so
+"run all" stops there as it would on any other error.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.display import display
+
+from jupyter_syft.errors import NotAuthorisedError, SyftError
+from jupyter_syft.kernel import display as show
+from jupyter_syft.kernel.cells import (
+    FUNCTION_NAME,
+    CellError,
+    CellLine,
+    Source,
+    cell_to_function,
+    parse_line,
+    parse_options,
+    split_last_expression,
+)
+from jupyter_syft.kernel.session import SyftSession, connection_errors, reason
+from jupyter_syft.kernel.watch import RequestBook, Submission, Target
+
+SYFT_USAGE = """\
+%syft connect ADDR|demo     connect to a domain or network node (multiaddr), or the local demo
+%syft domains               the domains you can reach, and their datasets
+%syft search TEXT           datasets whose name or description mentions TEXT
+%syft requests              your requests on the connected domains
+%syft fetch ID [--out VAR]  follow one of them (e.g. after a restart); bind its result
+%syft wait [--timeout S]    block until this kernel's requests end (for notebooks run headless)
+%syft whoami                your peer ID (give it to a data owner to be added)"""
+WAIT_TIMEOUT_S = 300.0
+
+
+@magics_class
+class SyftMagics(Magics):
+    def __init__(self, shell: Any, session: SyftSession, book: RequestBook) -> None:
+        super().__init__(shell)
+        self.session = session
+        self.book = book
+
+    # ---- %syft -----------------------------------------------------------------------------
+
+    @line_magic
+    def syft(self, line: str) -> None:
+        """Connect, look around and keep track of requests; `%syft` alone lists the commands."""
+        command, _, rest = line.strip().partition(" ")
+        handler = {
+            "connect": self._connect,
+            "domains": self._domains,
+            "search": self._search,
+            "requests": self._requests,
+            "fetch": self._fetch,
+            "wait": self._wait,
+            "whoami": self._whoami,
+        }.get(command)
+        if not command:
+            print(SYFT_USAGE)
+        elif handler is None:
+            raise UsageError(f"unknown command {command!r}\n{SYFT_USAGE}")
+        else:
+            handler(rest.strip())
+
+    def _connect(self, address: str) -> None:
+        if not address:
+            raise UsageError("usage: %syft connect ADDR (a domain or network multiaddr) or demo")
+        clients = (
+            self.session.connect_demo() if address == "demo" else [self.session.connect(address)]
+        )
+        for client in clients:
+            if client is self.session.network:
+                count = len(self.session.network_domains())
+                text = f"connected to network {client.name} ({_count(count, 'domain')})"
+            else:
+                count = _count(len(self.session.listing(client.name)), "dataset")
+                role = client.role or "stranger: ask the owner to add you (%syft whoami)"
+                text = f"connected to domain {client.name} ({count}; you: {role})"
+            display(show.note(text, show.COLOURS["done"]), raw=True)
+
+    def _domains(self, _: str) -> None:
+        rows = []
+        for name, client in sorted(self.session.domains.items()):
+            try:
+                found, state = sorted(self.session.listing(name, fresh=True)), "online"
+            except UsageError:
+                found, state = [], "offline"
+            rows.append([name, client.peer_id, state, client.role or "stranger", ", ".join(found)])
+        if self.session.network is not None:
+            for domain in self.session.network_domains():
+                if domain.name not in self.session.domains:
+                    state = "online" if domain.online else "offline"
+                    count = _count(domain.dataset_count, "dataset")
+                    rows.append([domain.name, domain.peer_id, state, "(via the network)", count])
+        if not rows:
+            raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
+        headers = ["domain", "peer id", "status", "you", "datasets"]
+        display(show.table(headers, rows), raw=True)
+
+    def _search(self, text: str) -> None:
+        needle = text.lower()
+        rows = {}
+        for name in sorted(self.session.domains):
+            try:
+                listing = self.session.listing(name, fresh=True)
+            except UsageError:
+                continue
+            for dataset in listing.values():
+                if needle in f"{dataset.name} {dataset.description}".lower():
+                    rows[name, dataset.name] = [
+                        f"{name}/{dataset.name}", dataset.description, dataset.rows,
+                        ", ".join(dataset.schema), "online",
+                    ]  # fmt: skip
+        if self.session.network is not None:
+            for hit in self.session.network_search(text):
+                rows.setdefault((hit.domain, hit.dataset), [
+                    f"{hit.domain}/{hit.dataset}", hit.description, hit.rows,
+                    ", ".join(hit.schema), "online" if hit.online else "offline",
+                ])  # fmt: skip
+        if not rows:
+            display(show.note(f"no dataset matches {text!r}"), raw=True)
+            return
+        headers = ["dataset", "description", "rows", "columns", "domain"]
+        display(show.table(headers, list(rows.values())), raw=True)
+
+    def _requests(self, _: str) -> None:
+        bound = {
+            t.request.id: s.line.out
+            for s in self.book.submissions
+            for t in s.targets
+            if t.request is not None and s.bound
+        }
+        rows = []
+        for name, client in sorted(self.session.domains.items()):
+            try:
+                found = client.requests()
+            except connection_errors():
+                rows.append(["-", name, "", "offline", "", ""])
+                continue
+            for request in sorted(found, key=lambda r: r.info.submitted_at, reverse=True):
+                info = request.info
+                detail = info.reason or (info.error.strip().splitlines() or [""])[-1]
+                datasets = ", ".join(info.inputs.values())
+                rows.append(
+                    [info.request_id, name, datasets, info.status, detail,
+                     bound.get(info.request_id, "")]
+                )  # fmt: skip
+        if not rows:
+            display(show.note("no requests yet"), raw=True)
+            return
+        headers = ["request", "domain", "datasets", "status", "detail", "bound to"]
+        display(show.table(headers, rows), raw=True)
+
+    def _fetch(self, rest: str) -> None:
+        words = rest.split()
+        if not words or words[0].startswith("-"):
+            raise UsageError("usage: %syft fetch REQUEST_ID [--out VAR] [--timeout S]")
+        options = _options(words[1:])
+        name, request = self.session.find_request(words[0])
+        inputs = dict(request.info.inputs)
+        sources = tuple(Source(name, dataset, arg) for arg, dataset in inputs.items())
+        target = Target(name, inputs, request)
+        self.book.watch(Submission(self.shell, CellLine(sources, **options), [target]))
+
+    def _wait(self, rest: str) -> None:
+        options = _options(rest.split())
+        if "out" in options:
+            raise UsageError("usage: %syft wait [--timeout S]")
+        timeout = options.get("timeout", WAIT_TIMEOUT_S)
+        unfinished = self.book.wait(timeout)
+        if unfinished:
+            raise UsageError(
+                f"{len(unfinished)} request(s) still running after {timeout:g} s; they carry on"
+            )
+        ended = len(self.book.submissions)
+        display(show.note(f"all {ended} request cell(s) of this kernel have ended"), raw=True)
+
+    def _whoami(self, _: str) -> None:
+        from jupyter_syft.identity import syft_home
+
+        rows = [
+            ["peer id", self.session.node()],
+            ["identity", str(syft_home())],
+            ["domains", ", ".join(sorted(self.session.domains)) or "none"],
+            ["network", self.session.network_address or "none"],
+        ]
+        display(show.table(["you", ""], rows), raw=True)
+
+    # ---- cells -----------------------------------------------------------------------------
+
+    @cell_magic
+    def mock(self, line: str, cell: str) -> None:
+        """Run the cell here and now with each NAME bound to its dataset's mock."""
+        __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
+        parsed = self._parse(line)
+        plans, _ = self.session.resolve(parsed.sources, fresh=False)
+        plan = plans[0]
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc)) from None
+        ast.increment_lineno(tree, 1)  # number lines as the editor does: the magic is line 1
+        mocks = {n: self.session.mock(plan.domain.name, d) for n, d in plan.inputs.items()}
+        filename = self.shell.compile.cache(f"%%mock {line}\n{cell}", self.shell.execution_count)
+        body, last = split_last_expression(tree)
+        namespace = self.shell.user_ns
+        namespace.update(mocks)
+        exec(compile(body, filename, "exec"), namespace)
+        value = eval(compile(last, filename, "eval"), namespace) if last is not None else None
+        label = ", ".join(
+            f"{plan.domain.name}/{d.name} as {n} ({d.info.mock_rows} mock rows)"
+            for n, d in plan.inputs.items()
+        )
+        display(show.mock_result(label, value), raw=True)
+
+    @cell_magic
+    def request(self, line: str, cell: str) -> None:
+        """Send the cell to run on the private data; returns at once, the status updates live."""
+        parsed = self._parse(line)
+        try:
+            code = cell_to_function(cell, [s.name for s in parsed.sources])
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc, " (nothing was sent)")) from None
+        plans, skipped = self.session.resolve(parsed.sources, fresh=True)
+        targets = []
+        for plan in plans:
+            datasets = {name: d.name for name, d in plan.inputs.items()}
+            try:
+                request = plan.domain.submit(code, FUNCTION_NAME, datasets)
+                targets.append(Target(plan.domain.name, datasets, request))
+            except (SyftError, *connection_errors()) as exc:
+                if len(plans) == 1:
+                    raise UsageError(_submit_error(plan.domain.name, exc)) from None
+                error = _submit_error(plan.domain.name, exc)
+                targets.append(Target(plan.domain.name, datasets, None, error=error))
+        self.book.watch(Submission(self.shell, parsed, targets, skipped))
+
+    def _parse(self, line: str) -> CellLine:
+        try:
+            return parse_line(line)
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def _options(words: list[str]) -> dict:
+    try:
+        return parse_options(words)
+    except CellError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _syntax_error(exc: SyntaxError, outcome: str = "") -> str:
+    """Where the cell fails to parse, counting the magic's line as line 1 like the editor."""
+    where = f"line {(exc.lineno or 0) + 1}"
+    text = (exc.text or "").rstrip("\n")
+    caret = " " * max((exc.offset or 1) - 1, 0) + "^"
+    return f"SyntaxError in the cell, {where}: {exc.msg}{outcome}\n    {text}\n    {caret}"
+
+
+def _submit_error(domain: str, exc: Exception) -> str:
+    if isinstance(exc, connection_errors()):
+        return f"domain {domain!r} is offline or unreachable ({reason(exc)})"
+    if isinstance(exc, NotAuthorisedError):
+        return f"domain {domain!r} refused the request: {exc} (give the owner your `%syft whoami`)"
+    return f"domain {domain!r} refused the request: {exc}"

@@ -1,0 +1,320 @@
+"""The kernel's side of the peer network: this user's client node and what it is connected to.
+
+One `SyftSession` per kernel. It brings the client node up in the background (so the kernel
+answers at once), keeps the domains and the network the user connected to, caches dataset
+listings and mocks, and resolves `DOMAIN/DATASET` names to datasets. Every failure it meets is
+turned into a `UsageError` whose message tells the scientist what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from jupyter_syft.kernel.cells import ALL_DOMAINS, Source
+
+if TYPE_CHECKING:
+    from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
+
+DEMO_ENV = "JUPYTER_SYFT_DEMO"
+DEMO_FILE = Path("demo-data") / "demo.json"
+NODE_START_TIMEOUT_S = 60.0
+
+
+def connection_errors() -> tuple[type[Exception], ...]:
+    """What a call raises when the domain cannot be reached (it is down, or the link broke)."""
+    from jupyter_syft.client.flight_client import DataTransferError
+    from jupyter_syft.p2p import P2PError
+
+    return P2PError, DataTransferError
+
+
+def reason(exc: Exception) -> str:
+    """The innermost cause of a connection error: libp2p wraps it in several layers."""
+    causes = [c for c in str(exc).split(" <- ") if not c.startswith("ExceptionGroup")]
+    return causes[-1] if causes else str(exc)
+
+
+@dataclass
+class Plan:
+    """Where one request goes: a domain and the datasets bound to the cell's NAMEs there."""
+
+    domain: DomainClient
+    inputs: dict[str, Dataset]
+
+
+class SyftSession:
+    """Connections and caches of one kernel; methods are called from the kernel's thread,
+    `reopen` also from request watchers."""
+
+    def __init__(self) -> None:
+        self.domains: dict[str, DomainClient] = {}
+        self.network: Any = None  # a NetworkClient, when connected to a network
+        self.network_address = ""
+        self._reopeners: dict[str, Callable[[], DomainClient]] = {}
+        self._listings: dict[str, dict[str, Dataset]] = {}
+        self._mocks: dict[tuple[str, str, float], Any] = {}  # (domain, dataset, created_at)
+        self._on_network: dict[str, set[str]] = {}  # dataset names by domain, seen on the network
+        self._lock = threading.Lock()
+        self._node_thread = threading.Thread(target=self._start_node, name="syft-node", daemon=True)
+        self._node_error: BaseException | None = None
+        self.peer_id = ""
+
+    # ---- this user's node ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring the client node up without holding up the kernel (imports take ~1 s)."""
+        self._node_thread.start()
+
+    def _start_node(self) -> None:
+        try:
+            from jupyter_syft.client.connection import shared_peer
+            from jupyter_syft.identity import user_identity
+
+            self.peer_id = shared_peer(user_identity()).peer_id
+        except Exception as exc:
+            self._node_error = exc
+
+    def node(self) -> str:
+        """This user's peer ID once the node is up; UsageError if it could not start."""
+        self._node_thread.join(NODE_START_TIMEOUT_S)
+        if self._node_error is not None:
+            raise UsageError(f"the Syft client node did not start: {self._node_error}")
+        if not self.peer_id:
+            raise UsageError(f"the Syft client node is not up after {NODE_START_TIMEOUT_S} s")
+        return self.peer_id
+
+    # ---- connecting ------------------------------------------------------------------------
+
+    def connect(self, address: str) -> Any:
+        """Connect to a domain or a network node by multiaddr; returns the client."""
+        self.node()
+        import jupyter_syft
+        from jupyter_syft.client.domain import DomainClient
+        from jupyter_syft.errors import SyftError
+
+        try:
+            client = jupyter_syft.connect(address)
+        except connection_errors() as exc:
+            raise UsageError(
+                f"cannot reach {address}: it is offline or unreachable ({reason(exc)})"
+            ) from None
+        except SyftError as exc:
+            raise UsageError(f"cannot connect to {address}: {exc}") from None
+        if isinstance(client, DomainClient):
+            self.add_domain(client, lambda: jupyter_syft.connect(address))
+        else:
+            self.network, self.network_address = client, address
+            self.network_domains()
+        return client
+
+    def add_domain(self, client: DomainClient, reopen: Callable[[], DomainClient]) -> None:
+        with self._lock:
+            known = self.domains.get(client.name)
+            if known is not None and known.peer_id != client.peer_id:
+                raise UsageError(
+                    f"already connected to another domain named {client.name!r} "
+                    f"({known.peer_id}); restart the kernel to switch"
+                )
+            self.domains[client.name] = client
+            self._reopeners[client.name] = reopen
+        self.listing(client.name, fresh=True)
+
+    def connect_demo(self) -> list[Any]:
+        """Join the local demo written by `jupyter-syft demo --keep-running`: its network if
+        it has one (and it answers), else each of its domains; as the demo's scientist."""
+        path = Path(os.environ.get(DEMO_ENV) or DEMO_FILE)
+        try:
+            demo = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else exc
+            raise UsageError(
+                f"no demo at {path.resolve()} ({detail}); start one with "
+                f"`jupyter-syft demo --keep-running`, or set ${DEMO_ENV} to its demo.json"
+            ) from None
+        if demo.get("scientist_home"):
+            self.use_identity(path.parent / demo["scientist_home"])
+        if demo.get("network"):
+            try:
+                return [self.connect(demo["network"])]
+            except UsageError:
+                if not demo.get("domains"):
+                    raise
+        return [self.connect(address) for address in demo.get("domains", {}).values()]
+
+    def use_identity(self, home: Path) -> None:
+        """Act as the identity kept in `home` from now on (the demo's scientist)."""
+        from jupyter_syft.client.connection import shared_peer
+        from jupyter_syft.identity import HOME_ENV, user_identity
+
+        self.node()
+        os.environ[HOME_ENV] = str(home.resolve())
+        self.peer_id = shared_peer(user_identity()).peer_id
+
+    # ---- domains and datasets ----------------------------------------------------------------
+
+    def domain(self, name: str) -> DomainClient:
+        """A connected domain by name, or one the network knows (then connected)."""
+        if name in self.domains:
+            return self.domains[name]
+        if self.network is not None:
+            from jupyter_syft.errors import NotFoundError, SyftError
+
+            try:
+                client = self.network.domain(name)
+            except NotFoundError as exc:
+                raise UsageError(f"the network knows no domain {name!r}: {exc}") from None
+            except SyftError as exc:
+                raise UsageError(str(exc)) from None
+            except connection_errors() as exc:
+                raise UsageError(
+                    f"domain {name!r} is offline or unreachable ({reason(exc)})"
+                ) from None
+            network = self.network
+            self.add_domain(client, lambda: network.domain(name))
+            return client
+        known = ", ".join(self.domains) or "none yet"
+        raise UsageError(
+            f"unknown domain {name!r} (connected: {known}); connect with `%syft connect ADDR`"
+        )
+
+    def reopen(self, name: str) -> DomainClient:
+        """A new connection to a domain whose link broke (it may have restarted elsewhere)."""
+        client = self._reopeners[name]()
+        with self._lock:
+            self.domains[name] = client
+            self._listings.pop(name, None)  # its datasets hold the old connection
+        return client
+
+    def listing(self, name: str, fresh: bool = False) -> dict[str, Dataset]:
+        """Datasets of a connected domain; kept for completion and mocks, re-read if `fresh`."""
+        if fresh or name not in self._listings:
+            domain = self.domain(name)
+            try:
+                found = dict(domain.datasets)
+            except connection_errors() as exc:
+                raise UsageError(
+                    f"domain {name!r} is offline or unreachable ({reason(exc)})"
+                ) from None
+            with self._lock:
+                self._listings[name] = found
+        return self._listings[name]
+
+    def known_datasets(self) -> dict[str, list[str]]:
+        """Dataset names by domain, from what was already read (for completion: no calls)."""
+        known = {name: set(found) for name, found in self._on_network.items()}
+        for name, found in self._listings.items():
+            known.setdefault(name, set()).update(found)
+        return {name: sorted(found) for name, found in known.items()}
+
+    def network_domains(self) -> list[Any]:
+        """The connected network's domains (DomainSummary), remembered for completion."""
+        try:
+            domains = list(self.network.domains)
+        except connection_errors() as exc:
+            raise UsageError(f"the network is unreachable ({reason(exc)})") from None
+        for domain in domains:
+            self._on_network.setdefault(domain.name, set())
+        return domains
+
+    def network_search(self, text: str) -> list[Any]:
+        """Search the connected network (SearchHit), remembering the hits for completion."""
+        try:
+            hits = list(self.network.search(text))
+        except connection_errors() as exc:
+            raise UsageError(f"the network is unreachable ({reason(exc)})") from None
+        for hit in hits:
+            self._on_network.setdefault(hit.domain, set()).add(hit.dataset)
+        return hits
+
+    def resolve(
+        self, sources: tuple[Source, ...], fresh: bool = True
+    ) -> tuple[list[Plan], list[str]]:
+        """Plans for the sources, and the domains skipped as offline (only with `*`).
+
+        Named domains must all be one domain: a request runs where its data lives.
+        """
+        if sources[0].domain == ALL_DOMAINS:
+            return self._resolve_everywhere(sources)
+        names = sorted({s.domain for s in sources})
+        if len(names) > 1:
+            raise UsageError(
+                f"these datasets live on different domains ({', '.join(names)}), and a request "
+                "runs on one domain; use `*/DATASET` to run the cell on every domain holding it"
+            )
+        listing = self.listing(names[0], fresh=fresh or not self._has_all(names[0], sources))
+        return [Plan(self.domains[names[0]], self._bind(names[0], listing, sources))], []
+
+    def _has_all(self, name: str, sources: tuple[Source, ...]) -> bool:
+        return all(s.dataset in self._listings.get(name, {}) for s in sources)
+
+    def _resolve_everywhere(self, sources: tuple[Source, ...]) -> tuple[list[Plan], list[str]]:
+        candidates = set(self.domains)
+        if self.network is not None:
+            for source in sources:
+                hits = self.network_search(source.dataset)
+                candidates.update(h.domain for h in hits if h.dataset == source.dataset)
+        plans, offline = [], []
+        for name in sorted(candidates):
+            try:
+                listing = self.listing(name, fresh=True)
+            except UsageError:
+                offline.append(name)
+                continue
+            if all(s.dataset in listing for s in sources):
+                plans.append(Plan(self.domains[name], self._bind(name, listing, sources)))
+        if not plans:
+            wanted = ", ".join(s.dataset for s in sources)
+            skipped = f" (offline: {', '.join(offline)})" if offline else ""
+            raise UsageError(f"no connected domain holds {wanted}{skipped}")
+        return plans, offline
+
+    @staticmethod
+    def _bind(name: str, listing: dict[str, Dataset], sources: tuple[Source, ...]) -> dict:
+        inputs = {}
+        for source in sources:
+            if source.dataset not in listing:
+                known = ", ".join(sorted(listing)) or "none"
+                raise UsageError(
+                    f"unknown dataset {source.dataset!r} on domain {name!r} (datasets: {known})"
+                )
+            inputs[source.name] = listing[source.dataset]
+        return inputs
+
+    def find_request(self, prefix: str) -> tuple[str, RemoteRequest]:
+        """Your request whose ID starts with `prefix`, on a connected domain, and its domain."""
+        found, offline = [], []
+        for name, domain in sorted(self.domains.items()):
+            try:
+                found += [(name, r) for r in domain.requests() if r.id.startswith(prefix)]
+            except connection_errors():
+                offline.append(name)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise UsageError(f"{len(found)} requests start with {prefix!r}: give more of the ID")
+        skipped = f" (offline: {', '.join(offline)})" if offline else ""
+        raise UsageError(f"no request {prefix!r} of yours on the connected domains{skipped}")
+
+    def mock(self, domain: str, dataset: Dataset) -> Any:
+        """A dataset's mock, fetched once per kernel. Cells cannot change the kept copy:
+        DataFrames copy on write and numpy mocks are read-only; tensors are cloned."""
+        key = (domain, dataset.name, dataset.info.created_at)
+        if key not in self._mocks:
+            try:
+                self._mocks[key] = dataset.mock
+            except connection_errors() as exc:
+                raise UsageError(
+                    f"domain {domain!r} is offline or unreachable ({reason(exc)})"
+                ) from None
+        value = self._mocks[key]
+        torch = sys.modules.get("torch")
+        return value.clone() if torch and isinstance(value, torch.Tensor) else value

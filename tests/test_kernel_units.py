@@ -1,0 +1,116 @@
+"""The kernel's pure parts: the magic line, cell-to-function, rendering, completion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from jupyter_syft.kernel import display
+from jupyter_syft.kernel.cells import (
+    FUNCTION_NAME,
+    CellError,
+    Source,
+    cell_to_function,
+    parse_line,
+)
+from jupyter_syft.kernel.completion import complete
+
+
+def run(code: str, **inputs: object) -> object:
+    namespace: dict = {}
+    exec(compile(code, "<test>", "exec"), namespace)
+    return namespace[FUNCTION_NAME](**inputs)
+
+
+def test_parse_line() -> None:
+    line = parse_line("hospital-a/diabetes as df, hospital-a/scans as s --out r --timeout 2.5")
+    assert line.sources == (
+        Source("hospital-a", "diabetes", "df"),
+        Source("hospital-a", "scans", "s"),
+    )
+    assert (line.out, line.timeout, line.every_domain) == ("r", 2.5, False)
+    defaults = parse_line("*/diabetes as df")
+    assert (defaults.out, defaults.timeout, defaults.every_domain) == ("_request", None, True)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "expected DOMAIN/DATASET as NAME"),
+        ("diabetes as df", "cannot read 'diabetes as df'"),
+        ("a/b as class", "not a valid Python name"),
+        ("a/b as x, a/c as x", "each dataset needs its own NAME"),
+        ("*/b as x, a/c as y", "not a mix"),
+        ("a/b as x --timeout soon", "not a number"),
+        ("a/b as x --timeout 0", "more than 0"),
+        ("a/b as x --out 2x", "not a valid Python name"),
+    ],
+)
+def test_parse_line_refuses(line: str, message: str) -> None:
+    with pytest.raises(CellError, match=message):
+        parse_line(line)
+
+
+def test_cell_becomes_a_function_returning_its_last_expression() -> None:
+    cell = "# mean BMI\nm = df['bmi'].mean()\n\nm * 2  # doubled\n"
+    code = cell_to_function(cell, ["df"])
+    assert code.startswith(f"def {FUNCTION_NAME}(df):\n    # mean BMI\n")
+    assert "    return m * 2  # doubled\n" in code
+    assert run(code, df=pd.DataFrame({"bmi": [1.0, 3.0]})) == 4.0
+
+
+def test_cell_text_survives_the_transform() -> None:
+    cell = 'text = """first\n  second\nthird"""\nif True:\n\tn = 1; n\ntext'
+    assert run(cell_to_function(cell, [])) == "first\n  second\nthird"
+    assert run(cell_to_function("x = 1; x + 1", [])) == 2
+    assert run(cell_to_function("values = [\n    1,\n    2,\n]\nsum(\n    values\n)", [])) == 3
+    assert run(cell_to_function("y = 5", [])) is None
+    assert run(cell_to_function("", [])) is None
+    assert run(cell_to_function("# only a comment", [])) is None
+
+
+def test_syntax_errors_are_caught_before_sending() -> None:
+    with pytest.raises(SyntaxError):
+        cell_to_function("x = (1,\n", ["df"])
+
+
+def test_rendering_escapes_and_sanitises() -> None:
+    frame = pd.DataFrame({"note": ["<script>alert(1)</script>", "<b onclick=x>hi</b>"]})
+    markup, text = display.render(frame)
+    clean = display.sanitise(markup)
+    assert "<script" not in clean and "<b " not in clean and "&lt;script&gt;" in clean
+    assert "2 rows x 1 columns" in text
+    assert display.sanitise('<a href="javascript:x">l</a><img src=x onerror=y>') == "l"
+    styled = display.sanitise('<div style="color: red; position: fixed">x</div>')
+    assert styled == '<div style="color:red">x</div>'
+
+
+def test_rendering_tensors_arrays_and_containers() -> None:
+    assert "torch tensor, shape (2, 3), dtype float32" in display.render(torch.zeros(2, 3))[1]
+    assert "numpy array, shape (4,), dtype int64" in display.render(np.arange(4))[1]
+    assert display.render(np.float64(2.5))[1] == "2.5 (numpy float64)"
+    assert display.render({"n": 3, "m": 1.5})[1] == "{'n': 3, 'm': 1.5}"
+    nested, _ = display.render({"t": torch.ones(1)})
+    assert "<table>" in nested and "torch tensor" in nested
+
+
+def test_completion_of_syft_syntax() -> None:
+    catalog = {"a": ["diabetes", "scans"], "b": ["diabetes"]}
+
+    def matches(code: str) -> list[str] | None:
+        reply = complete(code, len(code), catalog)
+        return None if reply is None else reply["matches"]
+
+    assert matches("%%mock ") == ["a/", "b/", "*/"]
+    assert matches("%%request b/") == ["b/diabetes"]
+    assert matches("%%request */") == ["*/diabetes", "*/scans"]
+    assert matches("%%request a/scans as s, a/d") == ["a/diabetes"]
+    assert matches("%%request a/scans as ") is None  # a name of yours: IPython's business
+    assert matches("%%request a/scans as s --o") is None
+    commands = ["connect", "domains", "fetch", "requests", "search", "wait", "whoami"]
+    assert matches("%syft ") == commands
+    assert matches("%syft connect d") == ["demo"]
+    assert matches("print(1)\n%%mock a/") is None  # a cell magic only on a cell's first line
+    assert matches("x = 1") is None
