@@ -1,0 +1,158 @@
+"""`jupyter-syft demo --lab`: the demo network in the background, JupyterLab in front.
+
+It runs `jupyter-syft demo --keep-running` (a network, two hospitals, the scripted requests)
+as a child process, then starts JupyterLab on 127.0.0.1 with the scientist's and the owner's
+notebooks open and the Syft sidebar acting as the demo's people: the scientist and both
+hospitals' owners. Both children get their own session, so Ctrl-C reaches only this process,
+which stops JupyterLab first and then the nodes; the next run starts clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import webbrowser
+from pathlib import Path
+
+from jupyter_syft.demo import HOSPITALS
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOKS = ("scientist.ipynb", "owner.ipynb")
+START_S = 180.0  # the scripted demo runs first (~10-30 s on a busy machine)
+PREFERRED_PORT = 8888
+
+
+def run_lab_demo(folder: Path, open_browser: bool = True) -> int:
+    folder = folder.resolve()
+    demo_file = folder / "demo.json"
+    demo_file.unlink(missing_ok=True)  # a file left by a killed run is not this run's
+    demo = _start([sys.executable, "-m", "jupyter_syft.cli", "demo", "--keep-running",
+                   "--dir", str(folder)])  # fmt: skip
+    lab = None
+    try:
+        _wait_for(demo_file, demo)
+        lab, url = _start_lab(folder, demo_file)
+        print(f"\nJupyterLab: {url}\n(Ctrl-C stops JupyterLab, the network and the domains)\n")
+        if open_browser and _has_display():
+            webbrowser.open(url)
+        lab.wait()
+        return 1  # JupyterLab stopped by itself
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # SIGINT for the demo: like Ctrl-C, it then stops its network and domains itself.
+        for process, sig in ((lab, signal.SIGTERM), (demo, signal.SIGINT)):
+            if process is not None and process.poll() is None:
+                process.send_signal(sig)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+def _has_display() -> bool:
+    """Without one, `webbrowser` may start a text browser in this terminal: print only."""
+    graphical = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    return sys.platform in ("darwin", "win32") or bool(graphical)
+
+
+def _start(command: list[str], **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen(command, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+
+
+def _wait_for(demo_file: Path, demo: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_S
+    while not demo_file.exists():
+        if demo.poll() is not None:
+            raise SystemExit(f"the demo stopped (exit code {demo.returncode}); see above")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the demo did not write {demo_file} in {START_S:.0f} s")
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", PREFERRED_PORT))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_lab(folder: Path, demo_file: Path) -> tuple[subprocess.Popen, str]:
+    """JupyterLab over copies of examples/, its sidebar acting as the scientist and both owners."""
+    demo = json.loads(demo_file.read_text())
+    scientist_home = Path(demo["scientist_home"])
+    owner_homes = [folder / "homes" / name for name in HOSPITALS]
+    port, token = _free_port(), secrets.token_hex(24)
+    notebooks = folder / "notebooks"  # copies: running them leaves examples/ untouched
+    notebooks.mkdir(exist_ok=True)
+    for name in NOTEBOOKS:
+        shutil.copy(EXAMPLES / name, notebooks / name)
+    env = {
+        **os.environ,
+        "JUPYTER_SYFT_HOME": str(scientist_home),  # kernels act as the scientist...
+        "JUPYTER_SYFT_DEMO": str(demo_file),  # ...and find the demo (owner.ipynb: its owner)
+    }
+    command = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={notebooks}", f"--LabApp.workspaces_dir={folder / 'workspaces'}",
+        "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--SyftServer.demo={demo_file}", *(["--allow-root"] if os.geteuid() == 0 else []),
+        *(f"--SyftServer.homes={home}" for home in [scientist_home, *owner_homes]),
+    ]  # fmt: skip
+    log = (folder / "jupyterlab.log").open("ab")
+    lab = _start(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    _open_notebooks(base, token, lab)
+    return lab, f"{base}/lab/workspaces/syft-demo?token={token}"
+
+
+def _open_notebooks(base: str, token: str, lab: subprocess.Popen) -> None:
+    """A workspace with both notebooks side by side and the Syft sidebar open."""
+    ids = [f"notebook:{name}" for name in NOTEBOOKS]
+    workspace = {
+        "data": {
+            "layout-restorer:data": {
+                "main": {
+                    "dock": {
+                        "type": "split-area",
+                        "orientation": "horizontal",
+                        "sizes": [0.5, 0.5],
+                        "children": [
+                            {"type": "tab-area", "currentIndex": 0, "widgets": [i]} for i in ids
+                        ],
+                    },
+                    "current": ids[0],
+                },
+                "left": {"collapsed": False, "visible": True, "current": "jp-syft-sidebar"},
+            },
+            **{f"notebook:{n}": {"data": {"path": n, "factory": "Notebook"}} for n in NOTEBOOKS},
+        },
+        "metadata": {"id": "syft-demo"},
+    }
+    request = urllib.request.Request(
+        f"{base}/lab/api/workspaces/syft-demo",
+        data=json.dumps(workspace).encode(),
+        method="PUT",
+        headers={"Authorization": f"token {token}"},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+            return
+        except (OSError, urllib.error.URLError):
+            if lab.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("JupyterLab did not start; see jupyterlab.log") from None
+            time.sleep(0.2)

@@ -1,0 +1,194 @@
+import { Poll } from '@lumino/polling';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { requestAPI } from './api';
+
+/** A domain as the server's client node sees it (roles: yours there, if any). */
+export interface IDomain {
+  name: string;
+  peer_id: string;
+  online: boolean;
+  datasets: number | null;
+  roles: string[];
+  error: string;
+}
+
+export interface INetwork {
+  address: string;
+  name: string;
+  online: boolean;
+  error: string;
+}
+
+export interface IRequest {
+  domain: string;
+  id: string;
+  function: string;
+  datasets: string[];
+  policy: string;
+  epsilon: number | null;
+  status: string;
+  reason: string;
+  error: string;
+  submitted_at: number;
+  decided_at: number | null;
+  finished_at: number | null;
+}
+
+/** A request as its reviewer sees it: who asked, and the code. */
+export interface IReview extends IRequest {
+  requester: string;
+  requester_name: string;
+  code: string;
+}
+
+export interface IState {
+  me: string[];
+  network: INetwork | null;
+  domains: IDomain[];
+  requests: IRequest[];
+  approvals: {
+    domains: { name: string; online: boolean }[];
+    pending: IReview[];
+    history: IReview[];
+  };
+}
+
+export interface IHit {
+  domain: string;
+  dataset: string;
+  description: string;
+  rows: number;
+  schema: Record<string, string>;
+  online: boolean;
+}
+
+export interface IPreview {
+  domain: string;
+  dataset: string;
+  description: string;
+  kind: string;
+  rows: number;
+  mock_rows: number;
+  schema: Record<string, string>;
+  columns: string[];
+  preview: string[][];
+}
+
+const POLL_MS = 2000;
+
+/**
+ * What the Syft sidebar shows, refreshed by polling the server extension while the
+ * sidebar is open; the view listens to `changed` and never calls the API itself.
+ */
+export class SyftModel {
+  state: IState | null = null;
+  stateError = '';
+  hits: IHit[] = [];
+  unreachable: string[] = [];
+  query = '';
+  searchError = '';
+  preview: IPreview | null = null;
+  previewError = '';
+  /** The outcome of the last approve / deny (a refusal says why). */
+  notice = '';
+
+  constructor() {
+    this._poll = new Poll({
+      factory: () => this.refresh(),
+      frequency: { interval: POLL_MS, backoff: false },
+      standby: 'when-hidden',
+      auto: false
+    });
+  }
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** Poll while the sidebar is visible. */
+  start(): void {
+    void this._poll.start();
+  }
+
+  stop(): void {
+    void this._poll.stop();
+  }
+
+  dispose(): void {
+    this._poll.dispose();
+    Signal.clearData(this);
+  }
+
+  async refresh(): Promise<void> {
+    try {
+      this.state = await requestAPI<IState>('state');
+      this.stateError = '';
+    } catch (error) {
+      this.stateError = String((error as Error).message ?? error);
+    }
+    this._changed.emit();
+  }
+
+  async search(text: string): Promise<void> {
+    this.query = text;
+    try {
+      const found = await requestAPI<{ hits: IHit[]; unreachable: string[] }>(
+        `datasets?q=${encodeURIComponent(text)}`
+      );
+      this.hits = found.hits;
+      this.unreachable = found.unreachable;
+      this.searchError = '';
+    } catch (error) {
+      this.hits = [];
+      this.searchError = String((error as Error).message ?? error);
+    }
+    this._changed.emit();
+  }
+
+  async openPreview(domain: string, dataset: string): Promise<void> {
+    const query = `domain=${encodeURIComponent(domain)}&dataset=${encodeURIComponent(dataset)}`;
+    try {
+      this.preview = await requestAPI<IPreview>(`preview?${query}`);
+      this.previewError = '';
+    } catch (error) {
+      this.preview = null;
+      this.previewError = `${domain}/${dataset}: ${(error as Error).message}`;
+    }
+    this._changed.emit();
+  }
+
+  closePreview(): void {
+    this.preview = null;
+    this.previewError = '';
+    this._changed.emit();
+  }
+
+  /** Approve or deny at once on the domain; a refusal is kept as that request's notice. */
+  async decide(
+    review: IReview,
+    approve: boolean,
+    reason: string
+  ): Promise<void> {
+    try {
+      const done = await requestAPI<IRequest>('decisions', {
+        method: 'POST',
+        body: JSON.stringify({
+          domain: review.domain,
+          request_id: review.id,
+          approve,
+          reason
+        })
+      });
+      this.notice = `${done.function} (${done.id.slice(0, 8)}) on ${done.domain}: ${done.status}`;
+    } catch (error) {
+      this.notice = `${review.function} (${review.id.slice(0, 8)}) not changed: ${
+        (error as Error).message
+      }`;
+    }
+    await this.refresh();
+  }
+
+  private _poll: Poll;
+  private _changed = new Signal<this, void>(this);
+}
