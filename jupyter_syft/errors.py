@@ -27,6 +27,10 @@ class ConflictError(SyftError):
     """The state does not allow it now (already decided, no result yet)."""
 
 
+class BudgetExhausted(ConflictError):
+    """The privacy budget left cannot pay for this request; nothing was charged."""
+
+
 class NodeError(SyftError):
     """The node failed while handling the call."""
 
@@ -53,5 +57,6 @@ BY_CODE: dict[str, type[SyftError]] = {
     "not_found": NotFoundError,
     "invalid": InvalidError,
     "conflict": ConflictError,
+    "budget_exhausted": BudgetExhausted,
     "internal": NodeError,
 }

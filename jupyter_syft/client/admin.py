@@ -1,4 +1,5 @@
-"""The data owner's API: upload datasets, manage users, review requests, read the audit log.
+"""The data owner's API: upload datasets, manage users, review requests, read the audit log,
+grant privacy budgets and set the DP policy.
 
 It talks to the running node like any client, signed with the owner's identity; the node
 checks that identity is an admin, so these calls work from any process on any machine the
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_syft.client.connection import NodeConnection
-from jupyter_syft.client.domain import DomainClient, RemoteRequest
+from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
+from jupyter_syft.client.privacy import Budget, Budgets
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.domain.store import read_node_info
 from jupyter_syft.errors import InvalidError, NotAuthorisedError
@@ -43,9 +45,13 @@ class ReviewRequest(RemoteRequest):
         self.info = self._connection.call(m.Decide(self.id, approve=False, reason=reason))  # type: ignore[assignment]
 
     def _repr_html_(self) -> str:
+        cost = ""
+        if self.info.epsilon is not None:
+            cost = f"<br>privacy cost: &epsilon; {self.info.epsilon:g}, &delta; {self.info.delta:g}"
         return (
             super()._repr_html_()
             + f"<br>from <code>{html.escape(self.requester)}</code>"
+            + cost
             + f"<pre>{html.escape(self.code)}</pre>"
         )
 
@@ -90,6 +96,39 @@ class AdminClient(DomainClient):
 
     def users(self) -> list[m.UserInfo]:
         return self._connection.call(m.ListUsers()).users  # type: ignore[union-attr]
+
+    def set_budget(self, peer_id: str, dataset: str, epsilon: float, delta: float = 0.0) -> Budget:
+        """Set (not add to) `peer_id`'s total privacy budget on `dataset`.
+
+        ε is spent by every DP query and DP training, δ only by DP training; how they add up
+        is in jupyter_syft.privacy.budget. A budget cannot go below what is already spent.
+        """
+        info = self._connection.call(m.SetBudget(peer_id, dataset, epsilon, delta))
+        return Budget(info)  # type: ignore[arg-type]
+
+    def budget(self, dataset: str | Dataset, peer_id: str = "") -> Budget:
+        """A user's budget on `dataset` with every charge (yours if `peer_id` is empty)."""
+        name = dataset.name if isinstance(dataset, Dataset) else dataset
+        [info] = self._connection.call(m.GetBudget(name, peer_id)).budgets  # type: ignore[union-attr]
+        return Budget(info)
+
+    def budgets(self, peer_id: str = "") -> Budgets:
+        """A user's budgets, by dataset (yours if `peer_id` is empty)."""
+        return Budgets(self._connection.call(m.GetBudget("", peer_id)).budgets)  # type: ignore[union-attr]
+
+    def set_policy(
+        self, dataset: str, auto_approve: bool = False, max_query_epsilon: float = 1.0
+    ) -> m.PolicyInfo:
+        """Whether built-in DP queries on `dataset` that fit the scientist's budget run without
+        review, and the most ε any one of them may ask for (larger ones are refused)."""
+        call = m.SetPolicy(dataset, auto_approve, max_query_epsilon)
+        return self._connection.call(call)  # type: ignore[return-value]
+
+    def review(self) -> Any:
+        """The approval panel (an ipywidget) for this domain's requests; updates itself."""
+        from jupyter_syft.widgets import review
+
+        return review(self)
 
     def audit_log(self, limit: int = 100) -> m.AuditLog:
         """The latest entries and whether the whole hash chain verifies."""

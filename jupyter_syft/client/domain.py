@@ -7,12 +7,15 @@ import inspect
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
+
+if TYPE_CHECKING:
+    from jupyter_syft.client.privacy import Budget, Budgets, DPQueries
 
 FINAL_STATES = ("done", "denied", "failed")
 POLL_S = 30.0
@@ -30,6 +33,13 @@ class Dataset:
     description = property(lambda self: self.info.description)
     schema = property(lambda self: dict(self.info.schema))
     rows = property(lambda self: self.info.rows)
+
+    @property
+    def dp(self) -> DPQueries:
+        """The built-in DP queries on this dataset (and DP training): `ds.dp.mean(...)`."""
+        from jupyter_syft.client.privacy import DPQueries  # it builds on this module
+
+        return DPQueries(self)
 
     @property
     def mock(self) -> Any:
@@ -153,6 +163,18 @@ class RemoteRequest:
         )
 
 
+def function_source(function: Callable[..., Any]) -> str:
+    """The source text of a plain `def` (in a file or a notebook cell): what travels."""
+    if not callable(function) or getattr(function, "__name__", "<lambda>") == "<lambda>":
+        raise InvalidError("a function defined with `def` is needed here")
+    try:
+        return textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError) as exc:
+        raise InvalidError(
+            f"cannot find the source of {function.__name__}: define it in a file or cell"
+        ) from exc
+
+
 class DomainClient:
     """A connection to one domain node as this process's user."""
 
@@ -186,15 +208,7 @@ class DomainClient:
         source Python can find (in a file or a notebook cell), using only its arguments and
         the modules it imports itself.
         """
-        if not callable(function) or getattr(function, "__name__", "<lambda>") == "<lambda>":
-            raise InvalidError("request() needs a function defined with `def`")
-        try:
-            code = textwrap.dedent(inspect.getsource(function))
-        except (OSError, TypeError) as exc:
-            raise InvalidError(
-                f"cannot find the source of {function.__name__}: define it in a file or cell"
-            ) from exc
-        return self.submit(code, function.__name__, inputs)
+        return self.submit(function_source(function), function.__name__, inputs)
 
     def submit(
         self, code: str, function_name: str, inputs: Mapping[str, Dataset | str]
@@ -212,6 +226,24 @@ class DomainClient:
     def get_request(self, request_id: str) -> RemoteRequest:
         info = self._connection.call(m.GetRequest(request_id))
         return self.request_type(self._connection, info)  # type: ignore[arg-type]
+
+    def budget(self, dataset: str | Dataset) -> Budget:
+        """Your privacy budget on `dataset`: granted, spent, left (zero if none was granted)."""
+        from jupyter_syft.client.privacy import Budget
+
+        name = dataset.name if isinstance(dataset, Dataset) else dataset
+        [info] = self._connection.call(m.GetBudget(name)).budgets  # type: ignore[union-attr]
+        return Budget(info)
+
+    def budgets(self) -> Budgets:
+        """Your privacy budgets on this domain, by dataset."""
+        from jupyter_syft.client.privacy import Budgets
+
+        return Budgets(self._connection.call(m.GetBudget()).budgets)  # type: ignore[union-attr]
+
+    def policy(self, dataset: str) -> m.PolicyInfo:
+        """The owner's DP policy on `dataset`: auto-approval and the per-query epsilon cap."""
+        return self._connection.call(m.GetPolicy(dataset))  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"<Domain {self.name} {self.peer_id} (you: {self.role or 'stranger'})>"

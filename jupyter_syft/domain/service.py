@@ -1,7 +1,8 @@
 """The domain protocol's handlers: check the call, check the caller's role, act, reply.
 
 One rule holds every handler together: a refused call changes nothing. Each handler validates
-everything first and writes to the store last, in one transaction.
+everything first and writes to the store last, in one transaction. For DP requests that
+includes the privacy budget: a refused query is never charged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ import pyarrow as pa
 import trio
 
 from jupyter_syft.domain.executor import CodeError, check_code
-from jupyter_syft.domain.store import Store, StoreError
+from jupyter_syft.domain.store import BudgetExceeded, Store, StoreError
 from jupyter_syft.identity import IdentityError, public_key_of
+from jupyter_syft.privacy.budget import BudgetValueError, delta_units, epsilon_units
+from jupyter_syft.privacy.policy import PolicyError, auto_approves, check_policy
+from jupyter_syft.privacy.queries import QueryError, check_query, describe_query
+from jupyter_syft.privacy.training import TrainingError, check_training, noise_multiplier
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
 from jupyter_syft.wire.signing import BadMessage, ReplayGuard, open_call
@@ -90,6 +95,8 @@ class DomainService:
             if exc.code == "not_authorised":
                 self.store.audit(sender, "refused", type(call).__name__, str(exc))
             return m.encode(m.Error(exc.code, str(exc)))
+        except BudgetExceeded as exc:
+            return m.encode(m.Error("budget_exhausted", str(exc)))
         except StoreError as exc:
             return m.encode(m.Error("conflict", str(exc)))
         return m.encode(reply)
@@ -233,6 +240,80 @@ class DomainService:
         self._require_admin(sender, role)
         return m.AuditLog(self.store.audit_entries(call.limit), self.store.verify_audit())
 
+    # ---- differential privacy ---------------------------------------------------------------
+
+    async def _SubmitDPQuery(self, sender: str, role: str, call: m.SubmitDPQuery) -> m.RequestInfo:
+        self._require_member(sender, role)
+        info = self._table(call.dataset)
+        try:
+            check_query(call.query, info.schema, info.rows)
+            auto = auto_approves(self.store.policy(call.dataset), call.query)
+        except (QueryError, PolicyError) as exc:
+            raise Refused("invalid", str(exc)) from exc
+        query = call.query
+        request = self.store.add_dp_request(
+            sender, call.dataset, query, describe_query(query), f"dp.{query.kind}", auto
+        )
+        if auto:
+            await self.on_approved(request.request_id)
+        return request
+
+    async def _SubmitDPTraining(
+        self, sender: str, role: str, call: m.SubmitDPTraining
+    ) -> m.RequestInfo:
+        self._require_member(sender, role)
+        info = self._table(call.dataset)
+        spec = call.training
+        if len(spec.code.encode()) > MAX_CODE_BYTES:
+            raise Refused("invalid", f"code is larger than {MAX_CODE_BYTES} bytes")
+        try:
+            check_code(spec.code, spec.function_name)
+            check_training(spec, info.schema, info.rows)
+            await trio.to_thread.run_sync(noise_multiplier, spec, info.rows)
+        except (CodeError, TrainingError) as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return self.store.add_dp_request(
+            sender, call.dataset, spec, spec.code, spec.function_name, auto_approve=False
+        )
+
+    async def _GetBudget(self, sender: str, role: str, call: m.GetBudget) -> m.BudgetList:
+        self._require_member(sender, role)
+        peer_id = call.peer_id or sender
+        if peer_id != sender and role != "admin":
+            raise Refused("not_authorised", "only an admin may read another user's budget")
+        if call.dataset:
+            self._dataset(call.dataset)
+            return m.BudgetList([self.store.budget(peer_id, call.dataset)])
+        return m.BudgetList(self.store.budgets(peer_id))
+
+    async def _SetBudget(self, sender: str, role: str, call: m.SetBudget) -> m.BudgetInfo:
+        self._require_admin(sender, role)
+        self._dataset(call.dataset)
+        if not self.store.role_of(call.peer_id):
+            raise Refused("not_found", f"{call.peer_id} is not a user of this domain: add them")
+        try:
+            epsilon = epsilon_units(call.epsilon, allow_zero=True)
+            delta = delta_units(call.delta)
+        except BudgetValueError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return self.store.set_budget(sender, call.peer_id, call.dataset, epsilon, delta)
+
+    async def _GetPolicy(self, sender: str, role: str, call: m.GetPolicy) -> m.PolicyInfo:
+        self._require_member(sender, role)
+        self._dataset(call.dataset)
+        return self.store.policy(call.dataset)
+
+    async def _SetPolicy(self, sender: str, role: str, call: m.SetPolicy) -> m.PolicyInfo:
+        self._require_admin(sender, role)
+        self._dataset(call.dataset)
+        try:
+            check_policy(call.max_query_epsilon)
+        except PolicyError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return self.store.set_policy(
+            sender, call.dataset, call.auto_approve, call.max_query_epsilon
+        )
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _require_member(self, sender: str, role: str) -> None:
@@ -247,6 +328,12 @@ class DomainService:
         info = self.store.dataset(name)
         if info is None:
             raise Refused("not_found", f"no dataset named {name!r} on domain {self.name!r}")
+        return info
+
+    def _table(self, name: str) -> m.DatasetInfo:
+        info = self._dataset(name)
+        if info.kind != "table":
+            raise Refused("invalid", f"dataset {name!r} is a {info.kind}: DP needs a table")
         return info
 
     def _request_for(self, sender: str, role: str, request_id: str) -> m.RequestInfo:

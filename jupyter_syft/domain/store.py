@@ -1,7 +1,7 @@
 """The domain's durable state: one SQLite file (WAL) plus Arrow IPC files under the data dir.
 
 Layout of a data dir:
-    domain.sqlite         users, datasets, requests, results, audit log
+    domain.sqlite         users, datasets, requests, results, audit log, privacy budgets
     node.key              the node's libp2p identity (0600)
     tls-cert.pem, tls-key.pem
     assets/NAME/private.arrow, assets/NAME/mock.arrow
@@ -16,6 +16,13 @@ which saves an fsync of ~2 ms per write on the request path).
 The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained: each
 entry's hash covers the previous hash, so editing or dropping a past entry through the
 file itself breaks `verify_audit()`.
+
+Privacy budgets (see jupyter_syft.privacy.budget for what a charge means and how charges add
+up): the ledger is append-only too, and a trigger refuses any ledger row that would take a
+budget below zero, so even a bug in the code above it cannot overspend (invariant 4). A charge,
+the request it pays for and its audit entry are one `BEGIN IMMEDIATE` transaction: concurrent
+charges, from any number of connections or processes, run one after the other, and each sees
+every charge committed before it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
+from jupyter_syft.privacy.budget import delta_units, delta_value, epsilon_units, epsilon_value
+from jupyter_syft.privacy.policy import default_policy
 from jupyter_syft.wire import messages as m
 
 SCHEMA = """
@@ -57,13 +68,50 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS dp_requests (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), dataset TEXT NOT NULL,
+    spec BLOB NOT NULL, epsilon_units INTEGER NOT NULL, delta_units INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dp_policies (
+    dataset TEXT PRIMARY KEY, auto_approve INTEGER NOT NULL, max_query_epsilon REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS budgets (
+    peer_id TEXT NOT NULL, dataset TEXT NOT NULL,
+    epsilon_units INTEGER NOT NULL CHECK (epsilon_units >= 0),
+    delta_units INTEGER NOT NULL CHECK (delta_units >= 0),
+    set_at REAL NOT NULL, PRIMARY KEY (peer_id, dataset));
+CREATE TABLE IF NOT EXISTS budget_ledger (
+    seq INTEGER PRIMARY KEY, peer_id TEXT NOT NULL, dataset TEXT NOT NULL,
+    request_id TEXT NOT NULL UNIQUE REFERENCES requests (id),
+    epsilon_units INTEGER NOT NULL CHECK (epsilon_units >= 0),
+    delta_units INTEGER NOT NULL CHECK (delta_units >= 0), at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_by_budget ON budget_ledger (peer_id, dataset);
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON budget_ledger
+    BEGIN SELECT RAISE(ABORT, 'the budget ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON budget_ledger
+    BEGIN SELECT RAISE(ABORT, 'the budget ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_within_budget BEFORE INSERT ON budget_ledger
+    WHEN NOT EXISTS (
+        SELECT 1 FROM budgets b WHERE b.peer_id = NEW.peer_id AND b.dataset = NEW.dataset
+        AND b.epsilon_units >= NEW.epsilon_units + (SELECT COALESCE(SUM(epsilon_units), 0)
+            FROM budget_ledger l WHERE l.peer_id = NEW.peer_id AND l.dataset = NEW.dataset)
+        AND b.delta_units >= NEW.delta_units + (SELECT COALESCE(SUM(delta_units), 0)
+            FROM budget_ledger l WHERE l.peer_id = NEW.peer_id AND l.dataset = NEW.dataset))
+    BEGIN SELECT RAISE(ABORT, 'the privacy budget would go below zero'); END;
 """
+
+REQUESTS = (
+    "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta"
+    " FROM requests r LEFT JOIN dp_requests p ON p.request_id = r.id"
+)
 
 GENESIS_HASH = "0" * 64
 
 
 class StoreError(Exception):
     """A write that the current state does not allow; nothing was changed."""
+
+
+class BudgetExceeded(StoreError):
+    """The privacy budget left cannot pay for a request; nothing was charged."""
 
 
 @dataclass(frozen=True)
@@ -249,11 +297,11 @@ class Store:
         return info
 
     def request(self, request_id: str) -> m.RequestInfo | None:
-        row = self._one("SELECT * FROM requests WHERE id = ?", request_id)
+        row = self._one(REQUESTS + " WHERE id = ?", request_id)
         return None if row is None else _request_info(row)
 
     def requests(self, requester: str | None = None, status: str = "") -> list[m.RequestInfo]:
-        sql, args = "SELECT * FROM requests WHERE 1", []
+        sql, args = REQUESTS + " WHERE 1", []
         if requester is not None:
             sql, args = sql + " AND requester = ?", [*args, requester]
         if status:
@@ -272,6 +320,8 @@ class Store:
                 current = self._request_or_fail(request_id)
                 raise StoreError(f"request {request_id} is {current.status}, not pending")
             self._audit(db, actor, status, request_id, reason)
+            if approve:
+                self._charge(db, request_id)  # a DP request pays before it can run
         return self._request_or_fail(request_id)
 
     def start_run(self, request_id: str) -> None:
@@ -323,6 +373,194 @@ class Store:
         if info is None:
             raise StoreError(f"no request {request_id}")
         return info
+
+    # ---- differential privacy ---------------------------------------------------------------
+
+    def add_dp_request(
+        self,
+        requester: str,
+        dataset: str,
+        spec: m.DPQuery | m.DPTraining,
+        code: str,
+        function_name: str,
+        auto_approve: bool,
+    ) -> m.RequestInfo:
+        """Record a DP request. Auto-approved, it is charged in the same transaction; waiting
+        for review, it must fit the budget now (it is charged when approved). Raises
+        BudgetExceeded, with nothing recorded, if it does not fit."""
+        request_id = uuid.uuid4().hex
+        epsilon = epsilon_units(spec.epsilon)
+        delta = delta_units(spec.delta if isinstance(spec, m.DPTraining) else 0.0)
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
+                " status, submitted_at, decided_at) VALUES (?, ?, ?, ?, ?, 'dp', ?, ?, ?)",
+                (
+                    request_id,
+                    requester,
+                    code,
+                    function_name,
+                    json.dumps({"data": dataset}),
+                    "approved" if auto_approve else "pending",
+                    now,
+                    now if auto_approve else None,
+                ),
+            )
+            db.execute(
+                "INSERT INTO dp_requests VALUES (?, ?, ?, ?, ?)",
+                (request_id, dataset, m.encode(spec), epsilon, delta),
+            )
+            self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
+            if auto_approve:
+                self._audit(db, "policy", "approved", request_id, "DP query within policy")
+                self._charge(db, request_id)
+            else:
+                self._check_fits(db, requester, dataset, epsilon, delta)
+        return self._request_or_fail(request_id)
+
+    def set_budget(
+        self, actor: str, peer_id: str, dataset: str, epsilon: int, delta: int
+    ) -> m.BudgetInfo:
+        """Set the total budget (in ledger units); it cannot go below what is already spent."""
+        with self._transaction() as db:
+            spent_epsilon, spent_delta = self._spent(db, peer_id, dataset)
+            if epsilon < spent_epsilon or delta < spent_delta:
+                raise StoreError(
+                    f"{peer_id} has already spent epsilon {epsilon_value(spent_epsilon):g}, "
+                    f"delta {delta_value(spent_delta):g} on {dataset!r}: a budget cannot be "
+                    "lower than that (set it to exactly that to stop further spending)"
+                )
+            db.execute(
+                "INSERT INTO budgets VALUES (?, ?, ?, ?, ?) ON CONFLICT (peer_id, dataset) DO"
+                " UPDATE SET epsilon_units = excluded.epsilon_units,"
+                " delta_units = excluded.delta_units, set_at = excluded.set_at",
+                (peer_id, dataset, epsilon, delta, time.time()),
+            )
+            detail = {
+                "peer": peer_id,
+                "epsilon": epsilon_value(epsilon),
+                "delta": delta_value(delta),
+            }
+            self._audit(db, actor, "set_budget", dataset, json.dumps(detail))
+        return self.budget(peer_id, dataset)
+
+    def budget(self, peer_id: str, dataset: str) -> m.BudgetInfo:
+        """A scientist's budget on a dataset, spent and left; all zero if none was granted."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT epsilon_units, delta_units FROM budgets WHERE peer_id = ? AND dataset = ?",
+                (peer_id, dataset),
+            ).fetchone()
+            charges = self._db.execute(
+                "SELECT request_id, epsilon_units, delta_units, at FROM budget_ledger"
+                " WHERE peer_id = ? AND dataset = ? ORDER BY seq",
+                (peer_id, dataset),
+            ).fetchall()
+        epsilon, delta = (row["epsilon_units"], row["delta_units"]) if row else (0, 0)
+        spent_epsilon = sum(c["epsilon_units"] for c in charges)
+        spent_delta = sum(c["delta_units"] for c in charges)
+        return m.BudgetInfo(
+            peer_id=peer_id,
+            dataset=dataset,
+            epsilon=epsilon_value(epsilon),
+            delta=delta_value(delta),
+            epsilon_spent=epsilon_value(spent_epsilon),
+            delta_spent=delta_value(spent_delta),
+            epsilon_left=epsilon_value(epsilon - spent_epsilon),
+            delta_left=delta_value(delta - spent_delta),
+            charges=[
+                m.Charge(
+                    c["request_id"],
+                    epsilon_value(c["epsilon_units"]),
+                    delta_value(c["delta_units"]),
+                    c["at"],
+                )
+                for c in charges
+            ],
+        )
+
+    def budgets(self, peer_id: str) -> list[m.BudgetInfo]:
+        """Every budget granted to `peer_id`, by dataset name."""
+        rows = self._all("SELECT dataset FROM budgets WHERE peer_id = ? ORDER BY dataset", peer_id)
+        return [self.budget(peer_id, r["dataset"]) for r in rows]
+
+    def set_policy(
+        self, actor: str, dataset: str, auto_approve: bool, max_query_epsilon: float
+    ) -> m.PolicyInfo:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO dp_policies VALUES (?, ?, ?)",
+                (dataset, int(auto_approve), max_query_epsilon),
+            )
+            detail = {"auto_approve": auto_approve, "max_query_epsilon": max_query_epsilon}
+            self._audit(db, actor, "set_policy", dataset, json.dumps(detail))
+        return self.policy(dataset)
+
+    def policy(self, dataset: str) -> m.PolicyInfo:
+        row = self._one("SELECT * FROM dp_policies WHERE dataset = ?", dataset)
+        if row is None:
+            return default_policy(dataset)
+        return m.PolicyInfo(dataset, bool(row["auto_approve"]), row["max_query_epsilon"])
+
+    def _spent(self, db: sqlite3.Connection, peer_id: str, dataset: str) -> tuple[int, int]:
+        row = db.execute(
+            "SELECT COALESCE(SUM(epsilon_units), 0) AS e, COALESCE(SUM(delta_units), 0) AS d"
+            " FROM budget_ledger WHERE peer_id = ? AND dataset = ?",
+            (peer_id, dataset),
+        ).fetchone()
+        return row["e"], row["d"]
+
+    def _check_fits(
+        self, db: sqlite3.Connection, peer_id: str, dataset: str, epsilon: int, delta: int
+    ) -> tuple[int, int]:
+        """What is left after this charge; BudgetExceeded if it does not fit."""
+        row = db.execute(
+            "SELECT epsilon_units, delta_units FROM budgets WHERE peer_id = ? AND dataset = ?",
+            (peer_id, dataset),
+        ).fetchone()
+        if row is None:
+            raise BudgetExceeded(
+                f"no privacy budget on {dataset!r} for {peer_id}: ask the owner to grant one"
+            )
+        spent_epsilon, spent_delta = self._spent(db, peer_id, dataset)
+        left_epsilon = row["epsilon_units"] - spent_epsilon - epsilon
+        left_delta = row["delta_units"] - spent_delta - delta
+        if left_epsilon < 0 or left_delta < 0:
+            raise BudgetExceeded(
+                f"privacy budget exhausted on {dataset!r}: this needs epsilon "
+                f"{epsilon_value(epsilon):g}, delta {delta_value(delta):g}; left: epsilon "
+                f"{epsilon_value(row['epsilon_units'] - spent_epsilon):g}, delta "
+                f"{delta_value(row['delta_units'] - spent_delta):g}"
+            )
+        return left_epsilon, left_delta
+
+    def _charge(self, db: sqlite3.Connection, request_id: str) -> None:
+        """Charge a DP request to its requester's budget (nothing for other requests)."""
+        row = db.execute(
+            "SELECT r.requester, p.dataset, p.epsilon_units, p.delta_units FROM dp_requests p"
+            " JOIN requests r ON r.id = p.request_id WHERE p.request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return
+        peer_id, dataset = row["requester"], row["dataset"]
+        epsilon, delta = row["epsilon_units"], row["delta_units"]
+        left_epsilon, left_delta = self._check_fits(db, peer_id, dataset, epsilon, delta)
+        db.execute(
+            "INSERT INTO budget_ledger (peer_id, dataset, request_id, epsilon_units,"
+            " delta_units, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (peer_id, dataset, request_id, epsilon, delta, time.time()),
+        )
+        detail = {
+            "peer": peer_id,
+            "dataset": dataset,
+            "epsilon": epsilon_value(epsilon),
+            "delta": delta_value(delta),
+            "epsilon_left": epsilon_value(left_epsilon),
+            "delta_left": delta_value(left_delta),
+        }
+        self._audit(db, "node", "dp_charge", request_id, json.dumps(detail))
 
     # ---- audit ----------------------------------------------------------------------------
 
@@ -396,7 +634,11 @@ def _dataset_info(row: sqlite3.Row) -> m.DatasetInfo:
     )
 
 
+_dp_spec = msgspec.msgpack.Decoder(m.DPQuery | m.DPTraining)
+
+
 def _request_info(row: sqlite3.Row) -> m.RequestInfo:
+    dp = row["dp_spec"] is not None
     return m.RequestInfo(
         request_id=row["id"],
         requester=row["requester"],
@@ -411,4 +653,7 @@ def _request_info(row: sqlite3.Row) -> m.RequestInfo:
         decided_at=row["decided_at"],
         finished_at=row["finished_at"],
         result_bytes=row["result_bytes"],
+        epsilon=epsilon_value(row["dp_epsilon"]) if dp else None,
+        delta=delta_value(row["dp_delta"]) if dp else None,
+        privacy=_dp_spec.decode(row["dp_spec"]) if dp else None,
     )

@@ -2,6 +2,11 @@
 
 Runs in a process forked from the executor's forkserver. Everything it reports goes back as a
 msgspec-encoded JobOutcome; the result goes to Arrow IPC files plus a msgspec manifest.
+
+A forked process inherits its parent's random state: without a reseed every job would draw the
+same "random" numbers from torch and numpy (Python's `random` reseeds itself after a fork).
+For DP-SGD noise that would be fatal (two releases with the same noise cancel it out), so each
+job reseeds both from the operating system first.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from jupyter_syft.domain.executor import (
@@ -26,6 +32,7 @@ from jupyter_syft.domain.executor import (
     JobSpec,
     compile_code,
 )
+from jupyter_syft.wire.messages import DPQuery
 from jupyter_syft.wire.values import (
     encode_result,
     read_ipc_file,
@@ -71,9 +78,13 @@ def run_job(job: JobSpec) -> JobOutcome:
     try:
         import torch
 
+        torch.seed()  # from the OS: see the module notes
+        np.random.seed()
         cuda = torch.cuda.is_available()
         if not cuda:
             _limit_memory(job.memory_bytes)
+        if job.privacy is not None:
+            return _write_result(job, _run_private(job))
         inputs = _load_inputs(job, cuda)
         value = _call(job, inputs)
         return _write_result(job, value)
@@ -139,6 +150,28 @@ def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
         return namespace[job.function_name](**inputs)
     except BaseException as e:  # the job's process ends anyway: report even SystemExit
         raise JobError(_failure(job, "the code raised an error", e, filename)) from e
+
+
+def _run_private(job: JobSpec) -> Any:
+    """A DP query or DP training: privacy code decides what leaves, never the job's own code."""
+    from jupyter_syft.privacy.queries import run_query
+    from jupyter_syft.privacy.training import train
+
+    [spec] = job.inputs.values()
+    try:
+        table = read_ipc_file(spec.path)
+    except Exception as e:
+        raise JobError(_failure(job, "could not load the dataset", e)) from e
+    if isinstance(job.privacy, DPQuery):
+        try:
+            return run_query(job.privacy, table)
+        except Exception as e:
+            raise JobError(_failure(job, "the DP query failed", e)) from e
+    model = _call(job, {})
+    try:
+        return train(job.privacy, table, model)
+    except Exception as e:
+        raise JobError(_failure(job, "DP training failed", e)) from e
 
 
 def _write_result(job: JobSpec, value: Any) -> JobOutcome:

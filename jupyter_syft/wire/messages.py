@@ -22,12 +22,48 @@ ErrorCode = Literal[
     "not_found",  # unknown dataset, request or upload
     "invalid",  # well-formed but wrong: bad code, schema mismatch, bad name...
     "conflict",  # the state does not allow it (already decided, no result yet...)
+    "budget_exhausted",  # the privacy budget left cannot pay for this; nothing was charged
     "internal",  # the node failed; the message says how
 ]
 
 
 class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Base of all wire structs: unknown fields are an error, not silently dropped."""
+
+
+# ---- differential privacy (see jupyter_syft.privacy) ------------------------------------
+
+Category = int | str | bool  # a public category or group key, of the column's type
+
+
+class DPQuery(Struct, tag="dp_query"):
+    """A built-in DP aggregate over one column of a table: jupyter_syft.privacy.queries."""
+
+    kind: str  # count, sum, mean, variance, histogram or quantile
+    epsilon: float
+    column: str = ""  # count: optional (then counts rows)
+    bounds: tuple[float, float] | None = None  # public bounds: sum, mean, variance, quantile
+    categories: list[Category] = []  # histogram: the values to count
+    quantile: float = 0.5  # quantile: which one, in (0, 1)
+    by: str = ""  # grouped variant: the column to group by...
+    groups: list[Category] = []  # ...and its public group keys
+
+
+class DPTraining(Struct, tag="dp_training"):
+    """Train a torch model with DP-SGD (Opacus) on a table: jupyter_syft.privacy.training."""
+
+    code: str  # source text defining `function_name()`, which returns a torch.nn.Module
+    function_name: str
+    features: list[str]  # numeric columns, the model's inputs in this order
+    label: str
+    epsilon: float  # target (and charge) for a changed row
+    delta: float
+    feature_bounds: list[tuple[float, float]] = []  # if given: clamp and scale to [0, 1]
+    loss: str = "cross_entropy"  # or "mse"
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 0.5
+    max_grad_norm: float = 1.0
 
 
 # ---- calls (client -> node) -------------------------------------------------------------
@@ -96,6 +132,40 @@ class ReadAudit(Struct, tag="read_audit"):
     limit: int = 100
 
 
+class SubmitDPQuery(Struct, tag="submit_dp_query"):
+    dataset: str
+    query: DPQuery
+
+
+class SubmitDPTraining(Struct, tag="submit_dp_training"):
+    dataset: str
+    training: DPTraining
+
+
+class GetBudget(Struct, tag="get_budget"):
+    dataset: str = ""  # "" = every dataset the caller has a budget on
+    peer_id: str = ""  # admin only: whose budget ("" = the caller's)
+
+
+class SetBudget(Struct, tag="set_budget"):
+    """Set (not add to) a scientist's total budget on a dataset."""
+
+    peer_id: str
+    dataset: str
+    epsilon: float
+    delta: float = 0.0
+
+
+class GetPolicy(Struct, tag="get_policy"):
+    dataset: str
+
+
+class SetPolicy(Struct, tag="set_policy"):
+    dataset: str
+    auto_approve: bool = False  # run built-in DP queries that fit the budget without review
+    max_query_epsilon: float = 1.0  # refuse any DP query asking for more
+
+
 Call = (
     Hello
     | ListDatasets
@@ -110,6 +180,12 @@ Call = (
     | BeginUpload
     | CommitUpload
     | ReadAudit
+    | SubmitDPQuery
+    | SubmitDPTraining
+    | GetBudget
+    | SetBudget
+    | GetPolicy
+    | SetPolicy
 )
 
 
@@ -177,6 +253,9 @@ class RequestInfo(Struct, tag="request_info"):
     decided_at: float | None
     finished_at: float | None
     result_bytes: int
+    epsilon: float | None = None  # a DP request's cost, charged when it is approved
+    delta: float | None = None
+    privacy: DPQuery | DPTraining | None = None
 
 
 class RequestList(Struct, tag="request_list"):
@@ -220,6 +299,35 @@ class AuditLog(Struct, tag="audit_log"):
     chain_ok: bool
 
 
+class Charge(Struct, tag="charge"):
+    request_id: str
+    epsilon: float
+    delta: float
+    at: float
+
+
+class BudgetInfo(Struct, tag="budget_info"):
+    peer_id: str
+    dataset: str
+    epsilon: float  # granted by the owner
+    delta: float
+    epsilon_spent: float
+    delta_spent: float
+    epsilon_left: float
+    delta_left: float
+    charges: list[Charge]
+
+
+class BudgetList(Struct, tag="budget_list"):
+    budgets: list[BudgetInfo]
+
+
+class PolicyInfo(Struct, tag="policy_info"):
+    dataset: str
+    auto_approve: bool
+    max_query_epsilon: float
+
+
 class Done(Struct, tag="done"):
     pass
 
@@ -240,6 +348,9 @@ Reply = (
     | UserList
     | UploadTickets
     | AuditLog
+    | BudgetInfo
+    | BudgetList
+    | PolicyInfo
     | Done
     | Error
 )

@@ -1,0 +1,403 @@
+"""Differential privacy from the scientist's side: `dataset.dp`, its results, and budgets.
+
+`dataset.dp.mean("bmi", bounds=(15, 50), epsilon=0.1)` asks the domain for a DP mean: the
+domain checks the query, charges ε to your budget on that dataset (never for a refused query)
+and answers with OpenDP noise. If the owner's policy auto-approves DP queries the call waits for
+the answer; otherwise it returns a pending request, answered once the owner approves.
+`domain.budget("diabetes")` shows what is spent and left (see jupyter_syft.privacy.budget for
+what an ε means here and how queries add up).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.client.domain import RemoteRequest, function_source
+from jupyter_syft.wire import messages as m
+
+if TYPE_CHECKING:
+    import torch
+
+    from jupyter_syft.client.domain import Dataset
+
+DEFAULT_WAIT_S = 60.0
+
+
+class DPQueries:
+    """`dataset.dp`: the built-in DP queries on one table dataset.
+
+    Each method spends `epsilon` of your budget on this dataset. Bounds, categories and group
+    keys are public values you declare (from domain knowledge or the mock), never read from the
+    private data. `by` and `groups` make any query grouped: one answer per group key, rows with
+    other keys left out. A call waits up to `timeout` seconds for an auto-approved answer.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self._dataset = dataset
+
+    def count(
+        self,
+        column: str = "",
+        *,
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        """Rows (or rows where `column` is not missing)."""
+        return self._ask(m.DPQuery("count", epsilon, column, by=by, groups=_keys(groups)), timeout)
+
+    def sum(
+        self,
+        column: str,
+        *,
+        bounds: tuple[float, float] | None = None,
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        return self._numeric("sum", column, bounds, epsilon, by, groups, timeout)
+
+    def mean(
+        self,
+        column: str,
+        *,
+        bounds: tuple[float, float] | None = None,
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        return self._numeric("mean", column, bounds, epsilon, by, groups, timeout)
+
+    def variance(
+        self,
+        column: str,
+        *,
+        bounds: tuple[float, float] | None = None,
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        """Sample variance (ddof 1)."""
+        return self._numeric("variance", column, bounds, epsilon, by, groups, timeout)
+
+    def quantile(
+        self,
+        column: str,
+        *,
+        q: float = 0.5,
+        bounds: tuple[float, float] | None = None,
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        """The q-quantile (0.5: the median), to 1/1000 of the bounds' width."""
+        query = m.DPQuery(
+            "quantile",
+            epsilon,
+            column,
+            _bounds(bounds),
+            quantile=q,
+            by=by,
+            groups=_keys(groups),
+        )
+        return self._ask(query, timeout)
+
+    def histogram(
+        self,
+        column: str,
+        *,
+        categories: Iterable[m.Category],
+        epsilon: float,
+        by: str = "",
+        groups: Iterable[m.Category] = (),
+        timeout: float = DEFAULT_WAIT_S,
+    ) -> DPQueryRequest:
+        """Counts of each of `categories` in `column` (other values are not counted)."""
+        query = m.DPQuery(
+            "histogram", epsilon, column, categories=_keys(categories), by=by, groups=_keys(groups)
+        )
+        return self._ask(query, timeout)
+
+    def train(
+        self,
+        model: Callable[[], Any],
+        *,
+        features: Iterable[str],
+        label: str,
+        epsilon: float,
+        delta: float,
+        feature_bounds: Iterable[tuple[float, float]] = (),
+        loss: str = "cross_entropy",
+        epochs: int = 10,
+        batch_size: int = 64,
+        learning_rate: float = 0.5,
+        max_grad_norm: float = 1.0,
+    ) -> DPTrainingRequest:
+        """Ask to train the torch model `model()` returns with DP-SGD (Opacus) to (ε, δ).
+
+        `model` is a plain `def` taking no arguments (its source travels, as for requests).
+        The model sees `features` (scaled to [0, 1] by `feature_bounds` when given) and learns
+        `label` (class indices for "cross_entropy", numbers for "mse"). The owner reviews the
+        request; (ε, δ) is charged when they approve, before training starts. Only the weights
+        come back.
+        """
+        source = function_source(model)
+        spec = m.DPTraining(
+            source,
+            model.__name__,
+            [str(f) for f in features],
+            str(label),
+            epsilon,
+            delta,
+            [(float(low), float(high)) for low, high in feature_bounds],
+            loss,
+            epochs,
+            batch_size,
+            learning_rate,
+            max_grad_norm,
+        )
+        connection = self._dataset._connection
+        info = connection.call(m.SubmitDPTraining(self._dataset.name, spec))
+        return DPTrainingRequest(connection, info)  # type: ignore[arg-type]
+
+    def _numeric(
+        self,
+        kind: str,
+        column: str,
+        bounds: tuple[float, float] | None,
+        epsilon: float,
+        by: str,
+        groups: Iterable[m.Category],
+        timeout: float,
+    ) -> DPQueryRequest:
+        query = m.DPQuery(kind, epsilon, column, _bounds(bounds), by=by, groups=_keys(groups))
+        return self._ask(query, timeout)
+
+    def _ask(self, query: m.DPQuery, timeout: float) -> DPQueryRequest:
+        connection = self._dataset._connection
+        info = connection.call(m.SubmitDPQuery(self._dataset.name, query))
+        request = DPQueryRequest(connection, info)  # type: ignore[arg-type]
+        if info.status != "pending":  # auto-approved: the answer is moments away
+            with suppress(TimeoutError):
+                request.wait(timeout)
+            if request.info.status == "done":
+                request.result()
+        return request
+
+
+@dataclass(frozen=True)
+class DPResult:
+    """A DP answer: the value, what it cost, and what is left of the budget.
+
+    `accuracy`: with 95 % confidence the noise added is within ±accuracy (per value), for
+    answers that are one noisy sum, count or mean; None for others (quantiles, grouped means
+    and variances, which combine several noisy values).
+    """
+
+    dataset: str
+    query: m.DPQuery
+    value: Any
+    accuracy: float | None
+    epsilon: float
+    epsilon_left: float
+    delta_left: float
+
+    @property
+    def label(self) -> str:
+        """What was asked, e.g. "mean(bmi) by sex"."""
+        query = self.query
+        by = f" by {query.by}" if query.by else ""
+        return f"{query.kind}({query.column}){by}"
+
+    def summary(self) -> str:
+        accuracy = "" if self.accuracy is None else f"±{self.accuracy:.4g} (95 %), "
+        return (
+            f"{accuracy}epsilon {self.epsilon:g} spent, "
+            f"{self.epsilon_left:g} left on {self.dataset!r}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{self.label} = {self.value!r}  [{self.summary()}]"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<code>{html.escape(self.label)}</code> = <b>{html.escape(repr(self.value))}</b>"
+            f"<br><small>{html.escape(self.summary())}</small>"
+        )
+
+
+class DPQueryRequest(RemoteRequest):
+    """A DP query on a domain; `result()` gives a DPResult."""
+
+    def __init__(self, connection: NodeConnection, info: m.RequestInfo) -> None:
+        super().__init__(connection, info)
+        self._dp_result: DPResult | None = None
+
+    @property
+    def query(self) -> m.DPQuery:
+        assert isinstance(self.info.privacy, m.DPQuery)
+        return self.info.privacy
+
+    def result(self, timeout: float | None = None) -> DPResult:
+        if self._dp_result is None:
+            answer = super().result(timeout)
+            [dataset] = self.info.inputs.values()
+            [budget] = self._connection.call(m.GetBudget(dataset)).budgets  # type: ignore[union-attr]
+            self._dp_result = DPResult(
+                dataset=dataset,
+                query=self.query,
+                value=_label(self.query, answer["value"]),
+                accuracy=answer["accuracy"],
+                epsilon=self.info.epsilon or 0.0,
+                epsilon_left=budget.epsilon_left,
+                delta_left=budget.delta_left,
+            )
+        return self._dp_result
+
+    def __repr__(self) -> str:
+        if self._dp_result is not None:
+            return repr(self._dp_result)
+        return f"<DP query {self.id[:8]} {self.info.code}: {self.info.status}>"
+
+    def _repr_html_(self) -> str:
+        if self._dp_result is not None:
+            return self._dp_result._repr_html_()
+        return super()._repr_html_()
+
+
+@dataclass(frozen=True)
+class DPModel:
+    """Weights trained with DP-SGD, as safetensors bytes carrying (ε, δ) in their metadata."""
+
+    safetensors: bytes
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    steps: int
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load
+
+        return load(self.safetensors)
+
+    def load_into(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.load_state_dict(self.state_dict())
+        return model
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.safetensors)
+
+    def __repr__(self) -> str:
+        return (
+            f"<DPModel {len(self.safetensors)} bytes: epsilon {self.epsilon:g}, delta "
+            f"{self.delta:g}, noise multiplier {self.noise_multiplier:.3g}, {self.steps} steps>"
+        )
+
+
+class DPTrainingRequest(RemoteRequest):
+    """A DP training request; `result()` gives a DPModel."""
+
+    def result(self, timeout: float | None = None) -> DPModel:  # type: ignore[override]
+        answer = super().result(timeout)
+        return DPModel(
+            safetensors=answer["safetensors"].tobytes(),
+            epsilon=self.info.epsilon or 0.0,
+            delta=self.info.delta or 0.0,
+            noise_multiplier=answer["noise_multiplier"],
+            steps=answer["steps"],
+        )
+
+
+class Budget:
+    """Your privacy budget on one dataset: granted by the owner, spent, left, and each charge."""
+
+    def __init__(self, info: m.BudgetInfo) -> None:
+        self.info = info
+
+    dataset = property(lambda self: self.info.dataset)
+    epsilon = property(lambda self: self.info.epsilon)
+    delta = property(lambda self: self.info.delta)
+    epsilon_spent = property(lambda self: self.info.epsilon_spent)
+    epsilon_left = property(lambda self: self.info.epsilon_left)
+    delta_spent = property(lambda self: self.info.delta_spent)
+    delta_left = property(lambda self: self.info.delta_left)
+    charges = property(lambda self: list(self.info.charges))
+
+    def __repr__(self) -> str:
+        delta = f"; delta {self.delta_spent:g} of {self.delta:g}" if self.delta else ""
+        return (
+            f"<Budget {self.dataset}: epsilon {self.epsilon_spent:g} spent of {self.epsilon:g}, "
+            f"{self.epsilon_left:g} left{delta}>"
+        )
+
+    def _repr_html_(self) -> str:
+        share = self.epsilon_spent / self.epsilon if self.epsilon else 1.0
+        left = self.epsilon_left / self.epsilon if self.epsilon else 0.0
+        colour = "#c62828" if left == 0 else "#f9a825" if left < 0.2 else "#2e7d32"
+        delta = f" &middot; &delta; {self.delta_spent:g} of {self.delta:g}" if self.delta else ""
+        return (
+            f"<div><b>{html.escape(self.dataset)}</b>: &epsilon; {self.epsilon_spent:g} spent "
+            f"of {self.epsilon:g}, <b>{self.epsilon_left:g} left</b>{delta}"
+            f'<div style="width:16em;height:0.6em;background:{colour}33;border-radius:3px">'
+            f'<div style="width:{100 * share:.1f}%;height:100%;background:{colour};'
+            'border-radius:3px"></div></div></div>'
+        )
+
+
+class Budgets(Mapping[str, Budget]):
+    """Your budgets on a domain, by dataset name."""
+
+    def __init__(self, budgets: list[m.BudgetInfo]) -> None:
+        self._by_dataset = {b.dataset: Budget(b) for b in budgets}
+
+    def __getitem__(self, dataset: str) -> Budget:
+        return self._by_dataset[dataset]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_dataset)
+
+    def __len__(self) -> int:
+        return len(self._by_dataset)
+
+    def __repr__(self) -> str:
+        return "\n".join(repr(b) for b in self._by_dataset.values()) or "<no privacy budgets>"
+
+    def _repr_html_(self) -> str:
+        gauges = "".join(b._repr_html_() for b in self._by_dataset.values())
+        return gauges or "no privacy budgets"
+
+
+def _bounds(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    if bounds is None:
+        return None
+    low, high = bounds
+    return float(low), float(high)
+
+
+def _keys(values: Iterable[Any]) -> list[m.Category]:
+    """Categories or group keys as plain Python values (numpy scalars, e.g. from a mock)."""
+    return [v.item() if hasattr(v, "item") else v for v in values]
+
+
+def _label(query: m.DPQuery, value: Any) -> Any:
+    """Name a histogram's counts by category and a grouped answer's values by group."""
+
+    def named(answer: Any) -> Any:
+        if query.kind == "histogram":
+            return dict(zip(query.categories, answer, strict=True))
+        return answer
+
+    if query.by:
+        return {group: named(v) for group, v in zip(query.groups, value, strict=True)}
+    return named(value)
