@@ -32,6 +32,15 @@ def shared_peer(identity: Identity) -> P2PThread:
         return peer
 
 
+def close_shared_peers() -> None:
+    """Stop every peer this process started (they also stop at exit)."""
+    with _peers_lock:
+        peers = list(_peers.values())
+        _peers.clear()
+    for peer in peers:
+        peer.close()
+
+
 def peer_id_of(multiaddr: str) -> str:
     parts = multiaddr.rstrip("/").split("/")
     if len(parts) < 3 or parts[-2] != "p2p":

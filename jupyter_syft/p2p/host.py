@@ -26,10 +26,15 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.host.basic_host import BasicHost
 from libp2p.io.exceptions import IOException
-from libp2p.network.config import RetryConfig
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
+from libp2p.rcmgr import new_resource_manager
+from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
+from libp2p.rcmgr.manager import ResourceLimits
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
@@ -55,6 +60,10 @@ class P2PError(Exception):
     """A request could not be completed: dial failed, timed out, or the stream broke."""
 
 
+class ProtocolNotSupported(P2PError):
+    """The peer answered but does not serve that protocol (it is another kind of node)."""
+
+
 def _quiet_libp2p_logging() -> None:
     """Keep libp2p's log records off stderr.
 
@@ -75,17 +84,52 @@ def _quiet_libp2p_logging() -> None:
 _quiet_libp2p_logging()
 
 
-def _new_libp2p_host(identity: Identity) -> tuple[BasicHost, Swarm]:
-    """A TCP host with Noise as its only security transport and Yamux as its only muxer."""
+class _NoAutoConnect(AutoConnector):
+    """Dial only the peers we ask for.
+
+    libp2p's auto-connector dials random peers from the peerstore in the background to keep up
+    to 200 connections; our nodes and clients dial exactly whom they talk to.
+    """
+
+    async def maybe_connect(self) -> None:
+        return
+
+
+def _new_libp2p_host(
+    identity: Identity, max_connections: int | None = None
+) -> tuple[BasicHost, Swarm]:
+    """A TCP host with Noise as its only security transport and Yamux as its only muxer.
+
+    py-libp2p caps a host's connections three times (connection manager: 300; resource
+    manager: 1,000, of which 256 inbound) and its peerstore at 1,000 peers (evicting beyond
+    that, its own key included, which breaks identify). A hub that keeps a long-lived
+    connection per member (a network node) passes a higher `max_connections`, which raises all
+    of these (and allows 16 streams per connection).
+    """
     noise = NoiseTransport(identity.key_pair, noise_privkey=new_x25519_key_pair().private_key)
+    limits = resources = None
+    if max_connections is not None:
+        limits = ConnectionConfig(max_connections=max_connections, high_watermark=max_connections)
+        connection_limits = new_connection_limits_with_defaults()
+        connection_limits.max_established_inbound = max_connections
+        connection_limits.max_established_total = max_connections
+        resources = new_resource_manager(
+            ResourceLimits(max_connections=max_connections, max_streams=16 * max_connections),
+            connection_limits=connection_limits,
+        )
     swarm = new_swarm(
         key_pair=identity.key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         # One attempt per dial: callers get a prompt, clear error and choose to retry.
         retry_config=RetryConfig(max_retries=0),
+        connection_config=limits,
+        resource_manager=resources,
     )
     assert isinstance(swarm, Swarm)
+    swarm.auto_connector = _NoAutoConnect(swarm, swarm.connection_config.auto_connect_interval)
+    if max_connections is not None:
+        swarm.peerstore.max_peers = max(swarm.peerstore.max_peers, 2 * max_connections)
     return BasicHost(network=swarm), swarm
 
 
@@ -121,11 +165,16 @@ class RawStream:
 class P2PHost:
     """A libp2p host serving request/response protocols and making requests to peers."""
 
-    def __init__(self, identity: Identity, listen: str | None = "/ip4/127.0.0.1/tcp/0") -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        listen: str | None = "/ip4/127.0.0.1/tcp/0",
+        max_connections: int | None = None,
+    ) -> None:
         self.identity = identity
         self.peer_id: str = identity.peer_id
         self._listen = listen
-        self._host, self._swarm = _new_libp2p_host(identity)
+        self._host, self._swarm = _new_libp2p_host(identity, max_connections)
         self._stack: AsyncExitStack | None = None
         self._idle: dict[tuple[ID, str], list[INetStream]] = {}
         self._dial_locks: dict[ID, trio.Lock] = {}
@@ -134,6 +183,15 @@ class P2PHost:
     def multiaddrs(self) -> list[str]:
         """Full addresses (with `/p2p/<peer id>`) that peers can dial; empty if dial-only."""
         return [str(addr) for addr in self._host.get_addrs()]
+
+    @property
+    def libp2p_host(self) -> BasicHost:
+        """The underlying libp2p host, for services that share it (DHT, pubsub)."""
+        return self._host
+
+    def is_connected(self, multiaddr: str) -> bool:
+        """True while a live connection to the peer of `multiaddr` exists."""
+        return self._live(_parse(multiaddr)[0])
 
     async def __aenter__(self) -> P2PHost:
         stack = AsyncExitStack()
@@ -177,16 +235,21 @@ class P2PHost:
     # -- serving ---------------------------------------------------------------------------
 
     def set_handler(
-        self, protocol: str, handler: Handler, bad_frame_reply: Callable[[str], bytes]
+        self,
+        protocol: str,
+        handler: Handler,
+        bad_frame_reply: Callable[[str], bytes],
+        max_frame_bytes: int = MAX_FRAME_BYTES,
     ) -> None:
         """Serve `protocol`: each incoming frame is passed to `handler`, its result sent back.
 
         `bad_frame_reply(message)` builds the one frame sent before closing a stream that
-        broke the framing (oversize length, truncated frame).
+        broke the framing (oversize length, truncated frame). A protocol whose messages are
+        small passes a lower `max_frame_bytes`, so an oversize frame is refused unread.
         """
 
         async def serve(stream: INetStream) -> None:
-            await self._serve(stream, protocol, handler, bad_frame_reply)
+            await self._serve(stream, protocol, handler, bad_frame_reply, max_frame_bytes)
 
         self._host.set_stream_handler(TProtocol(protocol), serve)
 
@@ -196,13 +259,14 @@ class P2PHost:
         protocol: str,
         handler: Handler,
         bad_frame_reply: Callable[[str], bytes],
+        max_frame_bytes: int,
     ) -> None:
         # The Noise-authenticated peer of this connection, never a claim from the payload.
         remote = stream.muxed_conn.peer_id.to_base58()
         try:
             while True:
                 try:
-                    payload = await read_frame(stream)
+                    payload = await read_frame(stream, max_frame_bytes)
                 except EOFError:
                     break
                 except FrameError as exc:
@@ -305,9 +369,8 @@ class P2PHost:
         try:
             return await self._host.new_stream(peer_id, [TProtocol(protocol)])
         except Exception as exc:
-            raise P2PError(
-                f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}"
-            ) from exc
+            kind = ProtocolNotSupported if _refused_protocol(exc) else P2PError
+            raise kind(f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}") from exc
 
     async def _connect(self, peer_id: ID, addr: Multiaddr, multiaddr: str) -> None:
         """Make sure a live connection to `peer_id` exists, dialling `addr` if needed.
@@ -368,6 +431,15 @@ def _parse(multiaddr: str) -> tuple[ID, Multiaddr]:
 
 def _broken(multiaddr: str, protocol: str, exc: BaseException) -> P2PError:
     return P2PError(f"{protocol} request to {multiaddr} failed, the stream broke: {_chain(exc)}")
+
+
+def _refused_protocol(exc: BaseException | None) -> bool:
+    """True when the peer's multistream answer was 'na' for every protocol we offered."""
+    while exc is not None:
+        if isinstance(exc, MultiselectClientError) and "protocols not supported" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _chain(exc: BaseException | None) -> str:
