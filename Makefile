@@ -3,23 +3,47 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+LAB_SOURCES := package.json package-lock.json tsconfig.json $(wildcard labextension/*/*)
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-headless test screenshots lint bench clean
+
+# The JupyterLab extension's build tools, exactly as locked (see .npmrc for why the lock).
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+# Debian's chromium for the browser tests (`playwright install` cannot download browsers here).
+$(CHROMIUM):
+	apt-get update
+	apt-get install -y chromium chromium-driver
 
 # torch==2.13.0 first: its CPU build lies on these machines' disk; a looser range would pull a
 # multi-GB CUDA build (see TOOLCHAIN.md). The project's own range accepts it.
-$(STAMP): pyproject.toml
+# The install builds the JupyterLab extension (npm run build:prod, via hatch-jupyter-builder)
+# and installs it with the kernelspec and the server extension's config.
+$(STAMP): pyproject.toml kernels/syft/kernel.json $(NODE_STAMP) $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# JupyterLab with the demo network, both sides' notebooks and the Syft sidebar; prints its URL.
 demo: $(STAMP)
+	$(BIN)/jupyter-syft demo --lab
+
+# The scripted demo in the terminal, for machines without a browser.
+demo-headless: $(STAMP)
 	$(BIN)/jupyter-syft demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest
+
+# The README's screenshots, from the browser tests (every step's are in tests/browser/artifacts).
+screenshots: $(STAMP) $(CHROMIUM)
+	SYFT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -27,6 +51,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_kernel.py
+	$(MAKE) $(CHROMIUM)
+	$(BIN)/python benchmarks/bench_sidebar.py
 
 clean:
-	rm -rf $(VENV) demo-data .bench
+	rm -rf $(VENV) demo-data .bench node_modules lib jupyter_syft/labextension

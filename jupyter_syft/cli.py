@@ -9,6 +9,8 @@ from pathlib import Path
 
 import trio
 
+from jupyter_syft.network.cli import add_network_commands, run_network_command
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jupyter-syft", description=__doc__)
@@ -26,9 +28,24 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--job-timeout", type=float, default=60.0, help="seconds per job")
     start.add_argument("--job-memory-mb", type=int, default=4096, help="memory per job")
     start.add_argument("--max-result-mb", type=int, default=2048, help="largest result")
+    start.add_argument("--network", metavar="MULTIADDR", help="join this network node")
+    start.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+
+    add_network_commands(commands)
 
     demo = commands.add_parser("demo", help="two domains with real data, both roles, end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-data"), help="demo state folder")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the network and domains up until Ctrl-C (writes DIR/demo.json)",
+    )
+    demo.add_argument(
+        "--lab",
+        action="store_true",
+        help="keep them running and open JupyterLab with both sides' notebooks and the sidebar",
+    )
+    demo.add_argument("--no-browser", action="store_true", help="with --lab: only print the URL")
 
     args = parser.parse_args(argv)
     if args.command == "whoami":
@@ -38,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "domain":
         return _domain_start(args)
+    if args.command == "network":
+        return run_network_command(args)
+    if args.lab:
+        from jupyter_syft.lab_demo import run_lab_demo
+
+        return run_lab_demo(args.dir, open_browser=not args.no_browser)
     from jupyter_syft.demo import run_demo
 
-    return run_demo(args.dir)
+    return run_demo(args.dir, keep_running=args.keep_running)
 
 
 def _domain_start(args: argparse.Namespace) -> int:
@@ -60,7 +83,9 @@ def _domain_start(args: argparse.Namespace) -> int:
         job_memory_bytes=args.job_memory_mb * 2**20,
         max_result_bytes=args.max_result_mb * 2**20,
     )
-    config = DomainConfig(args.name, args.data_dir, args.listen, args.workers, limits)
+    config = DomainConfig(
+        args.name, args.data_dir, args.listen, args.workers, limits, args.network, args.heartbeat
+    )
 
     def ready(address: str) -> None:
         print(address, flush=True)

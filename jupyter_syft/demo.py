@@ -1,14 +1,17 @@
-"""`jupyter-syft demo`: two hospitals, one data scientist, real data, every step for real.
+"""`jupyter-syft demo`: a network, two hospitals, one data scientist, real data, all for real.
 
 scikit-learn's diabetes table (442 patients, real measurements) is split by rows between two
-domain nodes, each a separate process with its own identity, store and Flight server. The
-scientist reads the mocks, asks each hospital for the mean BMI and a BMI/progression
+domain nodes, each a separate process with its own identity, store and Flight server, both
+members of a network node (a third process). The scientist finds the hospitals by searching
+the network, reads the mocks, asks each hospital for the mean BMI and a BMI/progression
 correlation, and also asks for the raw rows, which the owners deny. Results come back over
-Arrow and are pooled locally.
+Arrow and are pooled locally. With `--keep-running` everything stays up afterwards, described
+in DIR/demo.json for other tools (the Syft kernel's `%syft connect demo`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +26,7 @@ from rich.table import Table
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
-from jupyter_syft.client.domain import DomainClient
+from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.errors import RequestDenied
 from jupyter_syft.identity import load_or_create
 
@@ -51,19 +54,10 @@ def fake_like(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(fake).astype(frame.dtypes.to_dict())
 
 
-def start_domain(name: str, data_dir: Path, home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def start_node(args: list[str], home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`jupyter-syft ARGS` as the person whose key is in `home`; returns it and its address."""
     env = {**os.environ, "JUPYTER_SYFT_HOME": str(home)}
-    command = [
-        sys.executable,
-        "-m",
-        "jupyter_syft.cli",
-        "domain",
-        "start",
-        "--name",
-        name,
-        "--data-dir",
-        str(data_dir),
-    ]
+    command = [sys.executable, "-m", "jupyter_syft.cli", *args]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True
     )
@@ -71,7 +65,7 @@ def start_domain(name: str, data_dir: Path, home: Path, log: Path) -> tuple[subp
     address = process.stdout.readline().strip()
     if not address:
         process.wait(timeout=10)
-        raise RuntimeError(f"domain {name} did not start; see {log}")
+        raise RuntimeError(f"{' '.join(args[:2])} did not start; see {log}")
     return process, address
 
 
@@ -93,21 +87,33 @@ def all_rows(df):
     return df
 
 
-def run_demo(folder: Path) -> int:
+def run_demo(folder: Path, keep_running: bool = False) -> int:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     frame = diabetes_frame()
     halves = np.array_split(np.arange(len(frame)), 2)
-    scientist = load_or_create(folder / "homes" / "scientist" / "identity.key")
+    scientist_home = (folder / "homes" / "scientist").resolve()
+    scientist = load_or_create(scientist_home / "identity.key")
     processes: list[subprocess.Popen] = []
+    demo_file = folder / "demo.json"
     try:
-        console.rule("[bold]1. Two data owners start their domain nodes")
+        console.rule("[bold]1. An operator starts a network; two data owners join it")
+        process, network = start_node(
+            ["network", "start", "--name", "demo-network", "--data-dir", str(folder / "network")],
+            folder / "homes" / "operator",
+            folder / "network.log",
+        )
+        processes.append(process)
+        console.print(f"network demo-network: [cyan]{network}[/]")
         owners: dict[str, AdminClient] = {}
         addresses: dict[str, str] = {}
         for i, name in enumerate(HOSPITALS):
             home = folder / "homes" / name
             owner_identity = load_or_create(home / "identity.key")
-            process, address = start_domain(name, folder / name, home, folder / f"{name}.log")
+            command = ["domain", "start", "--name", name, "--data-dir", str(folder / name)]
+            process, address = start_node(
+                [*command, "--network", network], home, folder / f"{name}.log"
+            )
             processes.append(process)
             addresses[name] = address
             owners[name] = AdminClient(NodeConnection(address, owner_identity))
@@ -127,8 +133,18 @@ def run_demo(folder: Path) -> int:
                 f"{(time.perf_counter() - started) * 1000:.0f} ms; added the scientist as a user"
             )
 
-        console.rule("[bold]2. The data scientist connects and reads the mocks")
-        domains = {n: DomainClient(NodeConnection(a, scientist)) for n, a in addresses.items()}
+        console.rule("[bold]2. The data scientist searches the network and reads the mocks")
+        net = NetworkClient(NetworkConnection(network, scientist))
+        hits = _search_until(net, "diabetes", len(HOSPITALS))
+        found = Table("domain", "dataset", "rows", "columns", "description", title="search")
+        for hit in hits:
+            found.add_row(
+                hit.domain, hit.dataset, str(hit.rows), ", ".join(hit.schema), hit.description
+            )
+        console.print('net.search("diabetes")', found)
+        domains = {
+            hit.domain: net.domain(hit.domain) for hit in sorted(hits, key=lambda h: h.domain)
+        }
         for name, domain in domains.items():
             dataset = domain.datasets["diabetes"]
             console.print(f"{name}: {dataset!r}")
@@ -183,9 +199,43 @@ def run_demo(folder: Path) -> int:
                 f"{name}: {len(log.entries)} entries, hash chain "
                 f"{'verified' if log.chain_ok else '[red]BROKEN[/]'}: {actions}"
             )
+        if keep_running:
+            description = {
+                "network": network,
+                "domains": addresses,
+                "scientist_home": str(scientist_home),
+            }
+            demo_file.write_text(json.dumps(description, indent=2))
+            return _wait_for_ctrl_c(processes, demo_file)
         return 0
     finally:
+        demo_file.unlink(missing_ok=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=20)
+
+
+def _search_until(net: NetworkClient, text: str, domains: int, timeout: float = 30.0) -> list:
+    """Search until `domains` domains answer (they announce as they start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        hits = net.search(text)
+        if len({hit.domain for hit in hits}) >= domains or time.monotonic() > deadline:
+            return hits
+        time.sleep(0.1)
+
+
+def _wait_for_ctrl_c(processes: list[subprocess.Popen], demo_file: Path) -> int:
+    console.rule("[bold]The network and the domains keep running")
+    console.print(
+        f"{demo_file} describes them (the Syft kernel: %syft connect demo). Ctrl-C stops them."
+    )
+    try:
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping")
+        return 0
+    console.print("[red]a node stopped by itself[/]; see the logs in", demo_file.parent)
+    return 1

@@ -21,6 +21,7 @@ from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.service import DomainService, Limits
 from jupyter_syft.domain.store import Store, StoreError
 from jupyter_syft.identity import Identity, load_or_create
+from jupyter_syft.network.member import NetworkMembership
 from jupyter_syft.p2p import P2PHost
 from jupyter_syft.tls import ensure_tls_cert
 from jupyter_syft.wire.messages import DOMAIN_PROTOCOL
@@ -34,6 +35,8 @@ class DomainConfig:
     listen: str = "/ip4/127.0.0.1/tcp/0"
     workers: int = 2
     limits: Limits = field(default_factory=Limits)
+    network: str | None = None  # a network node's multiaddr: join it and stay findable
+    heartbeat_s: float = 10.0
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
@@ -62,8 +65,15 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             limits=config.limits,
             on_approved=jobs_in.send,
         )
+        membership = None
+        handle = service.handle
+        if config.network:
+            membership = NetworkMembership(
+                config.network, node_identity, config.name, store.datasets, config.heartbeat_s
+            )
+            handle = membership.watch(service.handle)  # re-announce when datasets change
         async with P2PHost(node_identity, config.listen) as host:
-            host.set_handler(DOMAIN_PROTOCOL, service.handle, service.bad_frame_reply)
+            host.set_handler(DOMAIN_PROTOCOL, handle, service.bad_frame_reply)
             async with trio.open_nursery() as nursery:
                 for _ in range(config.workers):
                     nursery.start_soon(_job_worker, jobs_out.clone(), service, executor)
@@ -72,6 +82,8 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
                 address = host.multiaddrs[0]
                 _write_node_info(store.paths.node_info, config.name, address)
                 ready(address)
+                if membership is not None:
+                    nursery.start_soon(membership.run, host)
                 await trio.sleep_forever()
     finally:
         store.paths.node_info.unlink(missing_ok=True)
@@ -116,6 +128,7 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         timeout_s=limits.job_timeout_s,
         memory_bytes=limits.job_memory_bytes,
         max_result_bytes=limits.max_result_bytes,
+        privacy=info.privacy,
     )
     outcome = await trio.to_thread.run_sync(executor.run, job, abandon_on_cancel=True)
     if outcome.ok:

@@ -1,0 +1,1 @@
+"""Network nodes (discovery and search for domains) and a domain's membership of one."""

@@ -1,0 +1,352 @@
+"""The network protocol's handlers: membership, announcements, search, lookup, federation.
+
+Every call is rate-limited by its Noise-authenticated sender before anything else is done,
+then opened like a domain call (signed, fresh, addressed here). Records inside a call are
+checked against the peer they describe, and a domain may only join and announce for itself.
+A refused call changes nothing.
+
+Announcements reach the node two ways: directly (join, announce) and by gossip. Gossip is only
+a fast path: the heartbeat reply tells a domain which announcement the node holds, and the
+domain sends a newer one directly, so the index converges even when gossip loses messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from jupyter_syft.identity import Identity
+from jupyter_syft.network.addresses import address_key, open_address
+from jupyter_syft.network.config import NetworkConfig
+from jupyter_syft.network.limits import (
+    MAX_QUERY,
+    MAX_SEARCH_LIMIT,
+    MetadataError,
+    check_announcement,
+    check_name,
+)
+from jupyter_syft.network.membership import JoinRefused
+from jupyter_syft.network.query import fts_match
+from jupyter_syft.network.ratelimit import RateLimiter
+from jupyter_syft.network.store import NetworkStore, StaleRecord
+from jupyter_syft.p2p import P2PError, P2PHost
+from jupyter_syft.p2p.dht import Dht
+from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_signing import open_network_call, open_record, sign_network_call
+from jupyter_syft.wire.signing import BadMessage, ReplayGuard
+
+log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    def __init__(self, code: nm.NetworkErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _peer_of(multiaddr: str) -> str:
+    return multiaddr.rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class NetworkService:
+    """Everything a handler needs; `run_network` owns the host, DHT and store behind it."""
+
+    config: NetworkConfig
+    identity: Identity
+    operator: str  # peer ID of the identity that created the data dir
+    store: NetworkStore
+    host: P2PHost
+    dht: Dht
+    start_soon: Callable[..., None]  # runs a coroutine function in the node's nursery
+    guard: ReplayGuard = field(default_factory=ReplayGuard)
+
+    def __post_init__(self) -> None:
+        self.peer_networks = {_peer_of(a): a for a in self.config.peers}
+        self._calls = RateLimiter(self.config.rate_per_s, self.config.rate_burst)
+        self._announces = RateLimiter(self.config.announce_per_s, self.config.announce_burst)
+        # Keyed by the peer a gossiped record claims, before its signature is checked: a
+        # forger can only use up that peer's gossip allowance, never its direct one above.
+        self._gossip = RateLimiter(self.config.announce_per_s, self.config.announce_burst)
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def online_since(self) -> float:
+        return time.time() - self.config.offline_after_s
+
+    # ---- entry points -----------------------------------------------------------------------
+
+    async def handle(self, remote_peer: str, frame: bytes) -> bytes:
+        if remote_peer not in self.peer_networks and not self._calls.allow(remote_peer):
+            return nm.encode(nm.Error("rate_limited", "too many calls; slow down"))
+        try:
+            envelope = open_network_call(frame, remote_peer, self.peer_id, self.guard)
+        except BadMessage as exc:
+            return nm.encode(nm.Error("bad_message", str(exc)))
+        handler = getattr(self, "_" + type(envelope.call).__name__)
+        try:
+            reply = await handler(envelope.sender, envelope.call)
+        except Refused as exc:
+            return nm.encode(nm.Error(exc.code, str(exc)))
+        except BadMessage as exc:
+            return nm.encode(nm.Error("bad_message", str(exc)))
+        except MetadataError as exc:
+            return nm.encode(nm.Error("invalid", str(exc)))
+        return nm.encode(reply)
+
+    @staticmethod
+    def bad_frame_reply(reason: str) -> bytes:
+        return nm.encode(nm.Error("bad_message", reason))
+
+    def accept_gossip(self, data: bytes) -> bool:
+        """Gossip validator: relay and deliver only well-formed, signed, capped announcements."""
+        try:
+            signed = nm.decode_signed_record(data)
+            claimed = nm.decode_record(signed.body)
+            if not isinstance(claimed, nm.Announcement) or not self._gossip.allow(claimed.peer_id):
+                return False
+            check_announcement(open_record(signed, nm.Announcement))
+        except (msgspec.DecodeError, BadMessage, MetadataError):
+            return False
+        return True
+
+    def apply_gossip(self, data: bytes) -> None:
+        """Index a gossiped announcement if it is a member's and newer than the one held."""
+        if self.config.drop_gossip and random.random() < self.config.drop_gossip:
+            return
+        signed = nm.decode_signed_record(data)
+        announcement = open_record(signed, nm.Announcement)
+        member = self.store.member(announcement.peer_id)
+        if member is None or member.status == "removed" or member.name != announcement.name:
+            return
+        with contextlib.suppress(StaleRecord):  # a replay, or the direct path was faster
+            self.store.apply_announcement(
+                announcement.peer_id, announcement, nm.encode(signed), time.time()
+            )
+
+    # ---- anyone -----------------------------------------------------------------------------
+
+    async def _Hello(self, sender: str, call: nm.Hello) -> nm.NetworkInfo:
+        if sender == self.operator:
+            status = "operator"
+        else:
+            member = self.store.member(sender)
+            status = member.status if member else "unknown"
+        return nm.NetworkInfo(
+            self.config.name, self.peer_id, self.config.join_policy, status, self.config.peers
+        )
+
+    async def _Search(self, sender: str, call: nm.Search) -> nm.SearchResults:
+        if len(call.text) > MAX_QUERY:
+            raise Refused("invalid", f"a search is at most {MAX_QUERY} characters")
+        limit = max(1, min(call.limit, MAX_SEARCH_LIMIT))
+        hits = self.store.search(
+            fts_match(call.text), limit, self.online_since(), call.include_offline
+        )
+        unreachable: list[str] = []
+        if call.federated:
+            remote = nm.Search(call.text, limit, call.include_offline, federated=False)
+            for reply in await self._ask_peers(remote, unreachable):
+                if isinstance(reply, nm.SearchResults):
+                    hits.extend(reply.hits)
+        best: dict[tuple[str, str], nm.Hit] = {}
+        for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+            best.setdefault((hit.domain_peer_id, hit.dataset), hit)
+        return nm.SearchResults(list(best.values())[:limit], unreachable)
+
+    async def _ListDomains(self, sender: str, call: nm.ListDomains) -> nm.DomainList:
+        domains = self.store.domains(self.online_since())
+        unreachable: list[str] = []
+        if call.federated:
+            for reply in await self._ask_peers(nm.ListDomains(federated=False), unreachable):
+                if isinstance(reply, nm.DomainList):
+                    known = {d.peer_id for d in domains}
+                    domains.extend(d for d in reply.domains if d.peer_id not in known)
+        return nm.DomainList(domains, unreachable)
+
+    async def _Locate(self, sender: str, call: nm.Locate) -> nm.LocateResult:
+        """Members named `call.name` (or with that peer ID), addresses from the DHT.
+
+        A federated lookup asks peer networks for the names they know, then still takes the
+        address record from the DHT, which the whole federation shares.
+        """
+        online = self.online_since()
+        found = [
+            nm.Located(m.name, m.peer_id, m.last_seen >= online, await self._address(m.peer_id))
+            for m in self.store.find(call.name)
+        ]
+        if not found and call.federated:
+            for reply in await self._ask_peers(nm.Locate(call.name, federated=False), []):
+                if isinstance(reply, nm.LocateResult):
+                    for entry in reply.found:
+                        address = await self._address(entry.peer_id) or entry.address
+                        found.append(msgspec.structs.replace(entry, address=address))
+        return nm.LocateResult(found)
+
+    # ---- domains ----------------------------------------------------------------------------
+
+    async def _Join(self, sender: str, call: nm.Join) -> nm.Membership:
+        address = open_address(call.address)
+        announcement = open_record(call.announcement, nm.Announcement)
+        if address.peer_id != sender or announcement.peer_id != sender:
+            raise Refused("invalid", "a domain joins only with records about itself")
+        check_name("domain name", call.name)
+        check_announcement(announcement)
+        if announcement.name != call.name:
+            raise Refused("invalid", "the announcement names another domain")
+        current = self.store.member(sender)
+        try:
+            status = self.config.policy.status_on_join(sender, current.status if current else None)
+        except JoinRefused as exc:
+            raise Refused("not_authorised", str(exc)) from exc
+        if status == "member":
+            self._check_name_free(call.name, sender)
+        try:
+            have_seq = self.store.save_join(
+                sender,
+                call.name,
+                status,
+                (address.seq, nm.encode(call.address)),
+                (announcement.seq, nm.encode(call.announcement)),
+                time.time(),
+            )
+        except sqlite3.IntegrityError as exc:  # the name was taken meanwhile
+            raise Refused("conflict", f"the name {call.name!r} is taken") from exc
+        if status == "member":
+            self._publish_address(sender, nm.encode(call.address))
+        log.info("%s joined as %s (%s)", call.name, status, sender)
+        return nm.Membership(status, have_seq)
+
+    async def _Announce(self, sender: str, call: nm.Announce) -> nm.Membership:
+        if not self._announces.allow(sender):
+            raise Refused("rate_limited", "too many announcements; slow down")
+        announcement = open_record(call.announcement, nm.Announcement)
+        if announcement.peer_id != sender:
+            raise Refused("invalid", "a domain announces only its own datasets")
+        check_announcement(announcement)
+        member = self.store.member(sender)
+        if member is None or member.status == "removed":
+            raise Refused("not_authorised", f"{sender} is not a member of this network")
+        if announcement.name != member.name:
+            raise Refused("invalid", f"this domain joined as {member.name!r}; join again to rename")
+        try:
+            self.store.apply_announcement(
+                sender, announcement, nm.encode(call.announcement), time.time()
+            )
+        except StaleRecord as exc:
+            raise Refused("conflict", f"stale or replayed announcement: {exc}") from exc
+        return nm.Membership(member.status, announcement.seq)  # type: ignore[arg-type]
+
+    async def _Heartbeat(self, sender: str, call: nm.Heartbeat) -> nm.Membership:
+        member = self.store.member(sender)
+        if member is None:
+            return nm.Membership("unknown", 0)
+        if member.status != "removed":
+            self.store.touch(sender, time.time())
+        return nm.Membership(member.status, member.seq)  # type: ignore[arg-type]
+
+    # ---- the operator -----------------------------------------------------------------------
+
+    async def _Approve(self, sender: str, call: nm.Approve) -> nm.Done:
+        self._require_operator(sender)
+        member = self.store.member(call.peer_id)
+        if member is None:
+            raise Refused("not_found", f"no join request from {call.peer_id}")
+        self._check_name_free(member.name, member.peer_id)
+        self.store.set_status(call.peer_id, "member")
+        self._publish_address(call.peer_id, member.address)
+        return nm.Done()
+
+    async def _Remove(self, sender: str, call: nm.Remove) -> nm.Done:
+        self._require_operator(sender)
+        if self.store.set_status(call.peer_id, "removed") is None:
+            raise Refused("not_found", f"{call.peer_id} is not a member")
+        return nm.Done()
+
+    async def _ListMembers(self, sender: str, call: nm.ListMembers) -> nm.MemberList:
+        self._require_operator(sender)
+        return nm.MemberList(self.store.members())
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _require_operator(self, sender: str) -> None:
+        if sender != self.operator:
+            raise Refused("not_authorised", f"{sender} is not this network's operator")
+
+    def _check_name_free(self, name: str, peer_id: str) -> None:
+        """One name, one domain: a second peer claiming a member's name is an impostor."""
+        holder = self.store.name_holder(name)
+        if holder is not None and holder != peer_id:
+            raise Refused("conflict", f"the name {name!r} belongs to another domain ({holder})")
+
+    def _publish_address(self, peer_id: str, signed: bytes) -> None:
+        """Keep a member's address record in the DHT here and at the peer networks."""
+        self.dht.store(address_key(peer_id), signed)
+        if self.peer_networks:
+            self.start_soon(self._replicate, [(address_key(peer_id), signed)])
+
+    async def republish_addresses(self) -> None:
+        """Every member's address record into the DHT again (at start, when a peer connects)."""
+        records = []
+        for signed in self.store.address_records():
+            key = address_key(open_address(nm.decode_signed_record(signed)).peer_id)
+            self.dht.store(key, signed)
+            records.append((key, signed))
+        await self._replicate(records)
+
+    async def _replicate(self, records: list[tuple[str, bytes]]) -> None:
+        servers = list(self.peer_networks)
+        for key, signed in records:
+            await self.dht.replicate(key, signed, servers, self.config.peer_timeout_s)
+
+    async def _address(self, peer_id: str) -> nm.SignedRecord | None:
+        servers = list(self.peer_networks)
+        raw = await self.dht.fetch(address_key(peer_id), servers, self.config.peer_timeout_s)
+        return None if raw is None else nm.decode_signed_record(raw)
+
+    async def ask(self, multiaddr: str, call: nm.Call, timeout: float) -> nm.Reply:
+        frame = sign_network_call(self.identity, _peer_of(multiaddr), call)
+        return nm.decode_reply(
+            await self.host.request(multiaddr, nm.NETWORK_PROTOCOL, frame, timeout=timeout)
+        )
+
+    async def _ask_peers(self, call: nm.Call, unreachable: list[str]) -> list[nm.Reply]:
+        """Ask every peer network at once; those that fail or time out go to `unreachable`."""
+        replies: list[nm.Reply] = []
+
+        async def ask_one(multiaddr: str) -> None:
+            try:
+                replies.append(await self.ask(multiaddr, call, self.config.peer_timeout_s))
+            except (P2PError, msgspec.DecodeError) as exc:
+                log.info("peer network %s did not answer: %s", multiaddr, exc)
+                unreachable.append(multiaddr)
+
+        async with trio.open_nursery() as nursery:
+            for multiaddr in self.config.peers:
+                nursery.start_soon(ask_one, multiaddr)
+        return replies
+
+    async def keep_peers(self) -> None:
+        """Dial peer networks that are not connected; on (re)connection share the DHT."""
+        while True:
+            for multiaddr in self.config.peers:
+                if self.host.is_connected(multiaddr):
+                    continue
+                try:
+                    await self.ask(multiaddr, nm.Hello(), self.config.peer_timeout_s)
+                    await self.dht.add_server(_peer_of(multiaddr))
+                except (P2PError, msgspec.DecodeError) as exc:
+                    log.info("peer network %s is unreachable: %s", multiaddr, exc)
+                    continue
+                self.start_soon(self.republish_addresses)
+            await trio.sleep(self.config.peer_check_s)

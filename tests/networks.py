@@ -1,0 +1,153 @@
+"""Network nodes in their own processes and simulated domains, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jupyter_syft.identity import Identity
+from jupyter_syft.p2p import P2PThread
+from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_signing import sign_network_call, sign_record
+
+
+class NetworkProcess:
+    """`jupyter-syft network start` as a child process; stopped by `stop()` or `kill()`."""
+
+    def __init__(self, root: Path, name: str, operator_home: Path, *extra: str) -> None:
+        self.name = name
+        self.data_dir = root / name
+        self.operator_home = operator_home
+        self.extra = list(extra)
+        self.log = root / f"{name}.log"
+        self.process: subprocess.Popen[str] | None = None
+        self.address = ""
+
+    def start(self, *more: str) -> str:
+        """Start (again); `more` flags are added to this start only."""
+        env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.operator_home)}
+        command = [
+            sys.executable,
+            "-m",
+            "jupyter_syft.cli",
+            "network",
+            "start",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+            *more,
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=log, text=True
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line.startswith("/ip4/127.0.0.1/tcp/"):
+            self.kill()
+            raise RuntimeError(f"network {self.name} did not start:\n{self.log.read_text()}")
+        self.address = line
+        return line
+
+    @property
+    def port(self) -> int:
+        return int(self.address.split("/")[4])
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        self.process.stdout.close()  # type: ignore[union-attr]
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def dataset(name: str, description: str = "", rows: int = 100, **schema: str) -> nm.DatasetMeta:
+    """Metadata of one dataset, as a domain announces it."""
+    return nm.DatasetMeta(
+        name, description, "table", ["table"], schema or {"value": "double"}, rows, 10
+    )
+
+
+class SimulatedDomain:
+    """A domain's network side without a domain node: a real libp2p peer, real signed records.
+
+    Tests use it to send what a real domain would (join, announce, heartbeat) and what a
+    hostile one might (forged, replayed, oversized), with no domain process to start.
+    """
+
+    def __init__(self, name: str, identity: Identity | None = None) -> None:
+        self.name = name
+        self.identity = identity or Identity.generate()
+        self.peer_id = self.identity.peer_id
+        self.seq = time.time_ns()
+        self.peer = P2PThread(self.identity).start()
+
+    def close(self) -> None:
+        self.peer.close()
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def address_record(self, port: int = 1) -> nm.SignedRecord:
+        addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{self.peer_id}"
+        record = nm.AddressRecord(self.peer_id, self.next_seq(), time.time(), [addr])
+        return sign_record(self.identity, record)
+
+    def announcement(
+        self, datasets: list[nm.DatasetMeta], seq: int | None = None, name: str | None = None
+    ) -> nm.SignedRecord:
+        record = nm.Announcement(
+            self.peer_id,
+            name or self.name,
+            seq or self.next_seq(),
+            time.time(),
+            datasets,
+        )
+        return sign_record(self.identity, record)
+
+    def frame(self, network: str, call: nm.Call) -> bytes:
+        return sign_network_call(self.identity, network.rsplit("/", 1)[-1], call)
+
+    def send(self, network: str, frame: bytes) -> nm.Reply:
+        return nm.decode_reply(self.peer.request(network, nm.NETWORK_PROTOCOL, frame))
+
+    def call(self, network: str, call: nm.Call) -> nm.Reply:
+        return self.send(network, self.frame(network, call))
+
+    def join(self, network: str, datasets: list[nm.DatasetMeta] = ()) -> nm.Reply:  # type: ignore[assignment]
+        join = nm.Join(self.name, self.address_record(), self.announcement(list(datasets)))
+        return self.call(network, join)
+
+    def announce(self, network: str, datasets: list[nm.DatasetMeta]) -> nm.Reply:
+        return self.call(network, nm.Announce(self.announcement(datasets)))
+
+    def heartbeat(self, network: str) -> nm.Reply:
+        return self.call(network, nm.Heartbeat(self.seq))
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, step: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition still false after {timeout} s")
+        time.sleep(step)
