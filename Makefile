@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 LAB_SOURCES := package.json package-lock.json tsconfig.json $(wildcard labextension/*/*)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo demo-headless test screenshots lint bench clean
+.PHONY: demo demo-headless test screenshots lint bench bench-network clean
 
 # The JupyterLab extension's build tools, exactly as locked (see .npmrc for why the lock).
 $(NODE_STAMP): package.json package-lock.json
@@ -52,8 +52,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_kernel.py
+	$(BIN)/python benchmarks/bench_privacy.py
+	$(BIN)/python benchmarks/bench_crypto.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
+
+# 20 domain processes and a network node: ~12 minutes on 2 cores.
+bench-network: $(STAMP)
+	$(BIN)/python benchmarks/bench_network.py
 
 clean:
 	rm -rf $(VENV) demo-data .bench node_modules lib jupyter_syft/labextension

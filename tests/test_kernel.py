@@ -72,6 +72,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             admin.add_user(scientist.peer_id)
             admins[name] = admin
         admins["hospital-a"].create_dataset("scans", private=SCANS, mock=torch.zeros(2, 4))
+        # DP queries on hospital-a's table run without review, up to epsilon 0.3 each
+        admins["hospital-a"].set_policy("diabetes", auto_approve=True, max_query_epsilon=0.3)
+        admins["hospital-a"].set_budget(scientist.peer_id, "diabetes", epsilon=0.5)
         yield {
             "root": root,
             "nodes": nodes,
@@ -147,6 +150,7 @@ def test_completion(kernel: SyftKernel) -> None:
     assert matches("%%request hospital-b/diabetes as df, hospital-b/d") == ["hospital-b/diabetes"]
     assert matches("%%request */s") == ["*/scans"]
     assert matches("%syft co") == ["connect"]
+    assert matches("%syft bu") == ["budget"]
     reply = kernel.complete("%%mock hospital-a/di\ndf.describe()", cursor_pos=20)
     assert reply["matches"] == ["hospital-a/diabetes"]
     assert (reply["cursor_start"], reply["cursor_end"]) == (7, 20)
@@ -282,6 +286,88 @@ def test_watch_timeout_fetch_and_wait(world: dict, kernel: SyftKernel) -> None:
     assert value(kernel, "n") == 203  # the later cell's, whichever result came last
     assert "n left to a later cell" in kernel.update(first.display_id, "later cell")
     assert "result bound to n" in kernel.update(rerun.display_id, "result bound to n")
+
+
+# ---- differential privacy -----------------------------------------------------------------
+
+DP_CELL = '%%request hospital-a/diabetes as df --dp-epsilon 0.2\ndf.mean("bmi", bounds=(15, 50))'
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (DP_CELL.replace("0.2", "0.4"), "above the per-query cap"),
+        (DP_CELL.replace("(15, 50)", "(50, 15)"), "bounds"),
+        (DP_CELL.replace('"bmi"', '"weight"'), "weight"),
+        (DP_CELL.replace("hospital-a", "hospital-b"), "budget"),
+        (DP_CELL.replace("df.mean", "x = 1\ndf.mean") + "\nx", "ends with one DP query"),
+        (DP_CELL.replace("df.mean(", "df.head("), "ends with one DP query"),
+        (DP_CELL.replace("0.2", "-1"), "must be a finite number above 0"),
+        (DP_CELL.replace("df --", "df, hospital-a/scans as s --"), "one dataset"),
+    ],
+)
+def test_dp_query_bad_input_is_one_clear_message_and_charges_nothing(
+    world: dict, kernel: SyftKernel, cell: str, message: str
+) -> None:
+    result = kernel.execute(cell)
+    assert result.status == "error"
+    assert message in result.text, result.text
+    assert "Traceback" not in result.text and "UsageError" in result.text
+    budget = world["admins"]["hospital-a"].budget("diabetes", world["scientist"].peer_id)
+    assert budget.epsilon_spent == 0
+
+
+def test_dp_query_cell_budget_going_down_and_refusal(world: dict, kernel: SyftKernel) -> None:
+    cell = kernel.execute(DP_CELL)
+    assert cell.status == "ok", cell.text
+    assert "mean(bmi) =" in cell.text
+    assert "epsilon 0.2 spent, 0.3 left on 'diabetes'" in cell.text
+    assert "domain hospital-a, dataset diabetes as df" in cell.text
+    assert "policy: dp (differential privacy" in cell.text
+    assert "result bound to _request" in cell.text  # auto-approved: answered in the cell
+    [charge] = world["admins"]["hospital-a"].budget("diabetes", world["scientist"].peer_id).charges
+    assert f"request {charge.request_id}" in cell.text
+    noisy, accuracy = value(kernel, "[_request.value, _request.accuracy]")  # type: ignore[misc]
+    assert abs(noisy - PRIVATE["hospital-a"].bmi.mean()) < 5 * accuracy  # 95 %: 3 noise scales
+    assert "0.3 left" in cell.html
+
+    budget = kernel.execute("%syft budget")
+    assert budget.status == "ok", budget.text
+    assert "hospital-a  diabetes  0.2            0.3   0.5" in budget.text
+    assert "\u2588" * 8 + "\u2591" * 12 in budget.text
+    [shown] = [m for m in budget.outputs if m["msg_type"] == "display_data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown["content"]["data"]
+
+    count = kernel.execute(
+        "%%request hospital-a/diabetes as df --dp-epsilon 0.2 --out n\ndf.count()"
+    )
+    assert "count() = " in count.text and "0.1 left" in count.text
+    assert abs(value(kernel, "n.value") - 240) < 60
+    assert "0.4            0.1   0.5" in kernel.execute("%syft budget").text
+
+    refused = kernel.execute(DP_CELL)
+    assert refused.status == "error"
+    assert "refused the DP query, budget exhausted" in refused.text
+    assert "nothing was charged" in refused.text and "Traceback" not in refused.text
+    after = world["admins"]["hospital-a"].budget("diabetes", world["scientist"].peer_id)
+    assert after.epsilon_spent == pytest.approx(0.4)
+
+
+def test_dp_query_without_auto_approval_waits_for_review(world: dict, kernel: SyftKernel) -> None:
+    admin = world["admins"]["hospital-b"]
+    admin.set_budget(world["scientist"].peer_id, "diabetes", epsilon=1.0)
+    cell = kernel.execute(
+        "%%request hospital-b/diabetes as df --dp-epsilon 0.5 --out ages\n"
+        "df.quantile('age', q=0.5, bounds=(0, 120))"
+    )
+    assert cell.status == "ok", cell.text
+    assert "pending: waiting for the owner's review" in cell.text
+    [review] = admin.requests("pending")
+    review.approve()
+    done = kernel.update(cell.display_id, "result bound to ages")
+    assert "quantile(age) = " in done and "epsilon 0.5 spent, 0.5 left" in done
+    assert f"request {review.id}; policy: dp" in done
+    assert abs(value(kernel, "ages.value") - PRIVATE["hospital-b"].age.median()) < 20
 
 
 # ---- bad input ----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +18,7 @@ from jupyter_syft.kernel.cells import (
     parse_line,
 )
 from jupyter_syft.kernel.completion import complete
+from jupyter_syft.kernel.dp import check_cell
 
 
 def run(code: str, **inputs: object) -> object:
@@ -46,11 +49,31 @@ def test_parse_line() -> None:
         ("a/b as x --timeout soon", "not a number"),
         ("a/b as x --timeout 0", "more than 0"),
         ("a/b as x --out 2x", "not a valid Python name"),
+        ("a/b as x --dp-epsilon lots", "not a number"),
+        ("a/b as x --dp-epsilon inf", "finite number above 0"),
+        ("a/b as x --dp-epsilon 0", "finite number above 0"),
+        ("*/b as x --dp-epsilon 1", "one dataset on a named domain"),
+        ("a/b as x, a/c as y --dp-epsilon 1", "one dataset on a named domain"),
     ],
 )
 def test_parse_line_refuses(line: str, message: str) -> None:
     with pytest.raises(CellError, match=message):
         parse_line(line)
+
+
+def test_dp_line_and_cell() -> None:
+    assert parse_line("a/b as df --dp-epsilon 0.25").dp_epsilon == 0.25
+    assert parse_line("a/b as df").dp_epsilon is None
+    check_cell(ast.parse('low = 15\ndf.mean("bmi", bounds=(low, 50), epsilon=0.1)'), "df")
+    for cell in ["df.head()", "df.count()\n1", "a = df.count()\ndf.count()", "", "x.count()"]:
+        with pytest.raises(CellError, match="ends with one DP query on df"):
+            check_cell(ast.parse(cell), "df")
+
+
+def test_budget_gauge_text() -> None:
+    assert display.gauge(0.5, 1.5)[1] == "\u2588" * 5 + "\u2591" * 15
+    assert display.gauge(0.0, 0.0)[1] == "\u2588" * 20  # nothing granted: nothing to spend
+    assert "no privacy budget granted" in display.budgets([], ["x"])["text/plain"]
 
 
 def test_cell_becomes_a_function_returning_its_last_expression() -> None:
@@ -109,7 +132,7 @@ def test_completion_of_syft_syntax() -> None:
     assert matches("%%request a/scans as s, a/d") == ["a/diabetes"]
     assert matches("%%request a/scans as ") is None  # a name of yours: IPython's business
     assert matches("%%request a/scans as s --o") is None
-    commands = ["connect", "domains", "fetch", "requests", "search", "wait", "whoami"]
+    commands = ["budget", "connect", "domains", "fetch", "requests", "search", "wait", "whoami"]
     assert matches("%syft ") == commands
     assert matches("%syft connect d") == ["demo"]
     assert matches("print(1)\n%%mock a/") is None  # a cell magic only on a cell's first line

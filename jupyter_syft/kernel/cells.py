@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import keyword
+import math
 import re
 import tokenize
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 ALL_DOMAINS = "*"
 FUNCTION_NAME = "notebook_cell"
 _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<name>\S+)\s*$")
-_USAGE = "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--timeout S]"
+_USAGE = (
+    "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--timeout S] "
+    "[--dp-epsilon E]"
+)
 
 
 class CellError(ValueError):
@@ -41,6 +45,7 @@ class CellLine:
     sources: tuple[Source, ...]
     out: str = "_request"
     timeout: float | None = None
+    dp_epsilon: float | None = None  # the cell is a DP query paying this epsilon
 
     @property
     def every_domain(self) -> bool:
@@ -62,6 +67,9 @@ def parse_line(line: str) -> CellLine:
             "either every dataset names its domain or every one uses `*`, not a mix: "
             f"{', '.join(map(str, sources))}"
         )
+    one = len(sources) == 1 and sources[0].domain != ALL_DOMAINS
+    if options.get("dp_epsilon") is not None and not one:
+        raise CellError("--dp-epsilon takes one dataset on a named domain: DOMAIN/DATASET as NAME")
     return CellLine(sources, **options)
 
 
@@ -78,7 +86,7 @@ def _parse_source(text: str) -> Source:
 
 
 def parse_options(words: list[str]) -> dict:
-    """`--out VAR` and `--timeout S`, as keyword arguments of CellLine."""
+    """`--out VAR`, `--timeout S` and `--dp-epsilon E`, as keyword arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
@@ -96,6 +104,13 @@ def parse_options(words: list[str]) -> dict:
                 raise CellError(f"--timeout {value}: not a number of seconds") from None
             if not options["timeout"] > 0:
                 raise CellError(f"--timeout {value}: must be more than 0 seconds")
+        elif option == "--dp-epsilon":
+            try:
+                options["dp_epsilon"] = float(value)
+            except ValueError:
+                raise CellError(f"--dp-epsilon {value}: not a number") from None
+            if not (math.isfinite(options["dp_epsilon"]) and options["dp_epsilon"] > 0):
+                raise CellError(f"--dp-epsilon {value}: must be a finite number above 0")
         else:
             raise CellError(f"unknown option {option}; expected {_USAGE}")
     return options

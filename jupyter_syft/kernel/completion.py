@@ -13,7 +13,7 @@ from typing import Any
 from jupyter_syft.kernel.cells import ALL_DOMAINS
 
 CELL_MAGICS = ("%%mock", "%%request")
-COMMANDS = ("connect", "domains", "fetch", "requests", "search", "wait", "whoami")
+COMMANDS = ("budget", "connect", "domains", "fetch", "requests", "search", "wait", "whoami")
 
 
 def complete(code: str, cursor_pos: int, catalog: dict[str, list[str]]) -> dict[str, Any] | None:

@@ -198,7 +198,10 @@ STATUS_TEXT = {
     "lost": "connection lost, reconnecting (the request stays on the domain)",
     "error": "error",
 }
-POLICY_TEXT = {"raw": "raw result, released after the owner's review"}
+POLICY_TEXT = {
+    "raw": "raw result, released after the owner's review",
+    "dp": "dp (differential privacy: OpenDP noise, epsilon charged to your budget)",
+}
 
 
 def submission(sub: Submission) -> Bundle:
@@ -220,6 +223,8 @@ def submission(sub: Submission) -> Bundle:
         outcome = f"result bound to {sub.line.out}" if sub.bound else f"{sub.line.out} not set"
     else:
         outcome = "other cells can run meanwhile"
+    if sub.line.dp_epsilon is not None:
+        where += f" --dp-epsilon {sub.line.dp_epsilon:g}"
     header = f"%%request {where} ({elapsed}; {outcome})"
     markup = f"<div><b>%%request</b> {esc(where)} {small(esc(f'{elapsed}; {outcome}'))}</div>"
     return bundle(markup + "".join(parts), "\n".join([header, *lines]))
@@ -227,8 +232,10 @@ def submission(sub: Submission) -> Bundle:
 
 def _target(target: Target, sub: Submission) -> tuple[str, str]:
     if target.fetched:
-        value_html, value_text = render(target.value)
         origin = provenance(target)
+        if _is(target.value, "jupyter_syft.client.privacy", "DPResult"):
+            return _dp_result(target.value, target.domain, origin)
+        value_html, value_text = render(target.value)
         markup = frame(COLOURS["done"], value_html + small(esc(origin)))
         return markup, f"{target.domain}: {value_text}\n[{origin}]"
     state, status, detail = _status(target, sub)
@@ -242,6 +249,16 @@ def _target(target: Target, sub: Submission) -> tuple[str, str]:
     elif detail:
         markup += f": {esc(detail)}"
     return f"<div>{markup}</div>", text
+
+
+def _dp_result(result: Any, domain: str, origin: str) -> tuple[str, str]:
+    """A DP answer: what was asked, the noisy value, and what it cost and left."""
+    value_html, value_text = render(result.value)
+    summary = result.summary()
+    markup = f"<div><code>{esc(result.label)}</code> = {value_html}</div>"
+    markup += f"<div><b>{esc(summary)}</b></div>" + small(esc(origin))
+    text = f"{domain}: {result.label} = {value_text}\n{summary}\n[{origin}]"
+    return frame(COLOURS["done"], markup), text
 
 
 def _status(target: Target, sub: Submission) -> tuple[str, str, str]:
@@ -270,3 +287,59 @@ def provenance(target: Target) -> str:
         f"computed on the private data of domain {target.domain}, dataset {datasets}; "
         f"request {info.request_id}; policy: {policy}"
     )
+
+
+# ---- privacy budgets ----------------------------------------------------------------------
+
+GAUGE_WIDTH = 20  # characters of a budget gauge
+
+
+def gauge(spent: float, left: float) -> tuple[str, str]:
+    """A bar of the budget spent (filled) and left (empty), in HTML and in text."""
+    total = spent + left
+    filled = round(GAUGE_WIDTH * spent / total) if total else GAUGE_WIDTH
+    share_left = left / total if total else 0.0
+    colour = COLOURS["error"] if share_left == 0 else "#b45309" if share_left < 0.2 else "#15803d"
+    bar_spent, bar_left = "\u2588" * filled, "\u2591" * (GAUGE_WIDTH - filled)
+    markup = (
+        f'<span style="font-family: monospace; color: {colour}">{bar_spent}</span>'
+        f'<span style="font-family: monospace; color: #9ca3af">{bar_left}</span>'
+    )
+    return markup, bar_spent + bar_left
+
+
+def budgets(rows: Sequence[tuple[str, Any]], offline: Sequence[str]) -> Bundle:
+    """`%syft budget`: per domain and dataset, epsilon spent and left with a gauge.
+
+    `rows` are (domain, Budget); `offline` the domains that could not be asked.
+    """
+    headers = ["domain", "dataset", "epsilon spent", "left", "of", "gauge", "delta spent / of"]
+    cells, lines = [], []
+    for domain, budget in rows:
+        bar_html, bar_text = gauge(budget.epsilon_spent, budget.epsilon_left)
+        numbers = [f"{budget.epsilon_spent:g}", f"{budget.epsilon_left:g}", f"{budget.epsilon:g}"]
+        delta = f"{budget.delta_spent:g} / {budget.delta:g}" if budget.delta else "-"
+        row = [domain, budget.dataset, *numbers]
+        cells.append(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+            + f"<td>{bar_html}</td><td>{esc(delta)}</td></tr>"
+        )  # fmt: skip
+        lines.append([*row, bar_text, delta])
+    markup = (
+        "<b>your privacy budgets</b><table><thead><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for h in headers)
+        + f"</tr></thead><tbody>{''.join(cells)}</tbody></table>"
+    )  # fmt: skip
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *lines, strict=True)]
+    text = ["your privacy budgets"] + [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in [headers, *lines]
+    ]
+    if not rows:
+        markup = text[0] = "no privacy budget granted to you on the connected domains"
+        text = text[:1]
+    if offline:
+        skipped = f"not asked, offline: {', '.join(offline)}"
+        markup += small(esc(skipped))
+        text.append(skipped)
+    return bundle(markup, "\n".join(text))

@@ -21,7 +21,8 @@ BANNER = """\
 Syft kernel: IPython with remote data science built in.
   %syft connect ADDR|demo, %syft domains, %syft search TEXT, %syft requests, %syft whoami
   %%mock DOMAIN/DATASET as NAME      run the cell now, on the dataset's mock
-  %%request DOMAIN/DATASET as NAME   ask to run the cell on the private data"""
+  %%request DOMAIN/DATASET as NAME   ask to run the cell on the private data
+  %%request ... --dp-epsilon E       a DP query (df.mean("bmi", bounds=(15, 50))); %syft budget"""
 
 
 class SyftKernel(IPythonKernel):

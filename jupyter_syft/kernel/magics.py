@@ -16,6 +16,7 @@ from IPython.display import display
 
 from jupyter_syft.errors import NotAuthorisedError, SyftError
 from jupyter_syft.kernel import display as show
+from jupyter_syft.kernel import dp
 from jupyter_syft.kernel.cells import (
     FUNCTION_NAME,
     CellError,
@@ -30,6 +31,7 @@ from jupyter_syft.kernel.session import SyftSession, connection_errors, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
 
 SYFT_USAGE = """\
+%syft budget                your privacy budgets: epsilon spent and left per dataset and domain
 %syft connect ADDR|demo     connect to a domain or network node (multiaddr), or the local demo
 %syft domains               the domains you can reach, and their datasets
 %syft search TEXT           datasets whose name or description mentions TEXT
@@ -54,6 +56,7 @@ class SyftMagics(Magics):
         """Connect, look around and keep track of requests; `%syft` alone lists the commands."""
         command, _, rest = line.strip().partition(" ")
         handler = {
+            "budget": self._budget,
             "connect": self._connect,
             "domains": self._domains,
             "search": self._search,
@@ -68,6 +71,24 @@ class SyftMagics(Magics):
             raise UsageError(f"unknown command {command!r}\n{SYFT_USAGE}")
         else:
             handler(rest.strip())
+
+    def _budget(self, _: str) -> None:
+        if not self.session.domains:
+            raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
+        rows, offline = [], []
+        for name, client in sorted(self.session.domains.items()):
+            try:
+                found = client.budgets()
+            except connection_errors():
+                offline.append(name)
+                continue
+            except SyftError as exc:
+                raise UsageError(f"domain {name!r} cannot show your budgets: {exc}") from None
+            rows += [(name, found[dataset]) for dataset in sorted(found)]
+        bundle: dict[str, Any] = show.budgets(rows, offline)
+        if rows:  # the gauge widgets where widgets render; the HTML table elsewhere
+            bundle = {**_gauges(rows)._repr_mimebundle_(), **bundle}
+        display(bundle, raw=True)
 
     def _connect(self, address: str) -> None:
         if not address:
@@ -163,7 +184,10 @@ class SyftMagics(Magics):
         if not words or words[0].startswith("-"):
             raise UsageError("usage: %syft fetch REQUEST_ID [--out VAR] [--timeout S]")
         options = _options(words[1:])
+        if "dp_epsilon" in options:
+            raise UsageError("usage: %syft fetch REQUEST_ID [--out VAR] [--timeout S]")
         name, request = self.session.find_request(words[0])
+        request = dp.as_dp(request)
         inputs = dict(request.info.inputs)
         sources = tuple(Source(name, dataset, arg) for arg, dataset in inputs.items())
         target = Target(name, inputs, request)
@@ -171,7 +195,7 @@ class SyftMagics(Magics):
 
     def _wait(self, rest: str) -> None:
         options = _options(rest.split())
-        if "out" in options:
+        if "out" in options or "dp_epsilon" in options:
             raise UsageError("usage: %syft wait [--timeout S]")
         timeout = options.get("timeout", WAIT_TIMEOUT_S)
         unfinished = self.book.wait(timeout)
@@ -200,6 +224,8 @@ class SyftMagics(Magics):
         """Run the cell here and now with each NAME bound to its dataset's mock."""
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         parsed = self._parse(line)
+        if parsed.dp_epsilon is not None:
+            raise UsageError("--dp-epsilon is for %%request cells (a DP query on the private data)")
         plans, _ = self.session.resolve(parsed.sources, fresh=False)
         plan = plans[0]
         try:
@@ -224,6 +250,9 @@ class SyftMagics(Magics):
     def request(self, line: str, cell: str) -> None:
         """Send the cell to run on the private data; returns at once, the status updates live."""
         parsed = self._parse(line)
+        if parsed.dp_epsilon is not None:
+            self._dp_request(line, parsed, cell)
+            return
         try:
             code = cell_to_function(cell, [s.name for s in parsed.sources])
         except SyntaxError as exc:
@@ -242,6 +271,39 @@ class SyftMagics(Magics):
                 targets.append(Target(plan.domain.name, datasets, None, error=error))
         self.book.watch(Submission(self.shell, parsed, targets, skipped))
 
+    def _dp_request(self, line: str, parsed: CellLine, cell: str) -> None:
+        """Run the cell here with NAME bound to the dataset's DP queries at the cell's epsilon;
+        its last expression sends the one query, which is then watched like any request."""
+        __tracebackhide__ = True
+        try:
+            tree = ast.parse(cell)
+            dp.check_cell(tree, parsed.sources[0].name)
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc, " (nothing was sent)")) from None
+        except CellError as exc:
+            raise UsageError(f"{exc} (nothing was sent)") from None
+        plans, _ = self.session.resolve(parsed.sources, fresh=True)
+        domain = plans[0].domain.name
+        [(name, dataset)] = plans[0].inputs.items()
+        ast.increment_lineno(tree, 1)
+        filename = self.shell.compile.cache(f"%%request {line}\n{cell}", self.shell.execution_count)
+        body, last = split_last_expression(tree)
+        assert last is not None  # check_cell: the cell ends with the query
+        namespace = self.shell.user_ns
+        namespace[name] = dp.DPTable(dataset, parsed.dp_epsilon)
+        exec(compile(body, filename, "exec"), namespace)
+        try:
+            request = eval(compile(last, filename, "eval"), namespace)
+        except (SyftError, *connection_errors()) as exc:
+            raise UsageError(_dp_error(domain, exc)) from None
+        target = Target(domain, {name: dataset.name}, request)
+        if request.info.status == "done":  # auto-approved and answered: show it right here
+            try:
+                target.value, target.fetched = request.result(), True
+            except (SyftError, *connection_errors()):
+                pass  # the watcher tries again and shows what went wrong
+        self.book.watch(Submission(self.shell, parsed, [target]))
+
     def _parse(self, line: str) -> CellLine:
         try:
             return parse_line(line)
@@ -254,6 +316,33 @@ def _options(words: list[str]) -> dict:
         return parse_options(words)
     except CellError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _gauges(rows: list[tuple[str, Any]]) -> Any:
+    """A BudgetGauge widget per (domain, Budget), in one box."""
+    import ipywidgets
+
+    from jupyter_syft.widgets.budget import BudgetGauge
+
+    gauges = [
+        BudgetGauge(b.epsilon_spent, b.epsilon_left, heading=f"{domain}/{b.dataset} epsilon")
+        for domain, b in rows
+    ]
+    return ipywidgets.VBox(gauges)
+
+
+def _dp_error(domain: str, exc: Exception) -> str:
+    """Why a DP query was refused; a refused query charges nothing."""
+    from jupyter_syft.errors import BudgetExhausted
+
+    if isinstance(exc, connection_errors()):
+        return f"domain {domain!r} is offline or unreachable ({reason(exc)}); nothing was charged"
+    if isinstance(exc, BudgetExhausted):
+        return (
+            f"domain {domain!r} refused the DP query, budget exhausted: {exc} "
+            "(nothing was charged; `%syft budget` shows what is left)"
+        )
+    return f"domain {domain!r} refused the DP query: {exc} (nothing was charged)"
 
 
 def _count(n: int, noun: str) -> str:

@@ -19,6 +19,7 @@ from IPython.display import display
 
 from jupyter_syft.kernel import display as show
 from jupyter_syft.kernel.cells import CellLine
+from jupyter_syft.kernel.dp import as_dp
 from jupyter_syft.kernel.session import SyftSession, connection_errors, reason
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class RequestBook:
             if earlier.line.out == submission.line.out and not earlier.done.is_set():
                 earlier.superseded = True
         self.submissions.append(submission)
+        submission.finish_if_done()  # e.g. an auto-approved DP query, answered already
         submission.show()
         for target in submission.targets:
             if not target.finished:
@@ -125,7 +127,6 @@ class RequestBook:
                     name=f"syft-watch-{submission.display_id[:8]}",
                     daemon=True,
                 ).start()
-        submission.finish_if_done()
 
     def _watch(self, submission: Submission, target: Target) -> None:
         tokens = submission.shell.set_thread_parent(submission.parent)  # type: ignore[attr-defined]
@@ -150,7 +151,7 @@ class RequestBook:
             try:
                 if attempts:  # the link broke: a new connection, and the request afresh
                     domain = self.session.reopen(target.domain)
-                    request = target.request = domain.get_request(request.id)
+                    request = target.request = as_dp(domain.get_request(request.id))
                     target.problem, attempts = "", 0
                     submission.show(update=True)
                 if request.info.status == "done":
