@@ -95,7 +95,7 @@ def main() -> None:
             ("kernel start -> idle with the client node up", f"{node_up:.2f} s", "<= 1.5 s")
         )
         imported = f"{import_seconds():.2f} s"
-        rows.append(("  of which `import jupyter_syft` (the package's eager init)", imported, "-"))
+        rows.append(("  of which `import jupyter_syft`", imported, "-"))
 
         kernel = SyftKernel(scientist_home)
         try:
