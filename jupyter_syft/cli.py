@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
-import trio
-
+from jupyter_syft.foreground import run_until_signalled
 from jupyter_syft.network.cli import add_network_commands, run_network_command
 
 
@@ -87,25 +85,13 @@ def _domain_start(args: argparse.Namespace) -> int:
         args.name, args.data_dir, args.listen, args.workers, limits, args.network, args.heartbeat
     )
 
-    def ready(address: str) -> None:
-        print(address, flush=True)
-
-    async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_domain, config, admin, ready)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    failures: list[BaseException] = []
-    try:
-        trio.run(serve)
-    except* (P2PError, StoreError, IdentityError, OSError) as group:
-        failures.extend(group.exceptions)
-    for failure in failures:
-        print(f"jupyter-syft: the domain could not run: {failure}", file=sys.stderr)
-    return 2 if failures else 0
+    return run_until_signalled(
+        run_domain,
+        config,
+        admin,
+        what="domain",
+        expected=(P2PError, StoreError, IdentityError, OSError),
+    )
 
 
 if __name__ == "__main__":

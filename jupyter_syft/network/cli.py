@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
 
-import trio
-
+from jupyter_syft.foreground import run_until_signalled
 from jupyter_syft.network.membership import POLICIES
 
 
@@ -87,25 +85,9 @@ def _start(args: argparse.Namespace) -> int:
         print(f"jupyter-syft: {exc}", file=sys.stderr)
         return 2
 
-    def ready(address: str) -> None:
-        print(address, flush=True)
-
-    async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_network, config, operator, ready)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    failures: list[BaseException] = []
-    try:
-        trio.run(serve)
-    except* (P2PError, OSError) as group:
-        failures.extend(group.exceptions)
-    for failure in failures:
-        print(f"jupyter-syft: the network node could not run: {failure}", file=sys.stderr)
-    return 2 if failures else 0
+    return run_until_signalled(
+        run_network, config, operator, what="network node", expected=(P2PError, OSError)
+    )
 
 
 def _manage(args: argparse.Namespace) -> int:
