@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from nodes import NodeProcess
 
 from jupyter_syft.identity import Identity
 from jupyter_syft.p2p import P2PThread
@@ -16,64 +13,10 @@ from jupyter_syft.wire import network_messages as nm
 from jupyter_syft.wire.network_signing import sign_network_call, sign_record
 
 
-class NetworkProcess:
-    """`jupyter-syft network start` as a child process; stopped by `stop()` or `kill()`."""
+class NetworkProcess(NodeProcess):
+    """A network node; `home` is its operator's JUPYTER_SYFT_HOME."""
 
-    def __init__(self, root: Path, name: str, operator_home: Path, *extra: str) -> None:
-        self.name = name
-        self.data_dir = root / name
-        self.operator_home = operator_home
-        self.extra = list(extra)
-        self.log = root / f"{name}.log"
-        self.process: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self, *more: str) -> str:
-        """Start (again); `more` flags are added to this start only."""
-        env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.operator_home)}
-        command = [
-            sys.executable,
-            "-m",
-            "jupyter_syft.cli",
-            "network",
-            "start",
-            "--name",
-            self.name,
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra,
-            *more,
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().strip()
-        if not line.startswith("/ip4/127.0.0.1/tcp/"):
-            self.kill()
-            raise RuntimeError(f"network {self.name} did not start:\n{self.log.read_text()}")
-        self.address = line
-        return line
-
-    @property
-    def port(self) -> int:
-        return int(self.address.split("/")[4])
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=30)
-        self.process.stdout.close()  # type: ignore[union-attr]
-        return code
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
+    kind = "network"
 
 
 def dataset(name: str, description: str = "", rows: int = 100, **schema: str) -> nm.DatasetMeta:

@@ -19,31 +19,35 @@ def person(root: Path, name: str) -> tuple[Path, Identity]:
     return home, load_or_create(home / "identity.key")
 
 
-class DomainProcess:
-    """`jupyter-syft domain start` as a child process; stopped by `stop()` or `kill()`."""
+class NodeProcess:
+    """`jupyter-syft KIND start` as a child process; stopped by `stop()` or `kill()`."""
 
-    def __init__(self, root: Path, name: str, owner_home: Path, *extra: str) -> None:
+    kind = ""
+
+    def __init__(self, root: Path, name: str, home: Path, *extra: str) -> None:
         self.name = name
         self.data_dir = root / name
-        self.owner_home = owner_home
+        self.home = home
         self.extra = list(extra)
         self.log = root / f"{name}.log"
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
 
-    def start(self) -> str:
-        env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.owner_home)}
+    def start(self, *more: str) -> str:
+        """Start (again) and return the multiaddr it prints; `more` flags are for this start."""
+        env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.home)}
         command = [
             sys.executable,
             "-m",
             "jupyter_syft.cli",
-            "domain",
+            self.kind,
             "start",
             "--name",
             self.name,
             "--data-dir",
             str(self.data_dir),
             *self.extra,
+            *more,
         ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -53,9 +57,13 @@ class DomainProcess:
         line = self.process.stdout.readline().strip()
         if not line.startswith("/ip4/127.0.0.1/tcp/"):
             self.kill()
-            raise RuntimeError(f"domain {self.name} did not start:\n{self.log.read_text()}")
+            raise RuntimeError(f"{self.kind} {self.name} did not start:\n{self.log.read_text()}")
         self.address = line
         return line
+
+    @property
+    def port(self) -> int:
+        return int(self.address.split("/")[4])
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
@@ -71,3 +79,9 @@ class DomainProcess:
             self.process.wait(timeout=30)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+
+
+class DomainProcess(NodeProcess):
+    """A domain node; `home` is its owner's JUPYTER_SYFT_HOME (the owner becomes its admin)."""
+
+    kind = "domain"
