@@ -27,7 +27,7 @@ from rich.table import Table
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
-from jupyter_syft.errors import RequestDenied
+from jupyter_syft.errors import RequestDenied, SyftError
 from jupyter_syft.identity import load_or_create
 
 HOSPITALS = ("hospital-a", "hospital-b")
@@ -191,7 +191,24 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
         console.print(table)
         console.print(f"check against the full table: mean BMI {frame['bmi'].mean():.3f}")
 
-        console.rule("[bold]6. Each owner's audit log")
+        console.rule("[bold]6. Differential privacy: a budget, DP queries, a refusal")
+        for owner in owners.values():
+            owner.set_budget(scientist.peer_id, "diabetes", epsilon=0.8)
+            owner.set_policy("diabetes", auto_approve=True, max_query_epsilon=0.5)
+        dp_table = Table("domain", "DP mean BMI (epsilon 0.5)", "epsilon left", "again (0.5)")
+        for name, domain in domains.items():
+            queries = domain.datasets["diabetes"].dp
+            answer = queries.mean("bmi", bounds=(15, 50), epsilon=0.5).result(timeout=60)
+            try:
+                queries.mean("bmi", bounds=(15, 50), epsilon=0.5).result(timeout=60)
+                again = "[red]answered[/]"
+            except SyftError as refused:
+                again = f"refused: {refused}"
+            value = f"{answer.value:.3f} {answer.summary()}"
+            dp_table.add_row(name, value, f"{answer.epsilon_left:g}", again)
+        console.print(dp_table)
+
+        console.rule("[bold]7. Each owner's audit log")
         for name, owner in owners.items():
             log = owner.audit_log(limit=200)
             actions = ", ".join(sorted({e.action for e in log.entries}))
