@@ -4,6 +4,7 @@ import jupyter_syft as syft
 net = syft.connect(NETWORK_MULTIADDR)                            # a network: search it
 domain = net.domain("hospital-a")                                # or a domain, directly:
 domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
+total = syft.aggregate([d1, d2, d3], fn, dataset="diabetes")    # a sum, by secure aggregation
 owner = syft.admin("path/to/domain-dir")                          # as the data owner
 """
 
@@ -24,12 +25,14 @@ from jupyter_syft.errors import (
 
 if TYPE_CHECKING:
     from jupyter_syft.client.admin import AdminClient, ReviewRequest
+    from jupyter_syft.client.aggregate import aggregate
     from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
     from jupyter_syft.client.network import NetworkClient
 
 # Imported on first use: libp2p, pyarrow and pandas cost ~1 s, and a kernel or a CLI command
 # should not pay for what it does not touch.
 _LAZY = {
+    "aggregate": ("jupyter_syft.client.aggregate", "aggregate"),
     "AdminClient": ("jupyter_syft.client.admin", "AdminClient"),
     "ReviewRequest": ("jupyter_syft.client.admin", "ReviewRequest"),
     "admin": ("jupyter_syft.client.admin", "open_admin"),
@@ -81,6 +84,7 @@ __all__ = [
     "ReviewRequest",
     "SyftError",
     "admin",
+    "aggregate",
     "connect",
     "whoami",
 ]

@@ -18,7 +18,7 @@ import trio
 
 from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
 from jupyter_syft.domain.flight_server import FlightDataServer
-from jupyter_syft.domain.service import DomainService, Limits
+from jupyter_syft.domain.service import DomainService, Limits, result_vector
 from jupyter_syft.domain.store import Store, StoreError
 from jupyter_syft.identity import Identity, load_or_create
 from jupyter_syft.network.member import NetworkMembership
@@ -64,6 +64,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             tls_fingerprint=tls.fingerprint,
             limits=config.limits,
             on_approved=jobs_in.send,
+            identity=node_identity,
         )
         membership = None
         handle = service.handle
@@ -131,6 +132,12 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         privacy=info.privacy,
     )
     outcome = await trio.to_thread.run_sync(executor.run, job, abandon_on_cancel=True)
+    if outcome.ok and info.policy == "aggregate":
+        try:  # check now, so a wrong result fails the request instead of the aggregation
+            await trio.to_thread.run_sync(result_vector, output_dir, outcome.part_count)
+        except Exception as exc:  # whatever the code returned, it is not a vector
+            outcome.ok = False
+            outcome.error = f"the aggregate-only result is unusable: {exc}"
     if outcome.ok:
         store.finish_run(request_id, outcome.part_count, outcome.result_bytes)
     else:

@@ -16,12 +16,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import trio
 
+from jupyter_syft.crypto.secagg import MAX_ABS, SecAggClient, SecAggError
+from jupyter_syft.crypto.secagg_messages import BadFrame, open_frame
 from jupyter_syft.domain.executor import CodeError, check_code
 from jupyter_syft.domain.store import BudgetExceeded, Store, StoreError
-from jupyter_syft.identity import IdentityError, public_key_of
+from jupyter_syft.identity import Identity, IdentityError, public_key_of
 from jupyter_syft.privacy.budget import BudgetValueError, delta_units, epsilon_units
 from jupyter_syft.privacy.policy import PolicyError, auto_approves, check_policy
 from jupyter_syft.privacy.queries import QueryError, check_query, describe_query
@@ -36,6 +39,9 @@ INLINE_BYTES = 1 << 20  # tables up to this size ride the control plane; larger 
 MAX_CODE_BYTES = 256 * 1024
 MAX_WAIT_S = 60.0
 UPLOAD_TTL_S = 600.0
+
+
+AGGREGATE_ONLY = "an aggregate-only result is released only inside secure aggregation"
 
 
 class Refused(Exception):
@@ -64,6 +70,14 @@ class PendingUpload:
 
 
 @dataclass
+class AggregationState:
+    """A domain's side of one secure-aggregation session, for one aggregate-only request."""
+
+    client: SecAggClient
+    vector: np.ndarray | None  # dropped once masked: nothing else needs it
+
+
+@dataclass
 class DomainService:
     """Everything a handler needs; the node owns the processes behind these objects."""
 
@@ -77,6 +91,8 @@ class DomainService:
     limits: Limits
     on_approved: Callable[[str], Awaitable[None]]
     guard: ReplayGuard = field(default_factory=ReplayGuard)
+    identity: Identity | None = None  # the node's key: signs its secure-aggregation frames
+    _aggregations: dict[str, AggregationState] = field(default_factory=dict)
     _uploads: dict[str, PendingUpload] = field(default_factory=dict)
     _changed: dict[str, trio.Event] = field(default_factory=dict)
 
@@ -170,12 +186,68 @@ class DomainService:
         info = self._request_for(sender, role, call.request_id)
         if info.status != "done":
             raise Refused("conflict", f"request {call.request_id} is {info.status}, not done")
+        if info.policy == "aggregate":
+            raise Refused("not_authorised", AGGREGATE_ONLY)
         folder = self.store.paths.result_dir(call.request_id)
         manifest = (folder / "manifest.msgpack").read_bytes()
         count = self.store.result_parts(call.request_id)
         parts = [self._arrow(folder / f"part-{i}.arrow", sender) for i in range(count)]
         self.store.audit(sender, "fetch_result", call.request_id)
         return m.ResultData(manifest, parts)
+
+    async def _SecAggStep(self, sender: str, role: str, call: m.SecAggStep) -> m.SecAggFrame:
+        """Feed one round's frame to this request's SecAggClient; its signed reply goes back.
+
+        Order, replays, forgeries and wrong sessions are refused by the library's own checks.
+        """
+        info = self._request_for(sender, role, call.request_id)
+        if info.requester != sender:
+            raise Refused("not_authorised", "only the requester may aggregate a request's result")
+        if info.policy != "aggregate":
+            raise Refused("invalid", f"request {call.request_id} is not aggregate-only")
+        if info.status != "done":
+            raise Refused("conflict", f"request {call.request_id} is {info.status}, not done")
+        if self.identity is None:
+            raise Refused("internal", "this node cannot take part in secure aggregation")
+        try:
+            envelope = open_frame(call.frame)
+        except BadFrame as exc:
+            raise Refused("invalid", str(exc)) from exc
+        state = self._aggregations.get(call.request_id)
+        try:
+            if envelope.round == 0:
+                if state is not None:
+                    raise Refused("conflict", "this request's result was already aggregated once")
+                client = SecAggClient(self.identity, call.frame)
+                if client.server != sender:
+                    raise Refused("invalid", "the setup frame is not signed by the requester")
+                vector = self._result_vector(call.request_id)
+                if client.setup.length != len(vector):
+                    raise Refused(
+                        "invalid",
+                        f"the session sums vectors of length {client.setup.length}; "
+                        f"this result has length {len(vector)}",
+                    )
+                reply = client.advertise_keys()
+                self._aggregations[call.request_id] = AggregationState(client, vector)
+                self.store.audit(sender, "secagg_join", call.request_id, client.session)
+            elif state is None:
+                raise Refused("conflict", "no secure aggregation in progress for this request")
+            elif envelope.round == 1:
+                reply = state.client.share_keys(call.frame)
+            elif envelope.round == 2:
+                if state.vector is None:
+                    raise Refused("invalid", "this domain already sent its masked input")
+                reply = state.client.masked_input(call.frame, state.vector)
+                state.vector = None
+                self.store.audit(sender, "secagg_masked_input", call.request_id)
+            elif envelope.round == 3:
+                reply = state.client.consistency_check(call.frame)
+            else:
+                reply = state.client.unmask(call.frame)
+        except SecAggError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return m.SecAggFrame(reply)
 
     # ---- admin ------------------------------------------------------------------------------
 
@@ -343,6 +415,13 @@ class DomainService:
             raise Refused("not_found", f"no request {request_id} of yours on this domain")
         return info
 
+    def _result_vector(self, request_id: str) -> np.ndarray:
+        folder = self.store.paths.result_dir(request_id)
+        try:
+            return result_vector(folder, self.store.result_parts(request_id))
+        except ValueError as exc:
+            raise Refused("invalid", str(exc)) from exc
+
     def _arrow(self, path: Path, requester: str) -> m.ArrowData:
         """Small files inline as an Arrow IPC stream; large ones as a Flight ticket."""
         size = path.stat().st_size
@@ -384,6 +463,34 @@ class DomainService:
             if upload.expires < now:
                 del self._uploads[upload_id]
                 shutil.rmtree(self.store.paths.staging / upload_id, ignore_errors=True)
+
+
+def result_vector(folder: Path, parts: int) -> np.ndarray:
+    """A stored result as the 1-D numeric vector an aggregate-only request must return."""
+    manifest = (folder / "manifest.msgpack").read_bytes()
+    tables = [values.read_ipc_file(folder / f"part-{i}.arrow") for i in range(parts)]
+    value = values.decode_result(manifest, tables)
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, list | tuple):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.size == 0:
+        raise ValueError(
+            "an aggregate request must return a non-empty 1-D vector (numpy array, tensor or "
+            f"list of numbers), not {_describe_value(value)}"
+        )
+    if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"an aggregate request must return int or float values, not {value.dtype}")
+    if np.iscomplexobj(value):
+        raise ValueError("an aggregate request must return real values, not complex ones")
+    if not np.all(np.isfinite(value)) or np.max(np.abs(value)) > MAX_ABS:
+        raise ValueError(f"an aggregate request's values must be finite, |x| <= {MAX_ABS:g}")
+    return value
+
+
+def _describe_value(value: object) -> str:
+    shape = getattr(value, "shape", None)
+    return type(value).__name__ + (f" of shape {tuple(shape)}" if shape is not None else "")
 
 
 def describe(table: pa.Table) -> tuple[str, dict[str, str], int]:

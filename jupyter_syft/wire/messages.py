@@ -85,7 +85,8 @@ class SubmitRequest(Struct, tag="submit_request"):
     code: str  # source text defining `function_name`
     function_name: str
     inputs: dict[str, str]  # argument name -> dataset name
-    policy: Literal["raw"] = "raw"
+    # "aggregate": the result (a 1-D numeric vector) is released only inside secure aggregation
+    policy: Literal["raw", "aggregate"] = "raw"
 
 
 class GetRequest(Struct, tag="get_request"):
@@ -166,6 +167,13 @@ class SetPolicy(Struct, tag="set_policy"):
     max_query_epsilon: float = 1.0  # refuse any DP query asking for more
 
 
+class SecAggStep(Struct, tag="secagg_step"):
+    """One secure-aggregation round for an aggregate-only request: the requester's frame in."""
+
+    request_id: str
+    frame: bytes  # a signed jupyter_syft.crypto.secagg_messages frame from the requester
+
+
 Call = (
     Hello
     | ListDatasets
@@ -186,6 +194,7 @@ Call = (
     | SetBudget
     | GetPolicy
     | SetPolicy
+    | SecAggStep
 )
 
 
@@ -328,6 +337,12 @@ class PolicyInfo(Struct, tag="policy_info"):
     max_query_epsilon: float
 
 
+class SecAggFrame(Struct, tag="secagg_frame"):
+    """The domain's signed reply frame for one secure-aggregation round."""
+
+    frame: bytes
+
+
 class Done(Struct, tag="done"):
     pass
 
@@ -351,6 +366,7 @@ Reply = (
     | BudgetInfo
     | BudgetList
     | PolicyInfo
+    | SecAggFrame
     | Done
     | Error
 )

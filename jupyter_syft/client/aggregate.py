@@ -1,0 +1,168 @@
+"""`syft.aggregate`: the sum (or mean) of one function's result across domains, by secure
+aggregation, so that no party, the scientist included, sees a single domain's vector.
+
+Each domain runs `fn` on its own `dataset` as an aggregate-only request (policy "aggregate"):
+its owner reviews it as usual, but the result never leaves the domain in the clear. The
+scientist's kernel is the aggregator (`SecAggServer`); each domain's node is a client
+(`SecAggClient`), reached over the `SecAggStep` call, one call per domain per round.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest, function_source
+from jupyter_syft.crypto.secagg import ROUNDS, SecAggError, SecAggServer
+from jupyter_syft.errors import InvalidError
+from jupyter_syft.wire import messages as m
+
+STEP_TIMEOUT_S = 30.0  # a domain that does not answer a round within this counts as dropped
+
+
+@dataclass
+class AggregateResult:
+    """The aggregate, which domains it holds, and which were left out and why."""
+
+    value: np.ndarray  # float64: the sum, or the sum / len(contributors) for op="mean"
+    op: str
+    contributors: list[str]  # domain names whose results the value holds
+    dropped: dict[str, str] = field(default_factory=dict)  # domain name -> why it is not in
+    requests: dict[str, str] = field(default_factory=dict)  # domain name -> request id
+
+    def __repr__(self) -> str:
+        left_out = f", dropped {self.dropped}" if self.dropped else ""
+        return f"<Aggregate {self.op} over {self.contributors}{left_out}: {self.value!r}>"
+
+
+def aggregate(
+    domains: Sequence[DomainClient],
+    fn: Callable[..., Any],
+    dataset: str | Dataset,
+    op: Literal["sum", "mean"] = "sum",
+    timeout: float = 600.0,
+    *,
+    length: int | None = None,
+    threshold: int | None = None,
+    step_timeout: float = STEP_TIMEOUT_S,
+    on_round: Callable[[int], None] | None = None,
+) -> AggregateResult:
+    """Run `fn(dataset)` on every domain and return only the sum (or mean) of the results.
+
+    `fn` must return a 1-D int or float vector (numpy array, tensor or list) of the same
+    length on every domain, with |x| <= 2^20; floats are summed in fixed point, to within
+    n * 2^-25 of the exact sum. `op="mean"` divides the sum by the number of contributing
+    domains (an unweighted mean of per-domain vectors; weighting by row counts is not done).
+
+    `length` is the vector length; by default `fn` is run on the first domain's mock to find
+    it. Domains whose owner denies the request, whose job fails, or that do not finish within
+    `timeout` are dropped before the protocol; one that errors or stays silent in a round is
+    dropped by it, which the protocol tolerates down to `threshold` domains (default
+    floor(2n/3) + 1; at least 3 domains must take part). `on_round(r)` is called before round
+    r's frames are sent (a hook for tests and progress displays).
+    """
+    if op not in ("sum", "mean"):
+        raise InvalidError(f"op must be 'sum' or 'mean', not {op!r}")
+    if not domains:
+        raise InvalidError("aggregate needs at least 3 domains, got none")
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names) or len({d.peer_id for d in domains}) != len(domains):
+        raise InvalidError(f"each domain may appear once: {names}")
+    identities = {d._connection.identity.peer_id for d in domains}
+    if len(identities) != 1:
+        raise InvalidError("all domains must be reached as the same user (one identity)")
+    identity = domains[0]._connection.identity
+    dataset_name = dataset.name if isinstance(dataset, Dataset) else str(dataset)
+    argument = _first_argument(fn)
+    if length is None:
+        length = _length_on_mock(domains[0], fn, dataset_name)
+
+    code = function_source(fn)
+    deadline = time.monotonic() + timeout
+    requests: dict[str, RemoteRequest] = {}
+    dropped: dict[str, str] = {}
+    for domain in domains:
+        call = m.SubmitRequest(code, fn.__name__, {argument: dataset_name}, policy="aggregate")
+        info = domain._connection.call(call)
+        requests[domain.name] = domain.request_type(domain._connection, info)  # type: ignore[arg-type]
+    ready: list[DomainClient] = []
+    for domain in domains:
+        request = requests[domain.name]
+        try:
+            info = request.wait(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            dropped[domain.name] = f"request {request.id} still {request.info.status}: timed out"
+            continue
+        if info.status == "denied":
+            dropped[domain.name] = f"denied by its owner: {info.reason or 'no reason given'}"
+        elif info.status == "failed":
+            last = info.error.strip().splitlines()[-1] if info.error.strip() else "no detail"
+            dropped[domain.name] = f"its job failed: {last}"
+        else:
+            ready.append(domain)
+    request_ids = {name: r.id for name, r in requests.items()}
+    if len(ready) < 3:
+        raise SecAggError(
+            f"only {len(ready)} domain(s) can take part ({[d.name for d in ready]}); secure "
+            f"aggregation needs at least 3. Left out: {dropped}"
+        )
+
+    by_peer = {d.peer_id: d for d in ready}
+    server = SecAggServer(identity, list(by_peer), length, threshold)
+    frames = server.setup_frames()
+    while server.round < ROUNDS:
+        if on_round is not None:
+            on_round(server.round)
+        for peer, frame in frames.items():
+            domain = by_peer[peer]
+            if domain.name in dropped:
+                continue
+            step = m.SecAggStep(request_ids[domain.name], frame)
+            try:
+                reply = domain._connection.call(step, timeout=step_timeout)
+                if not isinstance(reply, m.SecAggFrame):
+                    raise InvalidError(f"unexpected reply {type(reply).__name__}")
+                server.receive(reply.frame)
+            except Exception as exc:  # an error, a timeout, a dead node: it drops out
+                dropped[domain.name] = f"dropped out in round {server.round}: {exc}"
+        frames = server.advance()  # raises SecAggError below the threshold: no sum at all
+
+    contributors = [by_peer[p].name for p in server.contributors]
+    for name in [d.name for d in ready]:
+        if name not in contributors and name not in dropped:
+            dropped[name] = "left out of the sum by the protocol"
+    total = server.result()
+    value = total / len(contributors) if op == "mean" else total
+    return AggregateResult(value, op, contributors, dropped, request_ids)
+
+
+def _first_argument(fn: Callable[..., Any]) -> str:
+    try:
+        parameters = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError) as exc:
+        raise InvalidError(f"cannot read the arguments of {fn!r}") from exc
+    if len(parameters) != 1:
+        raise InvalidError("the aggregated function must take exactly one argument: the dataset")
+    return parameters[0]
+
+
+def _length_on_mock(domain: DomainClient, fn: Callable[..., Any], dataset: str) -> int:
+    """The vector length `fn` returns, found by running it on the mock (public) data."""
+    value = np.asarray(_as_array(fn(domain.datasets[dataset].mock)))
+    if value.ndim != 1 or value.size == 0:
+        raise InvalidError(
+            f"{fn.__name__} must return a non-empty 1-D vector; on the mock it returned shape "
+            f"{value.shape}"
+        )
+    return int(value.size)
+
+
+def _as_array(value: Any) -> Any:
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        return value.detach().cpu().numpy()
+    return value
