@@ -383,6 +383,10 @@ def test_dp_query_without_auto_approval_waits_for_review(world: dict, kernel: Sy
         ("%%request hospital-a/diabetes as 1df\ndf", "not a valid Python name"),
         ("%%request hospital-a/diabetes as df --out\ndf", "--out needs a value"),
         ("%%request hospital-a/diabetes as df --wait 3\ndf", "unknown option --wait"),
+        ("%%request */diabetes as df --aggregate max\nlen(df)", "expected sum or mean"),
+        ("%%request hospital-a/diabetes as df --aggregate sum\n[1]", "on several domains"),
+        ("%%request */diabetes as df --aggregate sum --dp-epsilon 0.1\n[1]", "cannot be combined"),
+        ("%%request */diabetes as df --aggregate sum\n[len(df)]", "on at least 3 domains"),
         ("%%request hospital-a/diabetes as a, hospital-b/diabetes as b\n1", "different domains"),
         (
             "%%request hospital-a/diabetes as df\nx = (1,\ny = 2",
@@ -435,6 +439,52 @@ def test_offline_domain_and_lost_connection_mid_wait(world: dict, kernel: SyftKe
         assert value(kernel, "visits") == 240
     finally:
         clinic.kill()
+
+
+AGGREGATE_CELL = (
+    "%%request */diabetes as df --aggregate sum --out totals\n"
+    "import numpy as np\n"
+    "np.array([len(df), int(df['age'].sum())])"
+)
+
+
+def test_aggregate_sum_across_three_domains(world: dict, kernel: SyftKernel) -> None:
+    """A third hospital joins; the cell's vector is summed securely over all three."""
+    owner_home, owner = person(world["root"], "owner-hospital-c")
+    third = DomainProcess(world["root"], "hospital-c", owner_home)
+    third.start()
+    stop = threading.Event()
+    admins = dict(world["admins"])
+
+    def owners() -> None:
+        while not stop.wait(0.1):
+            for admin in admins.values():
+                decide(admin)
+
+    approver = threading.Thread(target=owners, daemon=True)
+    try:
+        private = diabetes(150, 5)
+        admin = AdminClient(NodeConnection(third.address, owner))
+        admin.create_dataset("diabetes", private=private, mock=MOCKS["hospital-b"])
+        admin.add_user(world["scientist"].peer_id)
+        admins["hospital-c"] = admin
+        assert kernel.execute(f"%syft connect {third.address}").status == "ok"
+        cell = kernel.execute(AGGREGATE_CELL)
+        assert cell.status == "ok", cell.text
+        assert "waiting for 3 owners' approval" in cell.text
+        approver.start()
+        text = kernel.update(cell.display_id, "result bound to totals", timeout=60)
+        tables = [*PRIVATE.values(), private]
+        expected = [sum(len(t) for t in tables), int(sum(t.age.sum() for t in tables))]
+        assert value(kernel, "totals.tolist()") == expected
+        assert "sum over 3 domains" in text
+        assert "contributed: hospital-a, hospital-b, hospital-c" in text
+        assert "aggregate: secure sum, no single domain's value was revealed" in text
+    finally:
+        stop.set()
+        if approver.is_alive():
+            approver.join()
+        third.kill()
 
 
 # ---- the demo and the example notebook ------------------------------------------------------

@@ -70,6 +70,21 @@ def test_dp_line_and_cell() -> None:
             check_cell(ast.parse(cell), "df")
 
 
+def test_aggregate_line() -> None:
+    assert parse_line("*/diabetes as df --aggregate mean").aggregate == "mean"
+    several = parse_line("a/d as df, b/d as df, c/d as df --aggregate sum")
+    assert [s.domain for s in several.sources] == ["a", "b", "c"]
+    for line, message in [
+        ("*/d as df --aggregate max", "expected sum or mean"),
+        ("a/d as df --aggregate sum", "on several domains"),
+        ("a/d as df, b/e as df --aggregate sum", "one dataset and one NAME"),
+        ("a/d as df, a/d as df --aggregate sum", "each domain once"),
+        ("*/d as df --aggregate sum --dp-epsilon 1", "cannot be combined"),
+    ]:
+        with pytest.raises(CellError, match=message):
+            parse_line(line)
+
+
 def test_budget_gauge_text() -> None:
     assert display.gauge(0.5, 1.5)[1] == "\u2588" * 5 + "\u2591" * 15
     assert display.gauge(0.0, 0.0)[1] == "\u2588" * 20  # nothing granted: nothing to spend

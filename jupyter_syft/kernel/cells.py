@@ -20,8 +20,9 @@ FUNCTION_NAME = "notebook_cell"
 _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<name>\S+)\s*$")
 _USAGE = (
     "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--timeout S] "
-    "[--dp-epsilon E]"
+    "[--dp-epsilon E] [--aggregate sum|mean]"
 )
+AGGREGATE_OPS = ("sum", "mean")
 
 
 class CellError(ValueError):
@@ -46,6 +47,7 @@ class CellLine:
     out: str = "_request"
     timeout: float | None = None
     dp_epsilon: float | None = None  # the cell is a DP query paying this epsilon
+    aggregate: str | None = None  # "sum" / "mean": securely aggregated across domains
 
     @property
     def every_domain(self) -> bool:
@@ -60,6 +62,8 @@ def parse_line(line: str) -> CellLine:
     sources = tuple(_parse_source(part) for part in " ".join(words[:first_option]).split(","))
     options = parse_options(words[first_option:])
     names = [s.name for s in sources]
+    if options.get("aggregate") is not None:
+        return _aggregate_line(sources, options)
     if len(set(names)) != len(names):
         raise CellError(f"each dataset needs its own NAME; got {', '.join(names)}")
     if len({s.domain == ALL_DOMAINS for s in sources}) > 1:
@@ -70,6 +74,21 @@ def parse_line(line: str) -> CellLine:
     one = len(sources) == 1 and sources[0].domain != ALL_DOMAINS
     if options.get("dp_epsilon") is not None and not one:
         raise CellError("--dp-epsilon takes one dataset on a named domain: DOMAIN/DATASET as NAME")
+    return CellLine(sources, **options)
+
+
+def _aggregate_line(sources: tuple[Source, ...], options: dict) -> CellLine:
+    """`*/DATASET as NAME`, or `D1/DATASET as NAME, D2/DATASET as NAME, ...`: one dataset and
+    one NAME, on several domains."""
+    if options.get("dp_epsilon") is not None:
+        raise CellError("--aggregate and --dp-epsilon cannot be combined")
+    usage = "--aggregate takes */DATASET as NAME, or DOMAIN/DATASET as NAME on several domains"
+    if len({(s.dataset, s.name) for s in sources}) != 1:
+        raise CellError(f"{usage}: one dataset and one NAME")
+    domains = [s.domain for s in sources]
+    several = ALL_DOMAINS not in domains and len(set(domains)) == len(domains) > 1
+    if domains != [ALL_DOMAINS] and not several:
+        raise CellError(f"{usage} (each domain once, at least 3 for secure aggregation)")
     return CellLine(sources, **options)
 
 
@@ -86,7 +105,8 @@ def _parse_source(text: str) -> Source:
 
 
 def parse_options(words: list[str]) -> dict:
-    """`--out VAR`, `--timeout S` and `--dp-epsilon E`, as keyword arguments of CellLine."""
+    """`--out VAR`, `--timeout S`, `--dp-epsilon E` and `--aggregate OP`, as keyword
+    arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
@@ -111,6 +131,10 @@ def parse_options(words: list[str]) -> dict:
                 raise CellError(f"--dp-epsilon {value}: not a number") from None
             if not (math.isfinite(options["dp_epsilon"]) and options["dp_epsilon"] > 0):
                 raise CellError(f"--dp-epsilon {value}: must be a finite number above 0")
+        elif option == "--aggregate":
+            if value not in AGGREGATE_OPS:
+                raise CellError(f"--aggregate {value}: expected sum or mean")
+            options["aggregate"] = value
         else:
             raise CellError(f"unknown option {option}; expected {_USAGE}")
     return options

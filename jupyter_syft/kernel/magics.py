@@ -17,6 +17,7 @@ from IPython.display import display
 from jupyter_syft.errors import NotAuthorisedError, SyftError
 from jupyter_syft.kernel import display as show
 from jupyter_syft.kernel import dp
+from jupyter_syft.kernel.aggregate import AggregateCell
 from jupyter_syft.kernel.cells import (
     FUNCTION_NAME,
     CellError,
@@ -184,7 +185,7 @@ class SyftMagics(Magics):
         if not words or words[0].startswith("-"):
             raise UsageError("usage: %syft fetch REQUEST_ID [--out VAR] [--timeout S]")
         options = _options(words[1:])
-        if "dp_epsilon" in options:
+        if "dp_epsilon" in options or "aggregate" in options:
             raise UsageError("usage: %syft fetch REQUEST_ID [--out VAR] [--timeout S]")
         name, request = self.session.find_request(words[0])
         request = dp.as_dp(request)
@@ -195,7 +196,7 @@ class SyftMagics(Magics):
 
     def _wait(self, rest: str) -> None:
         options = _options(rest.split())
-        if "out" in options or "dp_epsilon" in options:
+        if "out" in options or "dp_epsilon" in options or "aggregate" in options:
             raise UsageError("usage: %syft wait [--timeout S]")
         timeout = options.get("timeout", WAIT_TIMEOUT_S)
         unfinished = self.book.wait(timeout)
@@ -224,6 +225,8 @@ class SyftMagics(Magics):
         """Run the cell here and now with each NAME bound to its dataset's mock."""
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         parsed = self._parse(line)
+        if parsed.aggregate is not None:
+            raise UsageError("--aggregate is for %%request cells (a secure sum across domains)")
         if parsed.dp_epsilon is not None:
             raise UsageError("--dp-epsilon is for %%request cells (a DP query on the private data)")
         plans, _ = self.session.resolve(parsed.sources, fresh=False)
@@ -252,6 +255,9 @@ class SyftMagics(Magics):
         parsed = self._parse(line)
         if parsed.dp_epsilon is not None:
             self._dp_request(line, parsed, cell)
+            return
+        if parsed.aggregate is not None:
+            self._aggregate_request(line, parsed, cell)
             return
         try:
             code = cell_to_function(cell, [s.name for s in parsed.sources])
@@ -303,6 +309,35 @@ class SyftMagics(Magics):
             except (SyftError, *connection_errors()):
                 pass  # the watcher tries again and shows what went wrong
         self.book.watch(Submission(self.shell, parsed, [target]))
+
+    def _aggregate_request(self, line: str, parsed: CellLine, cell: str) -> None:
+        """Run the cell as one function on each domain and securely sum its vectors; returns at
+        once, a thread waits for the owners and runs the rounds."""
+        source = parsed.sources[0]
+        try:
+            code = cell_to_function(cell, [source.name])
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc, " (nothing was sent)")) from None
+        if parsed.every_domain:
+            plans, skipped = self.session.resolve(parsed.sources, fresh=True)
+        else:
+            plans, skipped = [], []
+            for one in parsed.sources:
+                plans += self.session.resolve((one,), fresh=True)[0]
+        names = [plan.domain.name for plan in plans]
+        if len(plans) < 3:
+            raise UsageError(
+                f"--aggregate needs {source.dataset!r} on at least 3 domains for secure "
+                f"aggregation; found {len(plans)}: {', '.join(names) or 'none'} (nothing was sent)"
+            )
+        filename = self.shell.compile.cache(code, self.shell.execution_count)
+        namespace: dict[str, Any] = {}
+        exec(compile(code, filename, "exec"), namespace)
+        run = AggregateCell(
+            self.shell, parsed, [plan.domain for plan in plans], namespace[FUNCTION_NAME],
+            source.dataset, skipped,
+        )  # fmt: skip
+        run.start()
 
     def _parse(self, line: str) -> CellLine:
         try:
