@@ -8,10 +8,8 @@ Layout of a data dir:
     results/REQUEST_ID/   manifest.msgpack, part-N.arrow
     staging/              uploads in flight; emptied at start
 
-Every write is one transaction, so a crash leaves the previous state or the next one, never
-a mix. WAL with synchronous=NORMAL keeps every committed transaction through a crash or kill
-of the node process; only a power cut may lose the last few (SQLite's documented trade-off,
-which saves an fsync of ~2 ms per write on the request path).
+Every write is one transaction (see `jupyter_syft.sqlite_file`), so a crash leaves the
+previous state or the next one, never a mix.
 
 The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained: each
 entry's hash covers the previous hash, so editing or dropping a past entry through the
@@ -32,11 +30,8 @@ import json
 import os
 import shutil
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +39,7 @@ import msgspec
 
 from jupyter_syft.privacy.budget import delta_units, delta_value, epsilon_units, epsilon_value
 from jupyter_syft.privacy.policy import default_policy
+from jupyter_syft.sqlite_file import SqliteFile
 from jupyter_syft.wire import messages as m
 
 SCHEMA = """
@@ -149,7 +145,7 @@ def _entry_hash(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class Store:
+class Store(SqliteFile):
     """Typed reads and transactional writes over the domain's SQLite file."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -159,38 +155,7 @@ class Store:
             (self.paths.root / folder).mkdir(exist_ok=True)
         shutil.rmtree(self.paths.staging, ignore_errors=True)
         self.paths.staging.mkdir()
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.paths.database, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _one(self, sql: str, *args: object) -> sqlite3.Row | None:
-        with self._lock:
-            return self._db.execute(sql, args).fetchone()
-
-    def _all(self, sql: str, *args: object) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        super().__init__(self.paths.database, SCHEMA)
 
     # ---- node metadata ---------------------------------------------------------------------
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from jupyter_syft.sqlite_file import SqliteFile
 from jupyter_syft.wire import network_messages as nm
 
 SCHEMA = """
@@ -94,39 +92,13 @@ class Member:
     address: bytes  # an encoded SignedRecord holding an AddressRecord
 
 
-class NetworkStore:
+class NetworkStore(SqliteFile):
     """Typed reads and transactional writes over the network's SQLite file."""
 
     def __init__(self, data_dir: Path) -> None:
         self.paths = Paths(Path(data_dir))
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.paths.database, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _all(self, sql: str, *args: object) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        super().__init__(self.paths.database, SCHEMA)
 
     # ---- node metadata ---------------------------------------------------------------------
 
