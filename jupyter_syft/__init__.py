@@ -5,6 +5,7 @@ net = syft.connect(NETWORK_MULTIADDR)                            # a network: se
 domain = net.domain("hospital-a")                                # or a domain, directly:
 domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
 total = syft.aggregate([d1, d2, d3], fn, dataset="diabetes")    # a sum, by secure aggregation
+model, history = syft.federated.train(make_model, [d1, d2, d3], "diabetes", "target")
 owner = syft.admin("path/to/domain-dir")                          # as the data owner
 """
 
@@ -41,6 +42,7 @@ _LAZY = {
     "RemoteRequest": ("jupyter_syft.client.domain", "RemoteRequest"),
     "NetworkClient": ("jupyter_syft.client.network", "NetworkClient"),
     "whoami": ("jupyter_syft.identity", "whoami"),
+    "federated": ("jupyter_syft.federated", ""),  # the module itself: syft.federated.train
 }
 
 
@@ -48,7 +50,9 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'jupyter_syft' has no attribute {name!r}")
     module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
+    value = importlib.import_module(module)
+    if attribute:
+        value = getattr(value, attribute)
     globals()[name] = value
     return value
 
@@ -86,5 +90,6 @@ __all__ = [
     "admin",
     "aggregate",
     "connect",
+    "federated",
     "whoami",
 ]

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
+from jupyter_syft.crypto.seal import ResultSeal, open_sealed
 from jupyter_syft.domain.executor import (
     CodeError,
     Executor,
@@ -24,6 +26,7 @@ from jupyter_syft.domain.executor import (
     JobSpec,
     check_code,
 )
+from jupyter_syft.identity import Identity
 from jupyter_syft.wire.values import (
     data_to_table,
     decode_result,
@@ -34,6 +37,7 @@ from jupyter_syft.wire.values import (
 
 FRAME = pd.DataFrame({"age": [30.0, 40.0, 50.0], "name": ["a", "b", "c"]})
 MEAN_AGE = "def mean_age(people):\n    return people['age'].mean()\n"
+SCIENTIST = Identity.generate()  # results are sealed to this key
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +63,9 @@ def job(folder: Path, code: str, function_name: str = "mean_age", **options: Any
         code=textwrap.dedent(code),
         function_name=function_name,
         output_dir=str(folder / "out"),
+        domain_peer_id="domain-peer",
+        requester=SCIENTIST.peer_id,
+        seal_to=SCIENTIST.peer_id,
         **options,
     )
 
@@ -67,10 +74,19 @@ def result(spec: JobSpec, outcome: JobOutcome) -> Any:
     """The decoded result, after checking the job wrote exactly the files it reported."""
     assert outcome.ok, outcome.error
     folder = Path(spec.output_dir)
-    parts = [f"part-{i}.arrow" for i in range(outcome.part_count)]
-    assert sorted(os.listdir(folder)) == sorted(["manifest.msgpack", *parts])
-    manifest = (folder / "manifest.msgpack").read_bytes()
-    return decode_result(manifest, [read_ipc_file(folder / part) for part in parts])
+    parts = [f"part-{i}.sealed" for i in range(outcome.part_count)]
+    assert sorted(os.listdir(folder)) == sorted(["manifest.sealed", *parts])
+    contexts = ResultSeal(spec.request_id, spec.domain_peer_id, spec.requester)
+    manifest = open_sealed(
+        (folder / "manifest.sealed").read_bytes(), SCIENTIST, contexts.manifest()
+    )
+    tables = [
+        pa.ipc.open_file(
+            open_sealed((folder / part).read_bytes(), SCIENTIST, contexts.part(i))
+        ).read_all()
+        for i, part in enumerate(parts)
+    ]
+    return decode_result(manifest, tables)
 
 
 def fails_cleanly(executor: Executor, folder: Path, spec: JobSpec) -> JobOutcome:
@@ -88,7 +104,7 @@ def test_mean_of_a_column(executor: Executor, tmp_path: Path) -> None:
     outcome = executor.run(spec)
     assert result(spec, outcome) == 40.0
     assert outcome.part_count == 0
-    assert outcome.result_bytes == os.path.getsize(Path(spec.output_dir) / "manifest.msgpack")
+    assert outcome.result_bytes == os.path.getsize(Path(spec.output_dir) / "manifest.sealed")
     assert 0 < outcome.seconds < 5
 
 
@@ -250,14 +266,14 @@ def test_failure_while_writing_leaves_no_partial_files(
     import jupyter_syft.domain.worker as worker
 
     def mean_age(people):
-        write = worker.write_ipc_file
+        write = worker._write_sealed
 
-        def write_then_fail(path, table):
-            if path.endswith("part-1.arrow"):
+        def write_then_fail(path, *args):
+            if path.endswith("part-1.sealed"):
                 {failure}
-            return write(path, table)
+            return write(path, *args)
 
-        worker.write_ipc_file = write_then_fail
+        worker._write_sealed = write_then_fail
         return [np.zeros(10), np.ones(10)]
     """
     outcome = fails_cleanly(executor, tmp_path, job(tmp_path, code))

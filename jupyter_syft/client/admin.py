@@ -17,7 +17,7 @@ from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
 from jupyter_syft.client.privacy import Budget, Budgets
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.domain.store import read_node_info
-from jupyter_syft.errors import InvalidError, NotAuthorisedError
+from jupyter_syft.errors import InvalidError, NotAuthorisedError, SyftError
 from jupyter_syft.identity import whoami
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
@@ -89,6 +89,32 @@ class AdminClient(DomainClient):
         flight.put(tickets.mock_ticket, mock_table)
         return self._connection.call(m.CommitUpload(tickets.upload_id))  # type: ignore[return-value]
 
+    def create_model(
+        self, name: str, model: Any, description: str = "", max_samples: int = 0
+    ) -> m.ModelInfo:
+        """Serve `model` for homomorphic inference: members send encrypted inputs, the domain
+        answers with encrypted outputs, and the weights never leave it.
+
+        `model`: a torch nn.Linear, an nn.Sequential(Linear, square, Linear) or their state
+        dict (see jupyter_syft.crypto.he). Publishing is the approval: predictions need no
+        review but are audited and counted; `max_samples` caps each scientist's samples in
+        all (0 = no limit; outputs reveal a linear model after features + 1 samples).
+        """
+        from jupyter_syft.domain.models import encode_weights  # loads TenSEAL: only when asked
+
+        try:
+            weights, checked = encode_weights(model)
+        except SyftError as exc:
+            raise InvalidError(str(exc)) from exc
+        if hasattr(model, "forward"):
+            _check_square_activation(model, checked)
+        call = m.CreateModel(name, weights, description, max_samples)
+        return self._connection.call(call)  # type: ignore[return-value]
+
+    def model_usage(self, name: str) -> list[m.ModelUsage]:
+        """Predictions made with model `name`, per scientist: calls, samples, last time."""
+        return self._connection.call(m.GetModelUsage(name)).usage  # type: ignore[union-attr]
+
     def add_user(self, peer_id: str, role: str = "data_scientist", name: str = "") -> None:
         if role not in ("admin", "data_scientist"):
             raise InvalidError(f"role must be 'admin' or 'data_scientist', not {role!r}")
@@ -133,6 +159,26 @@ class AdminClient(DomainClient):
     def audit_log(self, limit: int = 100) -> m.AuditLog:
         """The latest entries and whether the whole hash chain verifies."""
         return self._connection.call(m.ReadAudit(limit))  # type: ignore[return-value]
+
+
+def _check_square_activation(module: Any, checked: Any) -> None:
+    """The weights alone do not say what sits between two layers: run the module on random
+    inputs and refuse it unless it computes what will be served (Linear, x ** 2, Linear)."""
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(0).normal(size=(4, checked.spec.features))
+    expected = x
+    for i, (weight, bias) in enumerate(checked.layers):
+        expected = (expected**2 if i else expected) @ weight.T + bias
+    dtype = next(module.parameters()).dtype
+    with torch.no_grad():
+        got = module(torch.as_tensor(x, dtype=dtype)).double().cpu().numpy()
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-3, atol=1e-3):
+        raise InvalidError(
+            "the model must be a Linear layer, or Linear, x ** 2, Linear: the only activation "
+            "served under encryption is the square"
+        )
 
 
 def open_admin(target: str | Path) -> AdminClient:

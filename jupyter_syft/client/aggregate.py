@@ -4,7 +4,8 @@ aggregation, so that no party, the scientist included, sees a single domain's ve
 Each domain runs `fn` on its own `dataset` as an aggregate-only request (policy "aggregate"):
 its owner reviews it as usual, but the result never leaves the domain in the clear. The
 scientist's kernel is the aggregator (`SecAggServer`); each domain's node is a client
-(`SecAggClient`), reached over the `SecAggStep` call, one call per domain per round.
+(`SecAggClient`), reached over the `SecAggStep` call, one call per domain per round, sent
+to all domains at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +34,9 @@ class AggregateResult:
     value: np.ndarray  # float64: the sum, or the sum / len(contributors) for op="mean"
     op: str
     contributors: list[str]  # domain names whose results the value holds
-    dropped: dict[str, str] = field(default_factory=dict)  # domain name -> why it is not in
+    # domain name -> what went wrong with it; one that dropped out after its masked input
+    # arrived still counts in the sum (see `contributors`)
+    dropped: dict[str, str] = field(default_factory=dict)
     requests: dict[str, str] = field(default_factory=dict)  # domain name -> request id
 
     def __repr__(self) -> str:
@@ -76,7 +80,6 @@ def aggregate(
     identities = {d._connection.identity.peer_id for d in domains}
     if len(identities) != 1:
         raise InvalidError("all domains must be reached as the same user (one identity)")
-    identity = domains[0]._connection.identity
     dataset_name = dataset.name if isinstance(dataset, Dataset) else str(dataset)
     argument = _first_argument(fn)
     if length is None:
@@ -112,33 +115,71 @@ def aggregate(
             f"aggregation needs at least 3. Left out: {dropped}"
         )
 
-    by_peer = {d.peer_id: d for d in ready}
-    server = SecAggServer(identity, list(by_peer), length, threshold)
-    frames = server.setup_frames()
-    while server.round < ROUNDS:
-        if on_round is not None:
-            on_round(server.round)
-        for peer, frame in frames.items():
-            domain = by_peer[peer]
-            if domain.name in dropped:
-                continue
-            step = m.SecAggStep(request_ids[domain.name], frame)
-            try:
-                reply = domain._connection.call(step, timeout=step_timeout)
-                if not isinstance(reply, m.SecAggFrame):
-                    raise InvalidError(f"unexpected reply {type(reply).__name__}")
-                server.receive(reply.frame)
-            except Exception as exc:  # an error, a timeout, a dead node: it drops out
-                dropped[domain.name] = f"dropped out in round {server.round}: {exc}"
-        frames = server.advance()  # raises SecAggError below the threshold: no sum at all
-
-    contributors = [by_peer[p].name for p in server.contributors]
+    parties = {d.peer_id: (d, request_ids[d.name]) for d in ready}
+    total, contributors = secure_sum(
+        parties, length, threshold, step_timeout=step_timeout, on_round=on_round, dropped=dropped
+    )
     for name in [d.name for d in ready]:
         if name not in contributors and name not in dropped:
             dropped[name] = "left out of the sum by the protocol"
-    total = server.result()
     value = total / len(contributors) if op == "mean" else total
     return AggregateResult(value, op, contributors, dropped, request_ids)
+
+
+def secure_sum(
+    parties: dict[str, tuple[DomainClient, str]],
+    length: int,
+    threshold: int | None = None,
+    *,
+    step_timeout: float = STEP_TIMEOUT_S,
+    on_round: Callable[[int], None] | None = None,
+    dropped: dict[str, str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Run the protocol with this process as the server; the sum and whose vectors it holds.
+
+    `parties` maps each domain's peer ID to (domain, its done aggregate-only request id). A
+    domain that errors or stays silent in a round is recorded in `dropped` (name -> why) and
+    left out; below the threshold SecAggError is raised and nothing is revealed.
+    """
+    dropped = {} if dropped is None else dropped
+    identities = {domain._connection.identity.peer_id for domain, _ in parties.values()}
+    if len(identities) != 1:
+        raise InvalidError("all domains must be reached as the same user (one identity)")
+    identity = next(iter(parties.values()))[0]._connection.identity
+    server = SecAggServer(identity, list(parties), length, threshold)
+    frames = server.setup_frames()
+
+    def step(peer: str, frame: bytes) -> bytes:
+        domain, request_id = parties[peer]
+        reply = domain._connection.call(m.SecAggStep(request_id, frame), timeout=step_timeout)
+        if not isinstance(reply, m.SecAggFrame):
+            raise InvalidError(f"unexpected reply {type(reply).__name__}")
+        if not reply.ticket:
+            return reply.frame
+        frame = bytearray()  # a large masked input, over the bulk data plane
+        domain._connection.flight.get_file(reply.ticket, frame.extend)
+        if len(frame) != reply.nbytes:
+            raise InvalidError(f"expected a {reply.nbytes}-byte frame, received {len(frame)}")
+        return bytes(frame)
+
+    # Each round's frames go to all domains at once: the domains mask and send in parallel,
+    # so a round takes as long as its slowest domain rather than the sum of them all.
+    with ThreadPoolExecutor(max_workers=len(parties)) as pool:
+        while server.round < ROUNDS:
+            if on_round is not None:
+                on_round(server.round)
+            calls = {
+                pool.submit(step, peer, frame): parties[peer][0].name
+                for peer, frame in frames.items()
+                if parties[peer][0].name not in dropped
+            }
+            for future in as_completed(calls):  # the server itself takes replies one by one
+                try:
+                    server.receive(future.result())
+                except Exception as exc:  # an error, a timeout, a dead node: it drops out
+                    dropped[calls[future]] = f"dropped out in round {server.round}: {exc}"
+            frames = server.advance()  # raises SecAggError below the threshold: no sum at all
+    return server.result(), [parties[p][0].name for p in server.contributors]
 
 
 def _first_argument(fn: Callable[..., Any]) -> str:

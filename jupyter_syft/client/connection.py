@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from jupyter_syft.client.flight_client import FlightDataClient
 from jupyter_syft.client.progress import transfer_progress
+from jupyter_syft.crypto.seal import Opener
 from jupyter_syft.errors import BY_CODE, InvalidError, NodeError
 from jupyter_syft.identity import Identity, user_identity
 from jupyter_syft.p2p import P2PThread
@@ -87,3 +88,15 @@ class NodeConnection:
                 return self.flight.get(data.ticket, bar)
         with pa.ipc.open_stream(data.ipc) as reader:
             return reader.read_all()
+
+    def open_sealed_data(self, data: m.ArrowData, context: bytes) -> pa.Buffer:
+        """A sealed piece (inline bytes, or a file over Flight) opened with our identity as it
+        arrives, into one buffer from Arrow's pool; raises SealError if it does not open."""
+        size = data.nbytes if data.ticket else len(data.ipc)
+        opener = Opener(self.identity, context, size, pa.allocate_buffer)
+        if data.ticket:
+            with transfer_progress(f"downloading from {self.info.name}", size) as bar:
+                self.flight.get_file(data.ticket, opener.feed, bar)
+        else:
+            opener.feed(data.ipc)
+        return opener.finish()

@@ -9,12 +9,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
 from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
 
 if TYPE_CHECKING:
+    from jupyter_syft.client.models import ModelMap
     from jupyter_syft.client.privacy import Budget, Budgets, DPQueries
 
 FINAL_STATES = ("done", "denied", "failed")
@@ -143,11 +147,33 @@ class RemoteRequest:
             raise RequestDenied(self.id, info.reason)
         if info.status == "failed":
             raise RequestFailed(self.id, info.error)
+        me = self._connection.identity.peer_id
+        if info.requester != me:
+            raise SealError(
+                f"the result of request {self.id} is sealed to its requester {info.requester}: "
+                "only they can open it"
+            )
         data = self._connection.call(m.FetchResult(self.id))
-        tables = [self._connection.table(part) for part in data.parts]  # type: ignore[union-attr]
-        self._result = values.decode_result(data.manifest, tables)  # type: ignore[union-attr]
+        self._result = self._open(data)  # type: ignore[arg-type]
         self._has_result = True
         return self._result
+
+    def _open(self, data: m.ResultData) -> Any:
+        """Open each sealed piece with our key (which authenticates it), then decode."""
+        connection = self._connection
+        contexts = ResultSeal(self.id, connection.node_peer_id, self.info.requester)
+        try:
+            manifest = open_sealed(data.manifest, connection.identity, contexts.manifest())
+            tables = [
+                pa.ipc.open_file(connection.open_sealed_data(part, contexts.part(i))).read_all()
+                for i, part in enumerate(data.parts)
+            ]
+        except SealError as exc:
+            raise SealError(
+                f"the result of request {self.id} from domain {connection.info.name!r} "
+                f"cannot be opened: {exc}"
+            ) from exc
+        return values.decode_result(manifest, tables)
 
     def __repr__(self) -> str:
         return f"<Request {self.id[:8]} {self.info.function_name}: {self.info.status}>"
@@ -200,6 +226,13 @@ class DomainClient:
         listing = self._connection.call(m.ListDatasets())
         found = [Dataset(self._connection, d) for d in listing.datasets]  # type: ignore[union-attr]
         return DatasetMap(found, self.name)
+
+    @property
+    def models(self) -> ModelMap:
+        """Models served for homomorphic inference: `domain.models["risk"].predict_encrypted(x)`."""
+        from jupyter_syft.client.models import ModelMap  # loads TenSEAL: only when asked
+
+        return ModelMap(self._connection, self.name)
 
     def request(self, function: Callable[..., Any], **inputs: Dataset | str) -> RemoteRequest:
         """Ask to run `function` on the private data of `inputs` (argument -> dataset).

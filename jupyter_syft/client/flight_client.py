@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
@@ -51,6 +52,31 @@ class FlightDataClient:
                 batches.append(chunk.data)
                 progress(chunk.data.nbytes)
             return pa.Table.from_batches(batches, schema=reader.schema)
+        except flight.FlightError as exc:
+            raise DataTransferError(
+                f"download from {self._location} failed; {_reason(exc)}"
+            ) from exc
+
+    def get_file(
+        self, token: bytes, write: Callable[[memoryview], object], progress: Progress | None = None
+    ) -> None:
+        """Download the raw file a `get` token grants (it arrives as a one-column binary table
+        of consecutive slices), passing each slice to `write` as it arrives, without a copy."""
+        ticket = flight.Ticket(sign_ticket(token, self._identity))
+        try:
+            reader = self._client.do_get(ticket)
+            if reader.schema.types != [pa.binary()]:
+                raise DataTransferError(f"{self._location} sent a table, not a file")
+            for chunk in reader:
+                column = chunk.data.column(0)
+                if column.null_count:
+                    raise DataTransferError(f"{self._location} sent a file with gaps")
+                _, offsets, data = column.buffers()
+                bounds = np.frombuffer(offsets, np.int32)
+                first, last = bounds[column.offset], bounds[column.offset + len(column)]
+                write(memoryview(data)[first:last])
+                if progress is not None:
+                    progress(int(last - first))
         except flight.FlightError as exc:
             raise DataTransferError(
                 f"download from {self._location} failed; {_reason(exc)}"

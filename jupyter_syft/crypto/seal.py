@@ -38,7 +38,9 @@ every result sealed to it.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -94,6 +96,25 @@ def result_context(
     )
 
 
+@dataclass(frozen=True)
+class ResultSeal:
+    """The contexts of one request's result: its manifest and each part sealed on its own."""
+
+    request_id: str
+    domain_peer_id: str
+    requester_peer_id: str
+
+    def manifest(self) -> bytes:
+        return result_context(
+            self.request_id, self.domain_peer_id, self.requester_peer_id, "manifest"
+        )
+
+    def part(self, index: int) -> bytes:
+        return result_context(
+            self.request_id, self.domain_peer_id, self.requester_peer_id, f"part-{index}"
+        )
+
+
 def sealed_size(plaintext_size: int, chunk_size: int = CHUNK_SIZE) -> int:
     """Bytes of a sealed payload of `plaintext_size` bytes: header plus one tag per chunk."""
     chunks = max(1, -(-plaintext_size // chunk_size))
@@ -123,24 +144,9 @@ def open_sealed(
     sealed: bytes, recipient_private: Identity | X25519PrivateKey, context: bytes
 ) -> bytes:
     """Decrypt and authenticate a sealed payload, or raise SealError."""
-    data = memoryview(sealed).cast("B")
-    aead, chunk_size, header = _receiver(data[:HEADER_SIZE], recipient_private, context)
-    body = data[HEADER_SIZE:]
-    sealed_chunk = chunk_size + TAG_SIZE
-    chunks = max(1, -(-len(body) // sealed_chunk))
-    if len(body) - (chunks - 1) * sealed_chunk < TAG_SIZE:
-        raise SealError("sealed payload is truncated")
-    out = bytearray(len(body) - chunks * TAG_SIZE)
-    view = memoryview(out)
-    for index in range(chunks):
-        chunk = body[index * sealed_chunk : (index + 1) * sealed_chunk]
-        start = index * chunk_size
-        target = view[start : start + len(chunk) - TAG_SIZE]
-        try:
-            aead.decrypt_into(_nonce(index, index == chunks - 1), chunk, header, target)
-        except InvalidTag:
-            raise _tampered(index) from None
-    return bytes(out)
+    opener = Opener(recipient_private, context, len(sealed))
+    opener.feed(sealed)
+    return bytes(opener.finish())
 
 
 def seal_stream(
@@ -151,16 +157,174 @@ def seal_stream(
     chunk_size: int = CHUNK_SIZE,
 ) -> int:
     """`seal` from one file object to another in constant memory; returns bytes written."""
-    aead, header = _sender(recipient_public, context, chunk_size)
-    written = dst.write(header)
-    chunk = _read_exactly(src, chunk_size)
-    index = 0
-    while True:
-        following = _read_exactly(src, chunk_size) if len(chunk) == chunk_size else b""
-        written += dst.write(aead.encrypt(_nonce(index, not following), chunk, header))
-        if not following:
-            return written
-        chunk, index = following, index + 1
+    writer = SealingWriter(dst, recipient_public, context, chunk_size)
+    while chunk := src.read(chunk_size):
+        writer.write(chunk)
+    writer.close()
+    return writer.sealed_bytes
+
+
+class SealingWriter:
+    """A write-only file object that seals what is written to it into `dst`, chunk by chunk.
+
+    For writers that want a file (Arrow's IPC writer): the plaintext is never held whole nor
+    stored. `close()` seals the last chunk; it does not close `dst`. Without `close()` the
+    payload is truncated, so nothing written before an error can be opened.
+    """
+
+    def __init__(
+        self,
+        dst: BinaryIO,
+        recipient_public: bytes,
+        context: bytes,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self._aead, self._header = _sender(recipient_public, context, chunk_size)
+        self._dst = dst
+        # Both buffers are reused for every chunk: fresh ones would cost a page fault per 4 KiB.
+        self._chunk = bytearray(chunk_size)
+        self._sealed = bytearray(chunk_size + TAG_SIZE)
+        self._filled = 0
+        self._index = 0
+        self._position = 0
+        self.sealed_bytes = dst.write(self._header)
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self.closed:
+            raise ValueError("write to a closed SealingWriter")
+        view = memoryview(data).cast("B")
+        size = len(view)
+        while view:
+            if self._filled == len(self._chunk):
+                self._seal_chunk(last=False)  # more follows: this chunk is not the last
+            take = min(len(self._chunk) - self._filled, len(view))
+            self._chunk[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+        self._position += size
+        return size
+
+    def tell(self) -> int:
+        """Plaintext bytes written so far (what a file writer expects)."""
+        return self._position
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._dst.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._seal_chunk(last=True)
+            self.closed = True
+
+    def _seal_chunk(self, last: bool) -> None:
+        sealed = memoryview(self._sealed)[: self._filled + TAG_SIZE]
+        plain = memoryview(self._chunk)[: self._filled]
+        self._aead.encrypt_into(_nonce(self._index, last), plain, self._header, sealed)
+        self.sealed_bytes += self._dst.write(sealed)
+        self._filled = 0
+        self._index += 1
+
+
+class Opener:
+    """Opens a sealed payload of known size piece by piece (e.g. as it downloads), decrypting
+    into one preallocated buffer: the whole sealed payload is never assembled in memory.
+
+    Each chunk is authenticated as it arrives; `finish()` hands out the plaintext only once
+    every chunk up to the last has been. `sealed_size` is the payload's full size: a payload
+    cut or extended to another size fails the last chunk's check. `allocate(n)` makes the
+    writable n-byte buffer the plaintext goes to (e.g. `pyarrow.allocate_buffer`: aligned, and
+    reused from Arrow's pool).
+    """
+
+    def __init__(
+        self,
+        recipient_private: Identity | X25519PrivateKey,
+        context: bytes,
+        sealed_size: int,
+        allocate: Callable[[int], Any] = bytearray,
+    ) -> None:
+        if sealed_size < HEADER_SIZE:
+            raise SealError("not a sealed payload: too short")
+        self._recipient = recipient_private
+        self._context = context
+        self._size = sealed_size
+        self._allocate = allocate
+        self._received = 0
+        self._pending = bytearray(HEADER_SIZE)  # the header, then a chunk split across pieces
+        self._filled = 0
+        self._aead: AESGCM | None = None
+        self._header = b""
+        self._chunk_size = self._chunks = self._index = 0
+        self._out: Any = None
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Decrypt the chunks `data` completes; keep a partial one for the next piece."""
+        view = memoryview(data).cast("B")
+        self._received += len(view)
+        if self._received > self._size:
+            raise SealError("sealed payload is longer than announced")
+        if self._aead is None:
+            view = self._fill(view, HEADER_SIZE)
+            if self._filled < HEADER_SIZE:
+                return
+            self._start(bytes(self._pending))
+        while view:
+            need = self._sealed_chunk_bytes()
+            if not self._filled and len(view) >= need:  # a whole chunk in this piece: no copy
+                self._open(view[:need])
+                view = view[need:]
+                continue
+            view = self._fill(view, need)
+            if self._filled == need:
+                self._open(memoryview(self._pending)[:need])
+
+    def finish(self) -> Any:
+        """The plaintext buffer, once every chunk has been authenticated."""
+        if self._aead is None or self._index < self._chunks:
+            raise SealError("sealed payload is truncated")
+        return self._out
+
+    def _fill(self, view: memoryview, need: int) -> memoryview:
+        """Copy into the pending buffer up to `need` bytes; return the rest of `view`."""
+        take = min(need - self._filled, len(view))
+        self._pending[self._filled : self._filled + take] = view[:take]
+        self._filled += take
+        return view[take:]
+
+    def _start(self, header: bytes) -> None:
+        self._aead, self._chunk_size, self._header = _receiver(
+            header, self._recipient, self._context
+        )
+        body = self._size - HEADER_SIZE
+        sealed_chunk = self._chunk_size + TAG_SIZE
+        self._chunks = max(1, -(-body // sealed_chunk))
+        if body - (self._chunks - 1) * sealed_chunk < TAG_SIZE:
+            raise SealError("sealed payload is truncated")
+        self._pending = bytearray(min(sealed_chunk, body))
+        self._filled = 0
+        self._out = self._allocate(body - self._chunks * TAG_SIZE)
+
+    def _sealed_chunk_bytes(self) -> int:
+        """Sealed size of the next chunk: a full one, or what is left for the last."""
+        if self._index < self._chunks - 1:
+            return self._chunk_size + TAG_SIZE
+        return self._size - HEADER_SIZE - self._index * (self._chunk_size + TAG_SIZE)
+
+    def _open(self, chunk: memoryview) -> None:
+        assert self._aead is not None  # set by _start before any chunk
+        start = self._index * self._chunk_size
+        target = memoryview(self._out).cast("B")[start : start + len(chunk) - TAG_SIZE]
+        last = self._index == self._chunks - 1
+        try:
+            self._aead.decrypt_into(_nonce(self._index, last), chunk, self._header, target)
+        except InvalidTag:
+            raise _tampered(self._index) from None
+        self._index += 1
+        self._filled = 0
 
 
 def open_stream(

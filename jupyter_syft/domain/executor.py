@@ -6,7 +6,9 @@ and without forking this (possibly multi-threaded) process, which hangs OpenMP i
 A crash, a timeout or running out of memory then ends only that process.
 
 The job goes to the worker as msgspec bytes and the outcome comes back as msgspec bytes over a
-pipe; the result itself is written as Arrow IPC files plus a msgspec manifest. Nothing is pickled.
+pipe; the result itself is written as Arrow IPC files plus a msgspec manifest, each sealed as it
+is written (`jupyter_syft.crypto.seal`), so no plaintext result reaches the disk. Nothing is
+pickled.
 This isolates failures and bounds time and memory; it is not a security sandbox: the code has
 been approved by the data owner and runs with the node's permissions.
 """
@@ -28,7 +30,7 @@ from types import CodeType
 
 import msgspec
 
-from jupyter_syft.wire.messages import DPQuery, DPTraining
+from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan
 
 PRELOAD = [
     "torch",
@@ -38,13 +40,16 @@ PRELOAD = [
     "jupyter_syft.wire.values",
     "jupyter_syft.domain.worker",
     "jupyter_syft.privacy.queries",  # OpenDP: ~0.15 s to import, paid once here, not per query
-    "jupyter_syft.privacy.training",  # Opacus itself loads only in a DP training job
+    "jupyter_syft.privacy.training",
+    "opacus",  # ~2.5 s to import: paid at start, not by each DP training job or round
+    "torch._dynamo",  # ~1 s, imported by the first torch.optim optimizer a job makes
+    "jupyter_syft.federated.local",  # safetensors: each federated round loads weights
     # A worker re-runs the node's main module (`python -m jupyter_syft.cli`) as it starts;
     # with its imports (trio: ~0.1 s) already loaded here, that costs nothing.
     "jupyter_syft.cli",
 ]
-MANIFEST_FILE = "manifest.msgpack"
-PART_FILE = "part-{}.arrow"
+MANIFEST_FILE = "manifest.sealed"
+PART_FILE = "part-{}.sealed"
 MAX_OUTCOME_BYTES = 2**20
 EXIT_GRACE_S = 5.0  # how long a worker that reported may take to exit before it is killed
 
@@ -68,13 +73,21 @@ class JobSpec(msgspec.Struct):
     code: str
     function_name: str
     inputs: dict[str, InputSpec]  # argument name -> asset
-    output_dir: str  # receives part-0.arrow, part-1.arrow, ... and manifest.msgpack
+    output_dir: str  # receives part-0.sealed, part-1.sealed, ... and manifest.sealed
+    # Each piece is sealed to `seal_to` (the requester, or the domain itself for an
+    # aggregate-only result) under a context naming the request, the domain and the requester.
+    domain_peer_id: str
+    requester: str
+    seal_to: str
     timeout_s: float = 60.0
     memory_bytes: int = 4 * 2**30
     max_result_bytes: int = 1 * 2**30
     # A DP query runs no code (`code` only describes it); DP training calls `function_name`
     # for its model. Either reads its one input as a table.
     privacy: DPQuery | DPTraining | None = None
+    # A federated round: the plan, and the global weights (safetensors) it starts from.
+    federated: FederatedPlan | None = None
+    weights_path: str = ""
 
 
 class JobOutcome(msgspec.Struct):
@@ -125,17 +138,21 @@ class Executor:
         self._running: set[BaseProcess] = set()
         self._spares: list[tuple[BaseProcess, Connection]] = []
         self._closed = False
+        self._warming = threading.Lock()  # held while warm() runs: jobs wait, unclocked
 
     def warm(self) -> None:
-        """Start the forkserver and its imports (~1 s) now, so the first job is fast."""
-        process = self._start(self._worker.warm_up, ())
-        if process is None:
-            raise RuntimeError("the executor is closed")
-        self._reap(process, None)
-        self._add_spare()
+        """Start the forkserver and its imports (~4 s) now, so the first job is fast."""
+        with self._warming:
+            process = self._start(self._worker.warm_up, ())
+            if process is None:
+                raise RuntimeError("the executor is closed")
+            self._reap(process, None)
+            self._add_spare()
 
     def run(self, job: JobSpec) -> JobOutcome:
         """Run a job to completion; a failure is reported in the outcome, never raised."""
+        with self._warming:  # a job's time limit starts once workers can start
+            pass
         started = time.monotonic()
         try:
             if not isinstance(job.privacy, DPQuery):

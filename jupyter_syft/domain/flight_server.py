@@ -1,7 +1,10 @@
 """The domain node's bulk-data server: Arrow Flight over TLS, gated by single-use tickets.
 
 Clients get tickets over libp2p (see `jupyter_syft.wire.tickets`) and present them signed here.
-Data lives as Arrow IPC files under one data root; a ticket names a path relative to it.
+Data lives under one data root; a ticket names a path relative to it. Arrow IPC files (`.arrow`)
+are served as their table. Any other file (a sealed result piece: opaque bytes) is served as a
+table of one binary column whose values are consecutive slices of the file, since Flight only
+carries Arrow.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import secrets
 import threading
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
@@ -22,10 +26,11 @@ log = logging.getLogger(__name__)
 
 # Batches of a few MiB stream fastest; one huge batch is slower and holds more memory at once.
 BATCH_BYTES = 4 << 20
+FILE_SCHEMA = pa.schema([pa.field("bytes", pa.binary(), nullable=False)])
 
 
 class FlightDataServer(flight.FlightServerBase):
-    """Serves `get` (download an IPC file) and `put` (upload one) for ticket holders only."""
+    """Serves `get` (download a file) and `put` (upload an IPC file) for ticket holders only."""
 
     def __init__(
         self,
@@ -66,7 +71,10 @@ class FlightDataServer(flight.FlightServerBase):
         path = self._resolve(grant)
         try:
             # Memory-mapped and zero-copy: the file is never loaded into memory as a whole.
-            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+            mapped = pa.memory_map(str(path))
+            if path.suffix != ".arrow":
+                return flight.RecordBatchStream(_file_slices(mapped.read_buffer()))
+            table = pa.ipc.open_file(mapped).read_all()
         except FileNotFoundError as exc:
             raise flight.FlightServerError(f"no data at {grant.path!r}") from exc
         except (OSError, pa.ArrowInvalid) as exc:
@@ -124,6 +132,18 @@ class FlightDataServer(flight.FlightServerBase):
         if self._root not in target.parents:
             raise flight.FlightUnauthenticatedError(f"path outside root: {grant.path!r}")
         return target
+
+
+def _file_slices(data: pa.Buffer) -> pa.Table:
+    """The bytes of `data` as a one-column binary table, ~BATCH_BYTES per row and batch
+    (zero-copy slices)."""
+    batches = []
+    for start in range(0, data.size, BATCH_BYTES):
+        piece = data.slice(start, min(BATCH_BYTES, data.size - start))
+        offsets = pa.py_buffer(np.array([0, piece.size], dtype=np.int32))
+        values = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, piece])
+        batches.append(pa.record_batch([values], schema=FILE_SCHEMA))
+    return pa.Table.from_batches(batches, schema=FILE_SCHEMA)
 
 
 def _rechunked(table: pa.Table) -> pa.Table:

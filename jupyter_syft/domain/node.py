@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from jupyter_syft.crypto.seal import ResultSeal
 from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
 from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.service import DomainService, Limits, result_vector
@@ -52,7 +53,6 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         flight = FlightDataServer(config.data_dir, tls, issuer)
         flight.start()
         executor = Executor()
-        await trio.to_thread.run_sync(executor.warm)
         jobs_in, jobs_out = trio.open_memory_channel[str](math.inf)
         service = DomainService(
             name=config.name,
@@ -76,6 +76,9 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         async with P2PHost(node_identity, config.listen) as host:
             host.set_handler(DOMAIN_PROTOCOL, handle, service.bad_frame_reply)
             async with trio.open_nursery() as nursery:
+                # Workers preload torch and Opacus (~4 s): warm up while the node already
+                # answers; a job that comes first waits for the same forkserver.
+                nursery.start_soon(trio.to_thread.run_sync, executor.warm)
                 for _ in range(config.workers):
                     nursery.start_soon(_job_worker, jobs_out.clone(), service, executor)
                 for request_id in store.requeue_interrupted():
@@ -105,8 +108,8 @@ async def _job_worker(
 async def _run_job(request_id: str, service: DomainService, executor: Executor) -> None:
     store = service.store
     info = store.request(request_id)
-    if info is None or info.status != "approved":
-        return
+    if info is None or info.status != "approved" or info.policy == "federated":
+        return  # a federated plan runs no job itself: its rounds do
     try:
         store.start_run(request_id)
     except StoreError:
@@ -120,21 +123,34 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         kind = dataset_info.kind if dataset_info else "table"
         inputs[argument] = InputSpec(path=str(store.private_path(dataset)), kind=kind)
     limits = service.limits
+    # An aggregate-only result is sealed to this node: only secure aggregation here reads it.
+    aggregate = info.policy == "aggregate"
     job = JobSpec(
         request_id=request_id,
         code=info.code,
         function_name=info.function_name,
         inputs=inputs,
         output_dir=str(output_dir),
+        domain_peer_id=service.peer_id,
+        requester=info.requester,
+        seal_to=service.peer_id if aggregate else info.requester,
         timeout_s=limits.job_timeout_s,
         memory_bytes=limits.job_memory_bytes,
         max_result_bytes=limits.max_result_bytes,
         privacy=info.privacy,
     )
+    if info.plan_round is not None:
+        found = store.federated_plan(info.plan_round[0])
+        assert found is not None  # a round is recorded only with its plan
+        job.federated = found[1]
+        job.weights_path = str(store.paths.round_weights(request_id))
     outcome = await trio.to_thread.run_sync(executor.run, job, abandon_on_cancel=True)
-    if outcome.ok and info.policy == "aggregate":
+    if outcome.ok and aggregate:
+        contexts = ResultSeal(request_id, service.peer_id, info.requester)
         try:  # check now, so a wrong result fails the request instead of the aggregation
-            await trio.to_thread.run_sync(result_vector, output_dir, outcome.part_count)
+            await trio.to_thread.run_sync(
+                result_vector, output_dir, outcome.part_count, service.identity, contexts
+            )
         except Exception as exc:  # whatever the code returned, it is not a vector
             outcome.ok = False
             outcome.error = f"the aggregate-only result is unusable: {exc}"

@@ -20,10 +20,22 @@ import numpy as np
 import pyarrow as pa
 import trio
 
+from jupyter_syft.crypto.he import MAX_CONTEXT_BYTES, HEError
+from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
 from jupyter_syft.crypto.secagg import MAX_ABS, SecAggClient, SecAggError
 from jupyter_syft.crypto.secagg_messages import BadFrame, open_frame
-from jupyter_syft.domain.executor import CodeError, check_code
+from jupyter_syft.domain.executor import MANIFEST_FILE, PART_FILE, CodeError, check_code
+from jupyter_syft.domain.models import (
+    DIGEST,
+    ContextUpload,
+    HEServing,
+    decode_weights,
+    load_context,
+    query_header,
+)
 from jupyter_syft.domain.store import BudgetExceeded, Store, StoreError
+from jupyter_syft.federated.plan import MAX_WEIGHTS_BYTES, PlanError, check_plan, round_spec
+from jupyter_syft.federated.weights import from_safetensors
 from jupyter_syft.identity import Identity, IdentityError, public_key_of
 from jupyter_syft.privacy.budget import BudgetValueError, delta_units, epsilon_units
 from jupyter_syft.privacy.policy import PolicyError, auto_approves, check_policy
@@ -35,7 +47,7 @@ from jupyter_syft.wire.signing import BadMessage, ReplayGuard, open_call
 from jupyter_syft.wire.tickets import TicketIssuer
 
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INLINE_BYTES = 1 << 20  # tables up to this size ride the control plane; larger go over Flight
+INLINE_BYTES = 1 << 20  # files up to this size ride the control plane; larger go over Flight
 MAX_CODE_BYTES = 256 * 1024
 MAX_WAIT_S = 60.0
 UPLOAD_TTL_S = 600.0
@@ -95,6 +107,7 @@ class DomainService:
     _aggregations: dict[str, AggregationState] = field(default_factory=dict)
     _uploads: dict[str, PendingUpload] = field(default_factory=dict)
     _changed: dict[str, trio.Event] = field(default_factory=dict)
+    _he: HEServing = field(default_factory=HEServing)
 
     # ---- entry point ------------------------------------------------------------------------
 
@@ -189,9 +202,9 @@ class DomainService:
         if info.policy == "aggregate":
             raise Refused("not_authorised", AGGREGATE_ONLY)
         folder = self.store.paths.result_dir(call.request_id)
-        manifest = (folder / "manifest.msgpack").read_bytes()
+        manifest = (folder / MANIFEST_FILE).read_bytes()
         count = self.store.result_parts(call.request_id)
-        parts = [self._arrow(folder / f"part-{i}.arrow", sender) for i in range(count)]
+        parts = [self._sealed(folder / PART_FILE.format(i), sender) for i in range(count)]
         self.store.audit(sender, "fetch_result", call.request_id)
         return m.ResultData(manifest, parts)
 
@@ -221,7 +234,7 @@ class DomainService:
                 client = SecAggClient(self.identity, call.frame)
                 if client.server != sender:
                     raise Refused("invalid", "the setup frame is not signed by the requester")
-                vector = self._result_vector(call.request_id)
+                vector = self._result_vector(info)
                 if client.setup.length != len(vector):
                     raise Refused(
                         "invalid",
@@ -236,24 +249,43 @@ class DomainService:
             elif envelope.round == 1:
                 reply = state.client.share_keys(call.frame)
             elif envelope.round == 2:
-                if state.vector is None:
+                vector, state.vector = state.vector, None  # masked once, even if replayed now
+                if vector is None:
                     raise Refused("invalid", "this domain already sent its masked input")
-                reply = state.client.masked_input(call.frame, state.vector)
-                state.vector = None
+                # Masking and signing a long vector takes ~0.1 s per million entries: off the
+                # event loop, so the node keeps answering meanwhile.
+                reply = await trio.to_thread.run_sync(state.client.masked_input, call.frame, vector)
                 self.store.audit(sender, "secagg_masked_input", call.request_id)
             elif envelope.round == 3:
+                self._masked_input_file(call.request_id).unlink(missing_ok=True)  # fetched
                 reply = state.client.consistency_check(call.frame)
             else:
                 reply = state.client.unmask(call.frame)
         except SecAggError as exc:
             raise Refused("invalid", str(exc)) from exc
-        return m.SecAggFrame(reply)
+        if len(reply) <= INLINE_BYTES:
+            return m.SecAggFrame(reply)
+        # A masked input is 8 bytes per entry: the bulk data plane carries it, as it does
+        # results (libp2p frames are capped at 16 MiB and move ~5x slower than Flight).
+        path = self._masked_input_file(call.request_id)
+        path.write_bytes(reply)
+        relative = path.relative_to(self.store.paths.root).as_posix()
+        ticket = self.issuer.issue("get", relative, sender)
+        return m.SecAggFrame(b"", ticket=ticket, nbytes=len(reply))
+
+    def _masked_input_file(self, request_id: str) -> Path:
+        """Where a large signed masked input waits for the aggregator to fetch it."""
+        return self.store.paths.result_dir(request_id) / "secagg-masked-input.frame"
 
     # ---- admin ------------------------------------------------------------------------------
 
     async def _Decide(self, sender: str, role: str, call: m.Decide) -> m.RequestInfo:
         self._require_admin(sender, role)
-        self._request_for(sender, role, call.request_id)
+        current = self._request_for(sender, role, call.request_id)
+        if current.policy == "federated" and current.status == "approved" and not call.approve:
+            info = self.store.revoke_plan(sender, call.request_id, call.reason)  # no more rounds
+            self.notify(call.request_id)
+            return info
         info = self.store.decide(sender, call.request_id, call.approve, call.reason)
         self.notify(call.request_id)
         if call.approve:
@@ -386,6 +418,61 @@ class DomainService:
             sender, call.dataset, call.auto_approve, call.max_query_epsilon
         )
 
+    # ---- federated learning (see jupyter_syft.federated) ------------------------------------
+
+    async def _SubmitFederatedPlan(
+        self, sender: str, role: str, call: m.SubmitFederatedPlan
+    ) -> m.RequestInfo:
+        """A plan waits for the owner's review, once; with DP all its rounds must fit now."""
+        self._require_member(sender, role)
+        info = self._table(call.dataset)
+        plan = call.plan
+        if len(plan.code.encode()) > MAX_CODE_BYTES:
+            raise Refused("invalid", f"code is larger than {MAX_CODE_BYTES} bytes")
+        try:
+            check_code(plan.code, plan.function_name)
+            dp = check_plan(plan, info.schema, info.rows)
+            if dp is not None:
+                await trio.to_thread.run_sync(noise_multiplier, dp, info.rows)
+        except (CodeError, PlanError, TrainingError) as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return self.store.add_federated_plan(sender, call.dataset, plan, dp)
+
+    async def _FederatedRound(
+        self, sender: str, role: str, call: m.FederatedRound
+    ) -> m.RequestInfo:
+        """Start one round of an approved plan: no review (the plan had it), a DP charge."""
+        self._require_member(sender, role)
+        plan_info = self._request_for(sender, role, call.plan_id)
+        found = self.store.federated_plan(call.plan_id)
+        if found is None:
+            raise Refused("invalid", f"request {call.plan_id} is not a federated plan")
+        if plan_info.requester != sender:
+            raise Refused("not_authorised", "only the plan's requester may run its rounds")
+        if len(call.weights) > MAX_WEIGHTS_BYTES:
+            raise Refused("invalid", f"the weights are larger than {MAX_WEIGHTS_BYTES} bytes")
+        try:
+            from_safetensors(call.weights)
+        except Exception as exc:  # safetensors raises its own error types
+            raise Refused("invalid", f"the weights are not a safetensors file: {exc}") from exc
+        plan = found[1]
+        dp = round_spec(plan) if plan.epsilon or plan.delta else None
+        request_id = uuid.uuid4().hex
+        path = self.store.paths.round_weights(request_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(call.weights)
+        tmp.replace(path)
+        try:
+            info = self.store.start_federated_round(
+                request_id, sender, call.plan_id, call.round, dp
+            )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self.notify(call.plan_id)
+        await self.on_approved(request_id)
+        return info
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _require_member(self, sender: str, role: str) -> None:
@@ -415,19 +502,35 @@ class DomainService:
             raise Refused("not_found", f"no request {request_id} of yours on this domain")
         return info
 
-    def _result_vector(self, request_id: str) -> np.ndarray:
-        folder = self.store.paths.result_dir(request_id)
+    def _result_vector(self, info: m.RequestInfo) -> np.ndarray:
+        """An aggregate-only result, sealed to this node, opened here and nowhere else."""
+        assert self.identity is not None  # checked by the caller
+        folder = self.store.paths.result_dir(info.request_id)
+        contexts = ResultSeal(info.request_id, self.peer_id, info.requester)
+        parts = self.store.result_parts(info.request_id)
         try:
-            return result_vector(folder, self.store.result_parts(request_id))
+            return result_vector(folder, parts, self.identity, contexts)
+        except SealError as exc:
+            raise Refused("internal", f"the stored result is damaged: {exc}") from exc
         except ValueError as exc:
             raise Refused("invalid", str(exc)) from exc
+
+    def _ticket(self, path: Path, requester: str, size: int) -> m.ArrowData:
+        relative = path.relative_to(self.store.paths.root).as_posix()
+        return m.ArrowData(ticket=self.issuer.issue("get", relative, requester), nbytes=size)
+
+    def _sealed(self, path: Path, requester: str) -> m.ArrowData:
+        """A sealed result piece as it is stored: inline when small, else a Flight ticket."""
+        size = path.stat().st_size
+        if size > INLINE_BYTES:
+            return self._ticket(path, requester, size)
+        return m.ArrowData(ipc=path.read_bytes())
 
     def _arrow(self, path: Path, requester: str) -> m.ArrowData:
         """Small files inline as an Arrow IPC stream; large ones as a Flight ticket."""
         size = path.stat().st_size
         if size > INLINE_BYTES:
-            relative = path.relative_to(self.store.paths.root).as_posix()
-            return m.ArrowData(ticket=self.issuer.issue("get", relative, requester), nbytes=size)
+            return self._ticket(path, requester, size)
         table = values.read_ipc_file(path)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -464,11 +567,143 @@ class DomainService:
                 del self._uploads[upload_id]
                 shutil.rmtree(self.store.paths.staging / upload_id, ignore_errors=True)
 
+    # ---- homomorphic inference (state and checks in jupyter_syft.domain.models) -------------
 
-def result_vector(folder: Path, parts: int) -> np.ndarray:
-    """A stored result as the 1-D numeric vector an aggregate-only request must return."""
-    manifest = (folder / "manifest.msgpack").read_bytes()
-    tables = [values.read_ipc_file(folder / f"part-{i}.arrow") for i in range(parts)]
+    async def _CreateModel(self, sender: str, role: str, call: m.CreateModel) -> m.ModelInfo:
+        """Publishing a model is the owner's approval: members may then query it, audited."""
+        self._require_admin(sender, role)
+        if not DATASET_NAME.match(call.name):
+            raise Refused("invalid", f"model name {call.name!r}: use 1-64 letters, digits, _.-")
+        if self.store.model(call.name) is not None:
+            raise Refused("conflict", f"a model named {call.name!r} already exists")
+        if call.max_samples < 0:
+            raise Refused("invalid", "max_samples must be >= 0 (0 = no limit)")
+        try:
+            spec = decode_weights(call.weights).spec
+        except HEError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        info = m.ModelInfo(
+            call.name,
+            call.description,
+            spec.features,
+            spec.rows,
+            spec.outputs,
+            spec.depth,
+            call.max_samples,
+            0,
+            time.time(),
+        )
+        staged = self.store.paths.staging / f"model-{uuid.uuid4().hex}.safetensors"
+        staged.write_bytes(call.weights)
+        try:
+            self.store.add_model(sender, info, staged)
+        finally:
+            staged.unlink(missing_ok=True)
+        return info
+
+    async def _ListModels(self, sender: str, role: str, call: m.ListModels) -> m.ModelList:
+        self._require_member(sender, role)
+        return m.ModelList(self.store.models(sender))
+
+    async def _GetModelUsage(
+        self, sender: str, role: str, call: m.GetModelUsage
+    ) -> m.ModelUsageList:
+        self._require_admin(sender, role)
+        self._model(call.model, sender)
+        return m.ModelUsageList(call.model, self.store.model_usage(call.model))
+
+    async def _BeginContextUpload(
+        self, sender: str, role: str, call: m.BeginContextUpload
+    ) -> m.ContextTicket:
+        self._require_member(sender, role)
+        if not DIGEST.match(call.digest):
+            raise Refused("invalid", "digest must be a SHA-256 in lowercase hex")
+        if not 0 < call.nbytes <= MAX_CONTEXT_BYTES:
+            raise Refused(
+                "invalid", f"a public context holds 1..{MAX_CONTEXT_BYTES} bytes, not {call.nbytes}"
+            )
+        if self._he.context(call.digest) is not None:
+            return m.ContextTicket()
+        upload_id = uuid.uuid4().hex
+        path = self.store.paths.staging / f"context-{upload_id}.arrow"
+        upload = ContextUpload(sender, call.digest, call.nbytes, path, time.time() + UPLOAD_TTL_S)
+        self._he.begin_upload(upload_id, upload)
+        relative = path.relative_to(self.store.paths.root).as_posix()
+        # Arrow counts each batch's offsets too: a little room over the context's own size.
+        ticket = self.issuer.issue("put", relative, sender, call.nbytes + 2**16)
+        return m.ContextTicket(upload_id, ticket)
+
+    async def _CommitContextUpload(
+        self, sender: str, role: str, call: m.CommitContextUpload
+    ) -> m.Done:
+        self._require_member(sender, role)
+        upload = self._he.take_upload(call.upload_id, sender)
+        if upload is None:
+            raise Refused("not_found", f"no context upload {call.upload_id} in progress")
+        try:
+            if not upload.path.exists():
+                raise Refused("invalid", "the context upload was not received")
+            context = await trio.to_thread.run_sync(
+                load_context, upload.path, upload.digest, upload.nbytes
+            )
+        except HEError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        finally:
+            upload.path.unlink(missing_ok=True)
+        self._he.keep_context(context)
+        self.store.audit(sender, "he_context", context.digest, f"{upload.nbytes} bytes")
+        return m.Done()
+
+    async def _PredictEncrypted(
+        self, sender: str, role: str, call: m.PredictEncrypted
+    ) -> m.EncryptedPrediction:
+        """Evaluate on ciphertexts in a worker thread; count and audit only what succeeded."""
+        self._require_member(sender, role)
+        info = self._model(call.model, sender)
+        try:
+            header = query_header(call.query)
+        except HEError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        context = self._he.context(header.context_digest)
+        if context is None:
+            raise Refused(
+                "not_found",
+                f"public context {header.context_digest} is not on this domain: upload it "
+                "(BeginContextUpload) and ask again",
+            )
+        if info.max_samples and info.samples_used + header.samples > info.max_samples:
+            raise Refused(
+                "budget_exhausted",
+                f"query limit of model {call.model!r} reached: {info.max_samples} samples per "
+                f"scientist, {info.samples_used} used, this asks for {header.samples}",
+            )
+        try:
+            model = self._he.model(call.model, self.store.paths.model_file(call.model))
+            reply = await trio.to_thread.run_sync(model.predict, context, call.query)
+        except HEError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        try:
+            self.store.record_prediction(sender, call.model, header.samples)
+        except StoreError as exc:  # a concurrent prediction took the last of the limit
+            raise Refused("budget_exhausted", str(exc)) from exc
+        return m.EncryptedPrediction(reply)
+
+    def _model(self, name: str, sender: str) -> m.ModelInfo:
+        info = self.store.model(name, sender)
+        if info is None:
+            raise Refused("not_found", f"no model named {name!r} on domain {self.name!r}")
+        return info
+
+
+def result_vector(folder: Path, parts: int, identity: Identity, contexts: ResultSeal) -> np.ndarray:
+    """A stored result, sealed to this node (`identity`), as the 1-D numeric vector an
+    aggregate-only request must return. The plaintext exists only in this process's memory."""
+    manifest = open_sealed((folder / MANIFEST_FILE).read_bytes(), identity, contexts.manifest())
+    tables = []
+    for i in range(parts):
+        sealed = (folder / PART_FILE.format(i)).read_bytes()
+        plain = pa.py_buffer(open_sealed(sealed, identity, contexts.part(i)))
+        tables.append(pa.ipc.open_file(plain).read_all())
     value = values.decode_result(manifest, tables)
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
         value = value.detach().cpu().numpy()

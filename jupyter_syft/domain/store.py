@@ -6,6 +6,8 @@ Layout of a data dir:
     tls-cert.pem, tls-key.pem
     assets/NAME/private.arrow, assets/NAME/mock.arrow
     results/REQUEST_ID/   manifest.msgpack, part-N.arrow
+    models/NAME.safetensors   weights served for homomorphic inference
+    rounds/REQUEST_ID.safetensors   the global weights a federated round starts from
     staging/              uploads in flight; emptied at start
 
 Every write is one transaction (see `jupyter_syft.sqlite_file`), so a crash leaves the
@@ -92,11 +94,29 @@ CREATE TRIGGER IF NOT EXISTS ledger_within_budget BEFORE INSERT ON budget_ledger
         AND b.delta_units >= NEW.delta_units + (SELECT COALESCE(SUM(delta_units), 0)
             FROM budget_ledger l WHERE l.peer_id = NEW.peer_id AND l.dataset = NEW.dataset))
     BEGIN SELECT RAISE(ABORT, 'the privacy budget would go below zero'); END;
+CREATE TABLE IF NOT EXISTS federated_plans (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), dataset TEXT NOT NULL,
+    spec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS federated_rounds (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id),
+    plan_id TEXT NOT NULL REFERENCES requests (id), round INTEGER NOT NULL,
+    UNIQUE (plan_id, round));
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY, description TEXT NOT NULL, features INTEGER NOT NULL,
+    rows INTEGER NOT NULL, outputs INTEGER NOT NULL, depth INTEGER NOT NULL,
+    max_samples INTEGER NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS model_usage (
+    model TEXT NOT NULL REFERENCES models (name), peer_id TEXT NOT NULL,
+    calls INTEGER NOT NULL, samples INTEGER NOT NULL, last_at REAL NOT NULL,
+    PRIMARY KEY (model, peer_id));
 """
 
 REQUESTS = (
-    "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta"
+    "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta,"
+    " f.spec AS plan_spec, fr.plan_id AS round_plan, fr.round AS round_number"
     " FROM requests r LEFT JOIN dp_requests p ON p.request_id = r.id"
+    " LEFT JOIN federated_plans f ON f.request_id = r.id"
+    " LEFT JOIN federated_rounds fr ON fr.request_id = r.id"
 )
 
 GENESIS_HASH = "0" * 64
@@ -133,6 +153,13 @@ class Paths:
     def result_dir(self, request_id: str) -> Path:
         return self.root / "results" / request_id
 
+    def round_weights(self, request_id: str) -> Path:
+        """The global weights a federated round starts from, as the scientist sent them."""
+        return self.root / "rounds" / f"{request_id}.safetensors"
+
+    def model_file(self, name: str) -> Path:
+        return self.root / "models" / f"{name}.safetensors"
+
     @property
     def staging(self) -> Path:
         return self.root / "staging"
@@ -151,7 +178,7 @@ class Store(SqliteFile):
     def __init__(self, data_dir: Path) -> None:
         self.paths = Paths(Path(data_dir))
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        for folder in ("assets", "results"):
+        for folder in ("assets", "results", "rounds"):
             (self.paths.root / folder).mkdir(exist_ok=True)
         shutil.rmtree(self.paths.staging, ignore_errors=True)
         self.paths.staging.mkdir()
@@ -527,6 +554,197 @@ class Store(SqliteFile):
         }
         self._audit(db, "node", "dp_charge", request_id, json.dumps(detail))
 
+    # ---- models for homomorphic inference ---------------------------------------------------
+
+    def add_model(self, actor: str, info: m.ModelInfo, weights: Path) -> None:
+        """Move the staged safetensors file into place and record the model, all or nothing."""
+        target = self.paths.model_file(info.name)
+        with self._transaction() as db:
+            if self._one("SELECT 1 FROM models WHERE name = ?", info.name) is not None:
+                raise StoreError(f"a model named {info.name!r} already exists")
+            db.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.name,
+                    info.description,
+                    info.features,
+                    info.rows,
+                    info.outputs,
+                    info.depth,
+                    info.max_samples,
+                    info.created_at,
+                ),
+            )
+            detail = {"features": info.features, "outputs": info.outputs, "depth": info.depth}
+            self._audit(db, actor, "create_model", info.name, json.dumps(detail))
+            target.parent.mkdir(exist_ok=True)
+            os.replace(weights, target)
+            _fsync_dir(target.parent)
+
+    def model(self, name: str, peer_id: str = "") -> m.ModelInfo | None:
+        """A model, with the samples `peer_id` has used on it."""
+        row = self._one(
+            "SELECT m.*, COALESCE(u.samples, 0) AS used FROM models m LEFT JOIN model_usage u"
+            " ON u.model = m.name AND u.peer_id = ? WHERE m.name = ?",
+            peer_id,
+            name,
+        )
+        return None if row is None else _model_info(row)
+
+    def models(self, peer_id: str = "") -> list[m.ModelInfo]:
+        rows = self._all(
+            "SELECT m.*, COALESCE(u.samples, 0) AS used FROM models m LEFT JOIN model_usage u"
+            " ON u.model = m.name AND u.peer_id = ? ORDER BY m.name",
+            peer_id,
+        )
+        return [_model_info(r) for r in rows]
+
+    def record_prediction(self, peer_id: str, model: str, samples: int) -> None:
+        """Count a prediction and audit it; StoreError if it would pass the model's limit
+        (checked again here, so concurrent predictions cannot overrun it together)."""
+        with self._transaction() as db:
+            max_samples = db.execute(
+                "SELECT max_samples FROM models WHERE name = ?", (model,)
+            ).fetchone()["max_samples"]
+            used = db.execute(
+                "SELECT samples FROM model_usage WHERE model = ? AND peer_id = ?", (model, peer_id)
+            ).fetchone()
+            total = (used["samples"] if used else 0) + samples
+            if max_samples and total > max_samples:
+                raise StoreError(
+                    f"query limit of model {model!r} reached: {max_samples} samples per "
+                    f"scientist, {total - samples} used, this asks for {samples}"
+                )
+            db.execute(
+                "INSERT INTO model_usage VALUES (?, ?, 1, ?, ?) ON CONFLICT (model, peer_id) DO"
+                " UPDATE SET calls = calls + 1, samples = samples + excluded.samples,"
+                " last_at = excluded.last_at",
+                (model, peer_id, samples, time.time()),
+            )
+            self._audit(db, peer_id, "he_predict", model, json.dumps({"samples": samples}))
+
+    def model_usage(self, model: str) -> list[m.ModelUsage]:
+        rows = self._all("SELECT * FROM model_usage WHERE model = ? ORDER BY peer_id", model)
+        return [m.ModelUsage(r["peer_id"], r["calls"], r["samples"], r["last_at"]) for r in rows]
+
+    # ---- federated learning -----------------------------------------------------------------
+
+    def add_federated_plan(
+        self, requester: str, dataset: str, plan: m.FederatedPlan, round_spec: m.DPTraining | None
+    ) -> m.RequestInfo:
+        """Record a plan for review. With DP, all its rounds must fit the budget now (each round
+        is charged when it runs); BudgetExceeded, with nothing recorded, if they do not."""
+        request_id = uuid.uuid4().hex
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
+                " status, submitted_at) VALUES (?, ?, ?, ?, ?, 'federated', 'pending', ?)",
+                (
+                    request_id,
+                    requester,
+                    plan.code,
+                    plan.function_name,
+                    json.dumps({"data": dataset}),
+                    time.time(),
+                ),
+            )
+            db.execute(
+                "INSERT INTO federated_plans VALUES (?, ?, ?)",
+                (request_id, dataset, m.encode(plan)),
+            )
+            self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
+            if round_spec is not None:
+                epsilon = epsilon_units(round_spec.epsilon) * plan.rounds
+                delta = delta_units(round_spec.delta) * plan.rounds
+                self._check_fits(db, requester, dataset, epsilon, delta)
+        return self._request_or_fail(request_id)
+
+    def federated_plan(self, plan_id: str) -> tuple[str, m.FederatedPlan] | None:
+        """The dataset and plan of a federated plan request."""
+        row = self._one("SELECT dataset, spec FROM federated_plans WHERE request_id = ?", plan_id)
+        return None if row is None else (row["dataset"], _plan_spec.decode(row["spec"]))
+
+    def start_federated_round(
+        self,
+        request_id: str,
+        requester: str,
+        plan_id: str,
+        round_number: int,
+        round_spec: m.DPTraining | None,
+    ) -> m.RequestInfo:
+        """Record round `round_number` of an approved plan as a request of its own, approved by
+        the plan and (with DP) charged to the budget, all at once; StoreError or
+        BudgetExceeded, with nothing recorded, if the plan does not allow it."""
+        found = self.federated_plan(plan_id)
+        plan_info = self.request(plan_id)
+        if found is None or plan_info is None or plan_info.requester != requester:
+            raise StoreError(f"no federated plan {plan_id} of yours")
+        dataset, plan = found
+        now = time.time()
+        with self._transaction() as db:
+            status = db.execute("SELECT status FROM requests WHERE id = ?", (plan_id,)).fetchone()
+            if status["status"] != "approved":
+                raise StoreError(f"federated plan {plan_id} is {status['status']}, not approved")
+            last = db.execute(
+                "SELECT MAX(round) AS r FROM federated_rounds WHERE plan_id = ?", (plan_id,)
+            ).fetchone()["r"]
+            if last is not None and round_number <= last:
+                raise StoreError(f"round {round_number} of this plan must come after {last}")
+            if not 0 <= round_number < plan.rounds:
+                raise StoreError(f"the plan has rounds 0 to {plan.rounds - 1}, not {round_number}")
+            db.execute(
+                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
+                " status, submitted_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, 'approved', ?, ?)",
+                (
+                    request_id,
+                    requester,
+                    plan.code,
+                    plan.function_name,
+                    json.dumps({"data": dataset}),
+                    "aggregate" if plan.secure_aggregation else "raw",
+                    now,
+                    now,
+                ),
+            )
+            db.execute(
+                "INSERT INTO federated_rounds VALUES (?, ?, ?)", (request_id, plan_id, round_number)
+            )
+            detail = json.dumps({"plan": plan_id, "round": round_number})
+            self._audit(db, requester, "submit_request", request_id, detail)
+            self._audit(db, "plan", "approved", request_id, detail)
+            if round_spec is not None:
+                db.execute(
+                    "INSERT INTO dp_requests VALUES (?, ?, ?, ?, ?)",
+                    (
+                        request_id,
+                        dataset,
+                        m.encode(round_spec),
+                        epsilon_units(round_spec.epsilon),
+                        delta_units(round_spec.delta),
+                    ),
+                )
+                self._charge(db, request_id)
+            if round_number == plan.rounds - 1:
+                db.execute(
+                    "UPDATE requests SET status = 'done', finished_at = ? WHERE id = ?",
+                    (now, plan_id),
+                )
+                self._audit(db, "node", "plan_complete", plan_id, f"{plan.rounds} rounds started")
+        return self._request_or_fail(request_id)
+
+    def revoke_plan(self, actor: str, plan_id: str, reason: str) -> m.RequestInfo:
+        """Stop an approved federated plan: no further round will run."""
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE requests SET status = 'denied', reason = ? WHERE id = ?"
+                " AND policy = 'federated' AND status = 'approved'",
+                (reason, plan_id),
+            ).rowcount
+            if not changed:
+                raise StoreError(f"request {plan_id} is not an approved federated plan")
+            self._audit(db, actor, "revoked", plan_id, reason)
+        return self._request_or_fail(plan_id)
+
     # ---- audit ----------------------------------------------------------------------------
 
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
@@ -599,7 +817,22 @@ def _dataset_info(row: sqlite3.Row) -> m.DatasetInfo:
     )
 
 
+def _model_info(row: sqlite3.Row) -> m.ModelInfo:
+    return m.ModelInfo(
+        name=row["name"],
+        description=row["description"],
+        features=row["features"],
+        rows=row["rows"],
+        outputs=row["outputs"],
+        depth=row["depth"],
+        max_samples=row["max_samples"],
+        samples_used=row["used"],
+        created_at=row["created_at"],
+    )
+
+
 _dp_spec = msgspec.msgpack.Decoder(m.DPQuery | m.DPTraining)
+_plan_spec = msgspec.msgpack.Decoder(m.FederatedPlan)
 
 
 def _request_info(row: sqlite3.Row) -> m.RequestInfo:
@@ -621,4 +854,6 @@ def _request_info(row: sqlite3.Row) -> m.RequestInfo:
         epsilon=epsilon_value(row["dp_epsilon"]) if dp else None,
         delta=delta_value(row["dp_delta"]) if dp else None,
         privacy=_dp_spec.decode(row["dp_spec"]) if dp else None,
+        plan=_plan_spec.decode(row["plan_spec"]) if row["plan_spec"] is not None else None,
+        plan_round=(row["round_plan"], row["round_number"]) if row["round_plan"] else None,
     )

@@ -1,7 +1,9 @@
 """The job process: load the inputs, run the approved function, write the result.
 
 Runs in a process forked from the executor's forkserver. Everything it reports goes back as a
-msgspec-encoded JobOutcome; the result goes to Arrow IPC files plus a msgspec manifest.
+msgspec-encoded JobOutcome; the result goes to Arrow IPC files plus a msgspec manifest, each
+sealed to its recipient as it is written (`jupyter_syft.crypto.seal`): no plaintext result ever
+reaches the disk.
 
 A forked process inherits its parent's random state: without a reseed every job would draw the
 same "random" numbers from torch and numpy (Python's `random` reseeds itself after a fork).
@@ -17,6 +19,7 @@ import os
 import resource
 import sys
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -24,6 +27,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from jupyter_syft.crypto.seal import ResultSeal, SealingWriter, x25519_public_key
 from jupyter_syft.domain.executor import (
     MANIFEST_FILE,
     PART_FILE,
@@ -39,7 +43,6 @@ from jupyter_syft.wire.values import (
     result_nbytes,
     table_kind,
     table_to_data,
-    write_ipc_file,
 )
 
 MAX_ERROR_CHARS = 32_000
@@ -83,6 +86,8 @@ def run_job(job: JobSpec) -> JobOutcome:
         cuda = torch.cuda.is_available()
         if not cuda:
             _limit_memory(job.memory_bytes)
+        if job.federated is not None:
+            return _write_result(job, _run_federated_round(job))
         if job.privacy is not None:
             return _write_result(job, _run_private(job))
         inputs = _load_inputs(job, cuda)
@@ -138,7 +143,7 @@ def _load_inputs(job: JobSpec, cuda: bool) -> dict[str, Any]:
 def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
     """Run the code in a fresh namespace and call the function, with tracebacks showing the
     user's lines."""
-    filename = f"<request {job.request_id}>"
+    filename = _filename(job)
     try:
         code = compile_code(job.code, job.function_name, filename)
     except CodeError as e:
@@ -150,6 +155,11 @@ def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
         return namespace[job.function_name](**inputs)
     except BaseException as e:  # the job's process ends anyway: report even SystemExit
         raise JobError(_failure(job, "the code raised an error", e, filename)) from e
+
+
+def _filename(job: JobSpec) -> str:
+    """The name the job's code is compiled under: tracebacks show its lines by it."""
+    return f"<request {job.request_id}>"
 
 
 def _run_private(job: JobSpec) -> Any:
@@ -174,6 +184,26 @@ def _run_private(job: JobSpec) -> Any:
         raise JobError(_failure(job, "DP training failed", e)) from e
 
 
+def _run_federated_round(job: JobSpec) -> Any:
+    """Local training for one federated round: the plan's code builds the model, the plan's
+    settings train it; the update vector is the result."""
+    from jupyter_syft.federated.local import train_round
+
+    assert job.federated is not None
+    [spec] = job.inputs.values()
+    try:
+        table = read_ipc_file(spec.path)
+        with open(job.weights_path, "rb") as file:
+            weights = file.read()
+    except Exception as e:
+        raise JobError(_failure(job, "could not load the round's inputs", e)) from e
+    model = _call(job, {})
+    try:
+        return train_round(job.federated, table, model, weights, job.privacy)
+    except Exception as e:
+        raise JobError(_failure(job, "local training failed", e, _filename(job))) from e
+
+
 def _write_result(job: JobSpec, value: Any) -> JobOutcome:
     try:
         manifest, tables = encode_result(value)
@@ -186,21 +216,46 @@ def _write_result(job: JobSpec, value: Any) -> JobOutcome:
         raise JobError(
             f"the result is {_mib(size)} MiB, over the limit of {_mib(job.max_result_bytes)} MiB"
         )
+    contexts = ResultSeal(job.request_id, job.domain_peer_id, job.requester)
     try:
-        written = sum(
-            write_ipc_file(os.path.join(job.output_dir, PART_FILE.format(i)), table)
-            for i, table in enumerate(tables)
-        )
+        recipient = x25519_public_key(job.seal_to)
+        written = 0
+        for i, table in enumerate(tables):
+            path = os.path.join(job.output_dir, PART_FILE.format(i))
+            written += _write_sealed(path, recipient, contexts.part(i), _ipc_writer(table))
         # The manifest goes last: once it exists, the result is complete.
-        manifest_path = os.path.join(job.output_dir, MANIFEST_FILE)
-        with open(manifest_path + ".tmp", "wb") as file:
-            file.write(manifest)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(manifest_path + ".tmp", manifest_path)
+        path = os.path.join(job.output_dir, MANIFEST_FILE)
+        written += _write_sealed(path, recipient, contexts.manifest(), lambda f: f.write(manifest))
     except Exception as e:
         raise JobError(_failure(job, "could not write the result", e)) from e
-    return JobOutcome(ok=True, part_count=len(tables), result_bytes=written + len(manifest))
+    return JobOutcome(ok=True, part_count=len(tables), result_bytes=written)
+
+
+def _ipc_writer(table: pa.Table) -> Callable[[SealingWriter], None]:
+    def write(sink: SealingWriter) -> None:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+    return write
+
+
+def _write_sealed(
+    path: str, recipient: bytes, context: bytes, write: Callable[[SealingWriter], object]
+) -> int:
+    """Seal what `write` writes into `path`; returns the file's size.
+
+    Written next to its destination, flushed to disk and renamed into place, so a reader never
+    sees a partial file, even after a crash (a failed job's leftovers are removed by the
+    executor).
+    """
+    with open(path + ".tmp", "wb") as file:
+        sink = SealingWriter(file, recipient, context)
+        write(sink)
+        sink.close()
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(path + ".tmp", path)
+    return sink.sealed_bytes
 
 
 def _failure(job: JobSpec, what: str, error: BaseException, filename: str | None = None) -> str:

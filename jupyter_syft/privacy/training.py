@@ -49,7 +49,7 @@ from jupyter_syft.privacy.budget import (
     mechanism_epsilon,
 )
 from jupyter_syft.privacy.queries import NUMERIC_TYPES
-from jupyter_syft.wire.messages import DPTraining
+from jupyter_syft.wire.messages import DPTraining, FederatedPlan
 
 LOSSES = ("cross_entropy", "mse")
 MAX_EPOCHS = 1000
@@ -135,30 +135,53 @@ def train(spec: DPTraining, table: pa.Table, model: Any) -> dict[str, Any]:
     """Train `model` on `table` with DP-SGD; the weights (safetensors bytes as uint8) and how
     they were made."""
     import torch
-    from opacus import PrivacyEngine
     from safetensors.torch import save
 
     if not isinstance(model, torch.nn.Module):
         raise TrainingError(f"{spec.function_name}() must return a torch.nn.Module")
-    epsilon, delta = _accountant_target(spec)
-    seed = int.from_bytes(os.urandom(8), "little")
-    torch.manual_seed(seed)  # Poisson sampling draws from torch's default generator
-    noise = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
     with torch.no_grad():  # the output size, from a dummy row: no private data
         outputs = model(torch.zeros(1, len(spec.features))).shape[-1]
     if spec.loss == "cross_entropy" and outputs < 2:
         raise TrainingError("with cross_entropy the model needs one output per class (2 or more)")
-    features = torch.from_numpy(_features(spec, table))
-    labels = torch.from_numpy(_labels(spec, table, outputs))
+    features = torch.from_numpy(features_of(spec, table))
+    labels = torch.from_numpy(labels_of(spec, table, outputs))
+    run = fit_private(spec, features, labels, model, torch.optim.SGD)
+    weights = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    metadata = {
+        "epsilon": repr(spec.epsilon),
+        "delta": repr(spec.delta),
+        "privacy_unit": "one changed row",
+        "mechanism": f"DP-SGD (Opacus, {ACCOUNTANT} accountant)",
+    }
+    data = save(weights, metadata=metadata)
+    return {"safetensors": np.frombuffer(data, dtype=np.uint8), **run}
+
+
+def fit_private(
+    spec: DPTraining, features: Any, labels: Any, model: Any, optimizer_class: Any
+) -> dict[str, Any]:
+    """Train `model` in place with DP-SGD to the spec's (ε, δ); what the accountant says.
+
+    `features` and `labels` are tensors on the model's device; `optimizer_class` is a
+    torch.optim class taking (params, lr=...): Opacus makes any of them private.
+    """
+    import torch
+    from opacus import PrivacyEngine
+
+    epsilon, delta = _accountant_target(spec)
+    device = features.device
+    seed = int.from_bytes(os.urandom(8), "little")
+    torch.manual_seed(seed)  # Poisson sampling draws from torch's default generator
+    noise = torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little"))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(features, labels), batch_size=spec.batch_size
     )
-    loss_of = _loss(spec)
+    loss_of = loss_function(spec)
     with _quiet():
         engine = PrivacyEngine(accountant=ACCOUNTANT)
         private_model, optimizer, private_loader = engine.make_private_with_epsilon(
             module=model,
-            optimizer=torch.optim.SGD(model.parameters(), lr=spec.learning_rate),
+            optimizer=optimizer_class(model.parameters(), lr=spec.learning_rate),
             data_loader=loader,
             target_epsilon=epsilon,
             target_delta=delta,
@@ -181,16 +204,7 @@ def train(spec: DPTraining, table: pa.Table, model: Any) -> dict[str, Any]:
             f"the accountant reports epsilon {spent:.4g} > {epsilon:.4g} after training; "
             "the weights are withheld"
         )
-    weights = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    metadata = {
-        "epsilon": repr(spec.epsilon),
-        "delta": repr(spec.delta),
-        "privacy_unit": "one changed row",
-        "mechanism": f"DP-SGD (Opacus, {ACCOUNTANT} accountant)",
-    }
-    data = save(weights, metadata=metadata)
     return {
-        "safetensors": np.frombuffer(data, dtype=np.uint8),
         "noise_multiplier": float(optimizer.noise_multiplier),
         "steps": steps,
         "accountant_epsilon": float(spent),
@@ -202,7 +216,8 @@ def _accountant_target(spec: DPTraining) -> tuple[float, float]:
     return add_remove_target(mechanism_epsilon(spec.epsilon), mechanism_delta(spec.delta))
 
 
-def _features(spec: DPTraining, table: pa.Table) -> np.ndarray:
+def features_of(spec: DPTraining | FederatedPlan, table: pa.Table) -> np.ndarray:
+    """The feature columns as float32, scaled to [0, 1] by the declared bounds if any."""
     columns = []
     for i, name in enumerate(spec.features):
         values = pc.cast(table.column(name), pa.float64()).to_numpy()
@@ -214,14 +229,14 @@ def _features(spec: DPTraining, table: pa.Table) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def _labels(spec: DPTraining, table: pa.Table, outputs: int) -> np.ndarray:
+def labels_of(spec: DPTraining | FederatedPlan, table: pa.Table, outputs: int) -> np.ndarray:
     values = np.nan_to_num(pc.cast(table.column(spec.label), pa.float64()).to_numpy(), nan=0.0)
     if spec.loss == "cross_entropy":
         return np.clip(values, 0, outputs - 1).astype(np.int64)
     return values.astype(np.float32)
 
 
-def _loss(spec: DPTraining) -> Any:
+def loss_function(spec: DPTraining | FederatedPlan) -> Any:
     import torch
 
     if spec.loss == "cross_entropy":

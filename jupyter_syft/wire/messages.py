@@ -174,6 +174,124 @@ class SecAggStep(Struct, tag="secagg_step"):
     frame: bytes  # a signed jupyter_syft.crypto.secagg_messages frame from the requester
 
 
+# ---- federated learning (see jupyter_syft.federated) ---------------------------------------
+
+
+class FederatedPlan(Struct, tag="federated_plan"):
+    """Train one model on a domain's table, round after round: what its owner approves once.
+
+    Each round the scientist sends the global weights; the domain trains `local_epochs` on its
+    rows and returns sum-ready numbers (weights times rows), to the scientist in the clear or,
+    with `secure_aggregation`, only inside a secure sum with the other domains.
+    """
+
+    code: str  # source text defining `function_name()`, which returns a torch.nn.Module
+    function_name: str
+    features: list[str]  # numeric columns, the model's inputs in this order
+    label: str
+    rounds: int
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    optimizer: Literal["adam", "sgd"] = "adam"
+    loss: Literal["mse", "cross_entropy"] = "mse"
+    feature_bounds: list[tuple[float, float]] = []  # if given: clamp and scale to [0, 1]
+    secure_aggregation: bool = True
+    epsilon: float = 0.0  # DP-SGD over all rounds (0: no DP); each round is charged a share
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+class SubmitFederatedPlan(Struct, tag="submit_federated_plan"):
+    dataset: str
+    plan: FederatedPlan
+
+
+class FederatedRound(Struct, tag="federated_round"):
+    """Run round `round` of an approved plan from `weights`; answered with the round's request."""
+
+    plan_id: str
+    round: int  # 0-based; each number runs at most once, in increasing order
+    weights: bytes  # safetensors of the global model's state dict
+
+
+# ---- homomorphic inference (see jupyter_syft.crypto.he, jupyter_syft.domain.models) -------
+
+
+class CreateModel(Struct, tag="create_model"):
+    """Publish a model for encrypted inference; its weights never leave the domain."""
+
+    name: str
+    weights: bytes  # safetensors: layers.I.weight (out, in) and layers.I.bias (out,), float64
+    description: str = ""
+    max_samples: int = 0  # per scientist, samples predicted in all; 0 = no limit
+
+
+class ListModels(Struct, tag="list_models"):
+    pass
+
+
+class BeginContextUpload(Struct, tag="begin_context_upload"):
+    """Offer a public CKKS context; the node answers with a Flight `put` ticket if it lacks it."""
+
+    digest: str  # SHA-256 of the serialised public context, hex
+    nbytes: int
+
+
+class CommitContextUpload(Struct, tag="commit_context_upload"):
+    upload_id: str
+
+
+class PredictEncrypted(Struct, tag="predict_encrypted"):
+    model: str
+    query: bytes  # a jupyter_syft.crypto.he EncryptedQuery, msgpack
+
+
+class GetModelUsage(Struct, tag="get_model_usage"):
+    """Admin: how many predictions each scientist made with a model."""
+
+    model: str
+
+
+class ModelInfo(Struct, tag="model_info"):
+    name: str
+    description: str
+    features: int  # jupyter_syft.crypto.he.ModelSpec
+    rows: int
+    outputs: int
+    depth: int
+    max_samples: int  # per scientist; 0 = no limit
+    samples_used: int  # by the caller
+    created_at: float
+
+
+class ModelList(Struct, tag="model_list"):
+    models: list[ModelInfo]
+
+
+class ContextTicket(Struct, tag="context_ticket"):
+    """`ticket` empty: the node already holds this context and nothing needs uploading."""
+
+    upload_id: str = ""
+    ticket: bytes = b""
+
+
+class EncryptedPrediction(Struct, tag="encrypted_prediction"):
+    reply: bytes  # a jupyter_syft.crypto.he EncryptedReply, msgpack
+
+
+class ModelUsage(Struct, tag="model_usage"):
+    peer_id: str
+    calls: int
+    samples: int
+    last_at: float
+
+
+class ModelUsageList(Struct, tag="model_usage_list"):
+    model: str
+    usage: list[ModelUsage]
+
+
 Call = (
     Hello
     | ListDatasets
@@ -195,6 +313,14 @@ Call = (
     | GetPolicy
     | SetPolicy
     | SecAggStep
+    | SubmitFederatedPlan
+    | FederatedRound
+    | CreateModel
+    | ListModels
+    | BeginContextUpload
+    | CommitContextUpload
+    | PredictEncrypted
+    | GetModelUsage
 )
 
 
@@ -241,7 +367,11 @@ class DatasetList(Struct, tag="dataset_list"):
 
 
 class ArrowData(Struct, tag="arrow_data"):
-    """A small table inline (Arrow IPC stream bytes) or, when large, a Flight ticket."""
+    """A small table inline (Arrow IPC stream bytes) or, when large, a Flight ticket.
+
+    In a ResultData it carries a sealed piece instead (`crypto.seal`, opaque bytes): inline in
+    `ipc`, or a ticket for the sealed file, which Flight streams as binary slices.
+    """
 
     ipc: bytes = b""
     ticket: bytes = b""
@@ -265,6 +395,8 @@ class RequestInfo(Struct, tag="request_info"):
     epsilon: float | None = None  # a DP request's cost, charged when it is approved
     delta: float | None = None
     privacy: DPQuery | DPTraining | None = None
+    plan: FederatedPlan | None = None  # a federated plan: what was approved
+    plan_round: tuple[str, int] | None = None  # a federated round: (plan id, round)
 
 
 class RequestList(Struct, tag="request_list"):
@@ -272,8 +404,10 @@ class RequestList(Struct, tag="request_list"):
 
 
 class ResultData(Struct, tag="result_data"):
-    manifest: bytes
-    parts: list[ArrowData]
+    """A result as stored: each piece sealed to the requester under its own context."""
+
+    manifest: bytes  # the sealed msgspec manifest
+    parts: list[ArrowData]  # sealed Arrow IPC files
 
 
 class UserInfo(Struct, tag="user_info"):
@@ -338,9 +472,12 @@ class PolicyInfo(Struct, tag="policy_info"):
 
 
 class SecAggFrame(Struct, tag="secagg_frame"):
-    """The domain's signed reply frame for one secure-aggregation round."""
+    """The domain's signed reply frame for one secure-aggregation round: inline, or (a large
+    masked input) as a Flight ticket for the frame's bytes."""
 
     frame: bytes
+    ticket: bytes = b""
+    nbytes: int = 0
 
 
 class Done(Struct, tag="done"):
@@ -369,6 +506,11 @@ Reply = (
     | SecAggFrame
     | Done
     | Error
+    | ModelInfo
+    | ModelList
+    | ContextTicket
+    | EncryptedPrediction
+    | ModelUsageList
 )
 
 _encoder = msgspec.msgpack.Encoder()

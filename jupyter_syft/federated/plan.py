@@ -1,0 +1,80 @@
+"""A federated plan's checks, run in the domain node before anything is recorded: no data read.
+
+Privacy accounting: a plan with `epsilon` > 0 trains every round with DP-SGD (Opacus) to
+(epsilon / rounds, delta / rounds) for one changed row, and charges each round that share when
+it starts. By basic composition the whole plan then costs at most (epsilon, delta); a round
+refused for lack of budget costs nothing and stops that domain's training.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jupyter_syft.privacy.queries import NUMERIC_TYPES
+from jupyter_syft.privacy.training import TrainingError, check_training
+from jupyter_syft.wire.messages import DPTraining, FederatedPlan
+
+MAX_ROUNDS = 1000
+MAX_LOCAL_EPOCHS = 1000
+MAX_WEIGHTS_BYTES = 8 * 2**20  # the global weights ride one control-plane frame
+
+
+class PlanError(ValueError):
+    """A federated plan the node refuses, with what is wrong in it."""
+
+
+def check_plan(plan: FederatedPlan, schema: dict[str, str], rows: int) -> DPTraining | None:
+    """Refuse (PlanError) a plan that cannot run as asked; return one round's DP-SGD spec, or
+    None when the plan asks for no DP."""
+    if not 1 <= plan.rounds <= MAX_ROUNDS:
+        raise PlanError(f"rounds must be 1 to {MAX_ROUNDS}, not {plan.rounds}")
+    if not 1 <= plan.local_epochs <= MAX_LOCAL_EPOCHS:
+        raise PlanError(f"local_epochs must be 1 to {MAX_LOCAL_EPOCHS}, not {plan.local_epochs}")
+    if rows < 1:
+        raise PlanError("the dataset has no rows")
+    if not 1 <= plan.batch_size <= rows:
+        raise PlanError(f"batch_size must be 1 to the row count ({rows})")
+    if not (math.isfinite(plan.learning_rate) and plan.learning_rate > 0):
+        raise PlanError(f"learning_rate must be a finite number above 0, not {plan.learning_rate}")
+    if not plan.features:
+        raise PlanError("give at least one feature column")
+    if len(set(plan.features)) != len(plan.features):
+        raise PlanError("features must not repeat")
+    if plan.label in plan.features:
+        raise PlanError(f"the label {plan.label!r} cannot also be a feature")
+    for column in [*plan.features, plan.label]:
+        if column not in schema:
+            raise PlanError(f"no column {column!r}; columns: {', '.join(schema)}")
+        if schema[column] not in NUMERIC_TYPES:
+            raise PlanError(f"column {column!r} is {schema[column]}, not numeric")
+    if plan.feature_bounds and len(plan.feature_bounds) != len(plan.features):
+        raise PlanError("give one (low, high) in feature_bounds per feature, or none")
+    for low, high in plan.feature_bounds:
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise PlanError(f"feature bounds must be finite with low < high: ({low}, {high})")
+    if plan.epsilon == 0 and plan.delta == 0:
+        return None
+    spec = round_spec(plan)
+    try:
+        check_training(spec, schema, rows)
+    except TrainingError as exc:
+        raise PlanError(f"each of the {plan.rounds} rounds: {exc}") from exc
+    return spec
+
+
+def round_spec(plan: FederatedPlan) -> DPTraining:
+    """The DP-SGD spec of one round: an equal share of the plan's (epsilon, delta)."""
+    return DPTraining(
+        code=plan.code,
+        function_name=plan.function_name,
+        features=plan.features,
+        label=plan.label,
+        epsilon=plan.epsilon / plan.rounds,
+        delta=plan.delta / plan.rounds,
+        feature_bounds=plan.feature_bounds,
+        loss=plan.loss,
+        epochs=plan.local_epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        max_grad_norm=plan.max_grad_norm,
+    )
