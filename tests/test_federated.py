@@ -156,6 +156,8 @@ def test_plain_federated_averaging_learns_with_one_approval_per_domain(world: di
         plan = domain.get_request(history.plans[name]).info
         assert plan.policy == "federated" and plan.status == "done"
         assert plan.plan is not None and plan.plan.rounds == 3
+        [review] = [r for r in world["admins"][name].requests() if r.id == plan.request_id]
+        assert "federated plan: 3 rounds x 5 local epochs" in review._repr_html_()
         for round_number, request_id in enumerate(history.requests[name]):
             info = domain.get_request(request_id).info
             assert info.plan_round == (plan.request_id, round_number)
@@ -178,6 +180,8 @@ def test_secure_aggregation_with_dp_charges_each_round(world: dict) -> None:
     assert history.train_loss == [None, None]  # not released under DP
     assert all(np.isfinite(v) for v in history.metric("mse"))
     for domain in domains:
+        plan = domain.get_request(history.plans[domain.name]).info
+        assert (plan.epsilon, plan.delta) == (2.0, 1e-5)  # the owner reviewed the whole cost
         after = domain._connection.call(m.GetBudget("diabetes")).budgets[0]
         assert after.epsilon_spent == pytest.approx(before[domain.name].epsilon_spent + 2.0)
         # Each round's update was aggregate-only: the scientist cannot read any one of them.

@@ -18,6 +18,7 @@ from jupyter_syft.client.privacy import Budget, Budgets
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.domain.store import read_node_info
 from jupyter_syft.errors import InvalidError, NotAuthorisedError, SyftError
+from jupyter_syft.federated.plan import describe_plan
 from jupyter_syft.identity import whoami
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
@@ -48,6 +49,8 @@ class ReviewRequest(RemoteRequest):
         cost = ""
         if self.info.epsilon is not None:
             cost = f"<br>privacy cost: &epsilon; {self.info.epsilon:g}, &delta; {self.info.delta:g}"
+        if self.info.plan is not None:
+            cost += f"<br>{html.escape(describe_plan(self.info.plan))}"
         return (
             super()._repr_html_()
             + f"<br>from <code>{html.escape(self.requester)}</code>"

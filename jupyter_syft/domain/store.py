@@ -837,6 +837,12 @@ _plan_spec = msgspec.msgpack.Decoder(m.FederatedPlan)
 
 def _request_info(row: sqlite3.Row) -> m.RequestInfo:
     dp = row["dp_spec"] is not None
+    plan = _plan_spec.decode(row["plan_spec"]) if row["plan_spec"] is not None else None
+    if plan is not None and plan.epsilon:  # a DP plan shows what all its rounds cost
+        epsilon, delta = plan.epsilon, plan.delta
+    else:
+        epsilon = epsilon_value(row["dp_epsilon"]) if dp else None
+        delta = delta_value(row["dp_delta"]) if dp else None
     return m.RequestInfo(
         request_id=row["id"],
         requester=row["requester"],
@@ -851,9 +857,9 @@ def _request_info(row: sqlite3.Row) -> m.RequestInfo:
         decided_at=row["decided_at"],
         finished_at=row["finished_at"],
         result_bytes=row["result_bytes"],
-        epsilon=epsilon_value(row["dp_epsilon"]) if dp else None,
-        delta=delta_value(row["dp_delta"]) if dp else None,
+        epsilon=epsilon,
+        delta=delta,
         privacy=_dp_spec.decode(row["dp_spec"]) if dp else None,
-        plan=_plan_spec.decode(row["plan_spec"]) if row["plan_spec"] is not None else None,
+        plan=plan,
         plan_round=(row["round_plan"], row["round_number"]) if row["round_plan"] else None,
     )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-from jupyter_syft.privacy.queries import NUMERIC_TYPES
-from jupyter_syft.privacy.training import TrainingError, check_training
 from jupyter_syft.wire.messages import DPTraining, FederatedPlan
 
 MAX_ROUNDS = 1000
@@ -26,6 +24,10 @@ class PlanError(ValueError):
 def check_plan(plan: FederatedPlan, schema: dict[str, str], rows: int) -> DPTraining | None:
     """Refuse (PlanError) a plan that cannot run as asked; return one round's DP-SGD spec, or
     None when the plan asks for no DP."""
+    # Here, not at the top: owners' clients import this module for `describe_plan` only.
+    from jupyter_syft.privacy.queries import NUMERIC_TYPES
+    from jupyter_syft.privacy.training import TrainingError, check_training
+
     if not 1 <= plan.rounds <= MAX_ROUNDS:
         raise PlanError(f"rounds must be 1 to {MAX_ROUNDS}, not {plan.rounds}")
     if not 1 <= plan.local_epochs <= MAX_LOCAL_EPOCHS:
@@ -60,6 +62,24 @@ def check_plan(plan: FederatedPlan, schema: dict[str, str], rows: int) -> DPTrai
     except TrainingError as exc:
         raise PlanError(f"each of the {plan.rounds} rounds: {exc}") from exc
     return spec
+
+
+def describe_plan(plan: FederatedPlan) -> str:
+    """One line for the owner's review: what training the approval allows."""
+    privacy = (
+        f"DP-SGD epsilon {plan.epsilon:g}, delta {plan.delta:g} in all "
+        f"({plan.epsilon / plan.rounds:g} per round)"
+        if plan.epsilon
+        else "no DP"
+    )
+    aggregation = (
+        "secure aggregation" if plan.secure_aggregation else "updates sent to the scientist"
+    )
+    return (
+        f"federated plan: {plan.rounds} rounds x {plan.local_epochs} local epochs, "
+        f"{', '.join(plan.features)} -> {plan.label} ({plan.loss}), {plan.optimizer} "
+        f"lr {plan.learning_rate:g}, batch {plan.batch_size}; {aggregation}; {privacy}"
+    )
 
 
 def round_spec(plan: FederatedPlan) -> DPTraining:

@@ -7,6 +7,7 @@ import threading
 import ipywidgets as w
 
 from jupyter_syft.client.admin import AdminClient, ReviewRequest
+from jupyter_syft.federated.plan import describe_plan
 from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import ReviewModel
 from jupyter_syft.widgets.poller import Poller
@@ -29,7 +30,9 @@ class RequestCard(w.VBox):
             f" &middot; request <code>{h.esc(info.request_id[:8])}</code></div>"
             f"<div>from <b>{h.esc(name)}</b> <code>{h.esc(info.requester)}</code></div>"
             f"<div>reads {h.esc(datasets)} &middot; policy: {h.esc(policy)} &middot; "
-            f"submitted {h.esc(h.when(info.submitted_at))}</div>{h.code(info.code)}"
+            f"submitted {h.esc(h.when(info.submitted_at))}</div>"
+            + (f"<div>{h.esc(describe_plan(info.plan))}</div>" if info.plan else "")
+            + h.code(info.code)
         )
         self.approve_button = w.Button(description="Approve", button_style="success")
         self.reason = w.Text(placeholder="Reason (required to deny)")
