@@ -54,6 +54,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kernel.py
 	$(BIN)/python benchmarks/bench_privacy.py
 	$(BIN)/python benchmarks/bench_crypto.py
+	$(BIN)/python benchmarks/bench_he_domain.py
+	$(BIN)/python benchmarks/bench_secagg_domains.py
+	$(BIN)/python benchmarks/bench_federated.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
 

@@ -206,6 +206,32 @@ def test_a_plan_asking_for_more_epsilon_than_the_budget_is_refused(world: dict) 
     assert not domain.requests(status="pending")  # nothing was recorded
 
 
+def test_a_domain_whose_budget_runs_out_stops_training_there(world: dict) -> None:
+    domains = [world["domains"][name] for name in ["north", "south"]]
+    owner, scientist = world["admins"]["south"], domains[0]._connection.identity.peer_id
+
+    def stop_south(round_number: int) -> None:
+        if round_number == 1:  # the owner freezes the budget at what is spent so far
+            spent = owner.budget("diabetes", scientist)
+            owner.set_budget(scientist, "diabetes", spent.epsilon_spent, spent.delta_spent)
+
+    try:
+        _, history = syft.federated.train(
+            make_model, domains, dataset="diabetes", target="target", rounds=3, lr=0.05,
+            dp=DP(epsilon=3.0, delta=1e-5), secure_aggregation=False, on_round=stop_south,
+            show=False,
+        )  # fmt: skip
+    finally:
+        owner.set_budget(scientist, "diabetes", epsilon=10.0, delta=1e-4)
+    assert [sorted(r.contributors) for r in history.rounds] == [
+        ["north", "south"],
+        ["north"],
+        ["north"],
+    ]
+    assert "privacy budget exhausted" in history.excluded["south"]
+    assert len(history.requests["south"]) == 1  # the refused round recorded nothing
+
+
 def test_a_failing_domain_is_left_out_and_then_excluded(world: dict) -> None:
     domains = [world["domains"][name] for name in ["north", "south", "west"]]
     _, history = syft.federated.train(
