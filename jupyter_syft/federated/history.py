@@ -21,6 +21,7 @@ class RoundRecord:
     dropped: dict[str, str] = field(default_factory=dict)  # domain -> why it left for good
     train_loss: float | None = None  # mean over contributors; None under DP (not released)
     metrics: dict[str, float] = field(default_factory=dict)  # on the scientist's validation data
+    note: str = ""  # why the round changed nothing, when it did not (no sum possible)
     total: np.ndarray | None = None  # the round's sums, until they become the new weights
 
 
@@ -49,7 +50,10 @@ class History:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in r.metrics.items())
             loss = "" if r.train_loss is None else f"train loss {r.train_loss:.4g}, "
             out = f", left out {sorted(r.failures)}" if r.failures else ""
-            lines.append(f"  round {r.round}: {loss}{scores} ({len(r.contributors)} domains{out})")
+            note = f"; {r.note}" if r.note else ""
+            lines.append(
+                f"  round {r.round}: {loss}{scores} ({len(r.contributors)} domains{out}){note}"
+            )
         if self.excluded:
             lines.append(f"  excluded: {self.excluded}")
         return "\n".join(lines)
@@ -70,7 +74,7 @@ class History:
                 "—" if r.train_loss is None else f"{r.train_loss:.4g}",
                 *(f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in metric_names),
                 esc(", ".join(r.contributors)),
-                esc("; ".join(f"{k}: {v.splitlines()[0]}" for k, v in r.failures.items())),
+                esc("; ".join(_left_out(r))),
                 f"{r.seconds:.2f}",
             ]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -100,6 +104,12 @@ class History:
             + table
             + "</div>"
         )
+
+
+def _left_out(record: RoundRecord) -> list[str]:
+    """Who is not in a round's average and why (first lines), and why it changed nothing."""
+    lines = [f"{name}: {why.splitlines()[0]}" for name, why in record.failures.items()]
+    return [*lines, record.note] if record.note else lines
 
 
 def _svg_plot(title: str, values: list[float | None]) -> str:
