@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_network_commands(commands)
 
-    demo = commands.add_parser("demo", help="two domains with real data, both roles, end to end")
+    demo = commands.add_parser("demo", help="three domains with real data, both roles, end to end")
     demo.add_argument("--dir", type=Path, default=Path("demo-data"), help="demo state folder")
     demo.add_argument(
         "--keep-running",

@@ -1,12 +1,14 @@
-"""`jupyter-syft demo`: a network, two hospitals, one data scientist, real data, all for real.
+"""`jupyter-syft demo`: a network, three hospitals, one data scientist, real data, all for real.
 
-scikit-learn's diabetes table (442 patients, real measurements) is split by rows between two
-domain nodes, each a separate process with its own identity, store and Flight server, both
-members of a network node (a third process). The scientist finds the hospitals by searching
+scikit-learn's diabetes table (442 patients, real measurements) is split by rows between three
+domain nodes, each a separate process with its own identity, store and Flight server, all
+members of a network node (a fourth process). The scientist finds the hospitals by searching
 the network, reads the mocks, asks each hospital for the mean BMI and a BMI/progression
 correlation, and also asks for the raw rows, which the owners deny. Results come back over
-Arrow and are pooled locally. With `--keep-running` everything stays up afterwards, described
-in DIR/demo.json for other tools (the Syft kernel's `%syft connect demo`).
+Arrow and are pooled locally. Then DP queries against a budget, the audit logs, and one model
+trained by federated learning across the three hospitals with secure aggregation. With
+`--keep-running` everything stays up afterwards, described in DIR/demo.json for other tools
+(the Syft kernel's `%syft connect demo`, `demo_domains()` in examples/federated.ipynb).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +32,59 @@ from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.errors import RequestDenied, SyftError
-from jupyter_syft.identity import load_or_create
+from jupyter_syft.identity import USER_KEY_FILE, load_or_create
 
-HOSPITALS = ("hospital-a", "hospital-b")
+if TYPE_CHECKING:
+    import torch
+
+    from jupyter_syft.client.domain import DomainClient
+
+HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
+DEMO_ENV = "JUPYTER_SYFT_DEMO"
+DEMO_FILE = Path("demo-data") / "demo.json"
+# Public, plausible clinical ranges of the table's raw columns, written here rather than read
+# from anyone's data: the domains clamp and scale each feature to [0, 1] by them, and the
+# trained model does the same to its inputs.
+FEATURE_BOUNDS = {
+    "age": (18.0, 90.0),  # years
+    "sex": (1.0, 2.0),  # coded 1 or 2
+    "bmi": (15.0, 50.0),  # kg/m2
+    "bp": (60.0, 140.0),  # mean arterial pressure, mmHg
+    "tc": (90.0, 320.0),  # total cholesterol, mg/dL
+    "ldl": (40.0, 250.0),  # mg/dL
+    "hdl": (20.0, 100.0),  # mg/dL
+    "tch": (1.0, 10.0),  # total cholesterol / HDL
+    "ltg": (3.0, 6.5),  # log of serum triglycerides
+    "glu": (55.0, 130.0),  # blood sugar, mg/dL
+}
+# A few seconds: 10 rounds of 5 local epochs with Adam (one owner approval each, not ten).
+FEDERATED: dict[str, Any] = {
+    "rounds": 10,
+    "local_epochs": 5,
+    "lr": 0.02,
+    "batch_size": 32,
+    "optimizer": "adam",
+}
 console = Console()
+
+
+def demo_path() -> Path:
+    """Where the running demo is described: $JUPYTER_SYFT_DEMO, else ./demo-data/demo.json."""
+    return Path(os.environ.get(DEMO_ENV) or DEMO_FILE)
+
+
+def demo_domains() -> dict[str, DomainClient]:
+    """The running demo's domains by name, connected as its scientist: for notebooks that
+    want the clients themselves (`syft.federated.train`), not only the Syft kernel's magics."""
+    from jupyter_syft.client.domain import DomainClient
+
+    path = demo_path()
+    demo = json.loads(path.read_text())
+    scientist = load_or_create(path.parent / demo["scientist_home"] / USER_KEY_FILE)
+    return {
+        name: DomainClient(NodeConnection(address, scientist))
+        for name, address in sorted(demo["domains"].items())
+    }
 
 
 def diabetes_frame() -> pd.DataFrame:
@@ -87,17 +140,69 @@ def all_rows(df):
     return df
 
 
+def diabetes_model():
+    """A small MLP; its output is put in the target's public range (about 25 to 350)."""
+    import torch
+
+    class Progression(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+            )
+
+        def forward(self, x):
+            return 150.0 + 75.0 * self.net(x)
+
+    torch.manual_seed(0)
+    return Progression()
+
+
+def train_central(frame: pd.DataFrame) -> torch.nn.Module:
+    """The reference: the same model, initial weights, training code and epochs (rounds x
+    local epochs) as on the domains, on the pooled table (which, outside this demo, no one
+    holds)."""
+    import pyarrow as pa
+
+    from jupyter_syft.federated.client import BoundedInput
+    from jupyter_syft.federated.local import train_round
+    from jupyter_syft.federated.weights import to_safetensors
+    from jupyter_syft.wire import messages as m
+
+    bounds = list(FEATURE_BOUNDS.values())
+    plan = m.FederatedPlan(
+        "", "", list(FEATURE_BOUNDS), "target", rounds=1,
+        local_epochs=FEDERATED["rounds"] * FEDERATED["local_epochs"],
+        batch_size=FEDERATED["batch_size"], learning_rate=FEDERATED["lr"],
+        optimizer=FEDERATED["optimizer"], feature_bounds=bounds,
+    )  # fmt: skip
+    model = diabetes_model()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    train_round(plan, table, model, to_safetensors(diabetes_model().state_dict()), None)
+    return BoundedInput(bounds, model)
+
+
+def mse_on(model: torch.nn.Module, frame: pd.DataFrame) -> float:
+    """Mean squared error of `model` (raw features in) on `frame`."""
+    import torch
+
+    inputs = torch.tensor(frame[list(FEATURE_BOUNDS)].to_numpy(), dtype=torch.float32)
+    with torch.no_grad():
+        predicted = model(inputs).numpy().ravel()
+    return float(np.mean((predicted - frame["target"].to_numpy()) ** 2))
+
+
 def run_demo(folder: Path, keep_running: bool = False) -> int:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     frame = diabetes_frame()
-    halves = np.array_split(np.arange(len(frame)), 2)
+    thirds = np.array_split(np.arange(len(frame)), len(HOSPITALS))
     scientist_home = (folder / "homes" / "scientist").resolve()
     scientist = load_or_create(scientist_home / "identity.key")
     processes: list[subprocess.Popen] = []
     demo_file = folder / "demo.json"
     try:
-        console.rule("[bold]1. An operator starts a network; two data owners join it")
+        console.rule("[bold]1. An operator starts a network; three data owners join it")
         process, network = start_node(
             ["network", "start", "--name", "demo-network", "--data-dir", str(folder / "network")],
             folder / "homes" / "operator",
@@ -119,7 +224,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
             owners[name] = AdminClient(NodeConnection(address, owner_identity))
             console.print(f"{name}: [cyan]{address}[/]")
 
-            private = frame.iloc[halves[i]].reset_index(drop=True)
+            private = frame.iloc[thirds[i]].reset_index(drop=True)
             started = time.perf_counter()
             owners[name].create_dataset(
                 "diabetes",
@@ -216,7 +321,12 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 f"{name}: {len(log.entries)} entries, hash chain "
                 f"{'verified' if log.chain_ok else '[red]BROKEN[/]'}: {actions}"
             )
+        console.rule("[bold]8. Federated learning: one model, three hospitals' rows")
+        _federated_step(frame, owners, domains)
         if keep_running:
+            for owner in owners.values():  # enough for examples/federated.ipynb's DP training
+                owner.set_budget(scientist.peer_id, "diabetes", epsilon=0.8 + 10.0, delta=1e-4)
+            console.print("each owner raised the scientist's budget by epsilon 10, delta 1e-4")
             description = {
                 "network": network,
                 "domains": addresses,
@@ -231,6 +341,60 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
             process.terminate()
         for process in processes:
             process.wait(timeout=20)
+
+
+def _federated_step(
+    frame: pd.DataFrame, owners: dict[str, AdminClient], domains: dict[str, DomainClient]
+) -> None:
+    """The scientist trains across the hospitals while the owners (this script) approve the
+    plan once each; then both models are scored on the full table, held here only because
+    it is public."""
+    import jupyter_syft as syft
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        training = pool.submit(
+            syft.federated.train, diabetes_model, [domains[name] for name in HOSPITALS],
+            dataset="diabetes", target="target", features=list(FEATURE_BOUNDS),
+            feature_bounds=list(FEATURE_BOUNDS.values()), secure_aggregation=True,
+            validation=(frame[list(FEATURE_BOUNDS)], frame["target"]), show=False, **FEDERATED,
+        )  # fmt: skip
+        approved: set[str] = set()
+        while len(approved) < len(owners) and not training.done():
+            for name, owner in owners.items():
+                for review in owner.requests(status="pending"):
+                    plan = review.info.plan
+                    review.approve()
+                    approved.add(name)
+                    console.print(
+                        f"{name}: approved {review.id[:8]} once: a federated plan of "
+                        f"{plan.rounds} rounds x {plan.local_epochs} epochs on diabetes "
+                        "(no review per round)"
+                    )
+            time.sleep(0.05)
+        federated, history = training.result()
+    seconds = time.perf_counter() - started
+    mse = history.metric("mse")
+    console.print(
+        f"{len(history.rounds)} rounds in {seconds:.1f} s, each update summed by secure "
+        f"aggregation (no one saw a hospital's update); MSE by round: "
+        + ", ".join(f"{v:.0f}" for v in mse if v is not None)
+    )
+    central = train_central(frame)
+    scores = {"federated": mse_on(federated, frame), "central": mse_on(central, frame)}
+    table = Table("model", "trained on", "MSE, all 442 patients", title="diabetes progression")
+    table.add_row("federated", "3 hospitals' rows, where they are", f"{scores['federated']:.1f}")
+    table.add_row("central", "the pooled table (reference)", f"{scores['central']:.1f}")
+    table.add_row("predict the mean", "-", f"{frame['target'].var(ddof=0):.1f}")
+    console.print(table)
+    console.print(
+        f"federated MSE {scores['federated']:.1f}, central MSE {scores['central']:.1f}: "
+        f"federated / central {scores['federated'] / scores['central']:.3f}"
+    )
+    console.print(
+        "(the central reference needs the pooled table, which this demo holds because the "
+        "data set is public; in a real deployment no one holds it)"
+    )
 
 
 def _search_until(net: NetworkClient, text: str, domains: int, timeout: float = 30.0) -> list:

@@ -1,10 +1,11 @@
 """`jupyter-syft demo --lab`: the demo network in the background, JupyterLab in front.
 
-It runs `jupyter-syft demo --keep-running` (a network, two hospitals, the scripted requests)
+It runs `jupyter-syft demo --keep-running` (a network, three hospitals, the scripted requests)
 as a child process, then starts JupyterLab on 127.0.0.1 with the scientist's and the owner's
-notebooks open and the Syft sidebar acting as the demo's people: the scientist and both
-hospitals' owners. Both children get their own session, so Ctrl-C reaches only this process,
-which stops JupyterLab first and then the nodes; the next run starts clean.
+notebooks open (the federated learning notebook beside them) and the Syft sidebar acting as
+the demo's people: the scientist and the hospitals' owners. Both children get their own
+session, so Ctrl-C reaches only this process, which stops JupyterLab first and then the nodes;
+the next run starts clean.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 from jupyter_syft.demo import HOSPITALS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-NOTEBOOKS = ("scientist.ipynb", "owner.ipynb")
+OPENED = ("scientist.ipynb", "owner.ipynb")  # side by side in the workspace
+NOTEBOOKS = (*OPENED, "federated.ipynb")
 START_S = 180.0  # the scripted demo runs first (~10-30 s on a busy machine)
 PREFERRED_PORT = 8888
 
@@ -120,7 +122,7 @@ def _start_lab(folder: Path, demo_file: Path) -> tuple[subprocess.Popen, str]:
 
 def _open_notebooks(base: str, token: str, lab: subprocess.Popen) -> None:
     """A workspace with both notebooks side by side and the Syft sidebar open."""
-    ids = [f"notebook:{name}" for name in NOTEBOOKS]
+    ids = [f"notebook:{name}" for name in OPENED]
     workspace = {
         "data": {
             "layout-restorer:data": {
@@ -137,7 +139,7 @@ def _open_notebooks(base: str, token: str, lab: subprocess.Popen) -> None:
                 },
                 "left": {"collapsed": False, "visible": True, "current": "jp-syft-sidebar"},
             },
-            **{f"notebook:{n}": {"data": {"path": n, "factory": "Notebook"}} for n in NOTEBOOKS},
+            **{f"notebook:{n}": {"data": {"path": n, "factory": "Notebook"}} for n in OPENED},
         },
         "metadata": {"id": "syft-demo"},
     }

@@ -25,7 +25,17 @@ def test_scripted_demo_plays_both_roles(tmp_path: Path) -> None:
     pooled = out.split("│ pooled │ 442 │ ")[1].split(" ")[0]
     assert f"check against the full table: mean BMI {pooled}" in out
     assert "refused: privacy budget exhausted" in out
-    assert out.count("hash chain verified") == 2
+    assert out.count("hash chain verified") == 3
+    # Federated learning: one plan approval per hospital, then as good as central training.
+    assert out.count("once: a federated plan of 10 rounds x 5 epochs on diabetes") == 3
+    assert "secure aggregation (no one saw a hospital's update)" in out
+    line = out.split("federated MSE ")[1]
+    federated = float(line.split(",")[0])
+    central = float(line.split("central MSE ")[1].split(":")[0])
+    ratio = float(line.split("federated / central ")[1].split(" ")[0])
+    assert abs(ratio - federated / central) < 0.002, line[:100]
+    assert abs(ratio - 1) <= 0.10, f"federated MSE not within 10% of central: {line[:100]}"
+    assert "in a real deployment no one holds it" in out
 
 
 def test_keep_running_describes_the_nodes_and_stops_cleanly(tmp_path: Path) -> None:
@@ -39,7 +49,7 @@ def test_keep_running_describes_the_nodes_and_stops_cleanly(tmp_path: Path) -> N
             assert demo.poll() is None and time.monotonic() < deadline, "demo did not come up"
             time.sleep(0.2)
         described = json.loads((folder / "demo.json").read_text())
-        assert set(described["domains"]) == {"hospital-a", "hospital-b"}
+        assert set(described["domains"]) == {"hospital-a", "hospital-b", "hospital-c"}
         assert described["network"].startswith("/ip4/127.0.0.1/tcp/")
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0

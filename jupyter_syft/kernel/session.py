@@ -24,8 +24,6 @@ from jupyter_syft.kernel.cells import ALL_DOMAINS, Source
 if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
 
-DEMO_ENV = "JUPYTER_SYFT_DEMO"
-DEMO_FILE = Path("demo-data") / "demo.json"
 NODE_START_TIMEOUT_S = 60.0
 
 
@@ -131,7 +129,9 @@ class SyftSession:
     def connect_demo(self) -> list[Any]:
         """Join the local demo written by `jupyter-syft demo --keep-running`: its network if
         it has one (and it answers), else each of its domains; as the demo's scientist."""
-        path = Path(os.environ.get(DEMO_ENV) or DEMO_FILE)
+        from jupyter_syft.demo import DEMO_ENV, demo_path
+
+        path = demo_path()
         try:
             demo = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
