@@ -20,7 +20,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from rich.table import Table
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nodes import DomainProcess, person
+from nodes import Approver, DomainProcess, person, start_all
 
 import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
@@ -80,25 +79,6 @@ def split(frame: pd.DataFrame, test_rows: int) -> tuple[list[pd.DataFrame], pd.D
     test, train = frame.iloc[:test_rows], frame.iloc[test_rows:]
     parts = np.array_split(np.arange(len(train)), len(NAMES))
     return [train.iloc[p].reset_index(drop=True) for p in parts], test
-
-
-class Approver:
-    """The owners approve every plan (once); rounds need no approval."""
-
-    def __init__(self, admins: list[AdminClient]) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(admins,), daemon=True)
-        self._thread.start()
-
-    def _run(self, admins: list[AdminClient]) -> None:
-        while not self._stop.wait(0.05):
-            for admin in admins:
-                for review in admin.requests(status="pending"):
-                    review.approve()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def central(
@@ -151,11 +131,7 @@ def main() -> None:
     nodes = {}
     for name in NAMES:
         nodes[name] = DomainProcess(root, name, person(root, f"owner-{name}")[0])
-    starters = [threading.Thread(target=node.start) for node in nodes.values()]
-    for thread in starters:
-        thread.start()
-    for thread in starters:
-        thread.join()
+    start_all(nodes.values())
     approver = None
     try:
         diabetes_parts, diabetes_test = split(load_diabetes(as_frame=True).frame, 88)
@@ -163,7 +139,7 @@ def main() -> None:
         cancer_parts, cancer_test = split(cancer, 114)
         diabetes_features = [c for c in diabetes_test.columns if c != "target"]
         cancer_features = [c for c in cancer_test.columns if c != "target"]
-        admins = []
+        admins = {}
         for i, (name, node) in enumerate(nodes.items()):
             admin = AdminClient(NodeConnection(node.address, person(root, f"owner-{name}")[1]))
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
@@ -172,7 +148,7 @@ def main() -> None:
                 mock[:] = 0.0
                 admin.create_dataset(dataset, private=part, mock=mock)
                 admin.set_budget(scientist.peer_id, dataset, epsilon=100.0, delta=1e-3)
-            admins.append(admin)
+            admins[name] = admin
         approver = Approver(admins)
         domains = [DomainClient(NodeConnection(n.address, scientist)) for n in nodes.values()]
 

@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nodes import DomainProcess, person
+from nodes import Approver, DomainProcess, person, start_all
 
 import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
@@ -173,26 +173,6 @@ def metered(meter: Meter) -> Iterator[None]:
 # ---- the domains ------------------------------------------------------------------------------
 
 
-class Approver:
-    """Every owner approves pending requests, polling as a background thread."""
-
-    def __init__(self, admins: list[AdminClient]) -> None:
-        self.admins = admins
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for admin in self.admins:
-                for review in admin.requests(status="pending"):
-                    review.approve()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @contextmanager
 def domains_running(root: Path, count: int, length: int) -> Iterator[list[DomainClient]]:
     """`count` domain processes, each holding a one-row dataset (seed, length); all stopped
@@ -207,15 +187,14 @@ def domains_running(root: Path, count: int, length: int) -> Iterator[list[Domain
         nodes.append(DomainProcess(root, name, home, "--workers", "1", "--job-timeout", "120"))
     approver = None
     try:
-        with ThreadPoolExecutor(count) as pool:
-            list(pool.map(lambda node: node.start(), nodes))
-        admins = []
+        start_all(nodes)
+        admins = {}
         for i, node in enumerate(nodes):
             admin = AdminClient(NodeConnection(node.address, owners[i]))
             private = pd.DataFrame({"seed": [1000 + i], "length": [length]})
             admin.create_dataset(DATASET, private=private, mock=private.assign(seed=[0]))
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
-            admins.append(admin)
+            admins[node.name] = admin
         approver = Approver(admins)
         yield [DomainClient(NodeConnection(node.address, scientist)) for node in nodes]
     except BaseException:

@@ -6,8 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
+from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.identity import Identity, load_or_create
 
 START_TIMEOUT_S = 60
@@ -85,3 +88,46 @@ class DomainProcess(NodeProcess):
     """A domain node; `home` is its owner's JUPYTER_SYFT_HOME (the owner becomes its admin)."""
 
     kind = "domain"
+
+
+def start_all(nodes: Iterable[NodeProcess]) -> None:
+    """Start nodes side by side: each start waits a second or two for the node's address."""
+    starters = [threading.Thread(target=node.start) for node in nodes]
+    for thread in starters:
+        thread.start()
+    for thread in starters:
+        thread.join()
+
+
+class Approver:
+    """Each domain's owner reviewing in a background thread, as a review widget would:
+    approves what is pending, denies (with `reason`) on the domains in `deny`, and leaves
+    the domains in `hold` alone."""
+
+    def __init__(self, admins: dict[str, AdminClient], reason: str = "not on my data") -> None:
+        self.admins = admins
+        self.reason = reason
+        self.deny: set[str] = set()
+        self.hold: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, admin in list(self.admins.items()):
+                if name in self.hold:
+                    continue
+                try:
+                    for review in admin.requests(status="pending"):
+                        if name in self.deny:
+                            review.deny(self.reason)
+                        else:
+                            review.approve()
+                except Exception:  # a node killed by a test: its owner stops reviewing
+                    if self.admins.get(name) is admin:  # unless a test replaced it since
+                        self.admins.pop(name, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

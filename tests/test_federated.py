@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nodes import DomainProcess, person
+from nodes import Approver, DomainProcess, person, start_all
 from sklearn.datasets import load_diabetes
 
 import jupyter_syft as syft
@@ -43,36 +42,6 @@ MOCK = PRIVATE["north"].copy()
 MOCK[:] = 0.0
 
 
-class Approver:
-    """Each owner approves pending plans in a background thread, as a review widget would."""
-
-    def __init__(self, admins: dict[str, AdminClient]) -> None:
-        self.admins = admins
-        self.deny: set[str] = set()
-        self.hold: set[str] = set()  # owners who do not review for now
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, admin in list(self.admins.items()):
-                if name in self.hold:
-                    continue
-                try:
-                    for review in admin.requests(status="pending"):
-                        if name in self.deny:
-                            review.deny("not on my data")
-                        else:
-                            review.approve()
-                except Exception:  # a node killed by a test
-                    self.admins.pop(name, None)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root: Path = tmp_path_factory.mktemp("federated")
@@ -81,11 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     for name in NAMES:
         home, owners[name] = person(root, f"owner-{name}")
         nodes[name] = DomainProcess(root, name, home, "--job-timeout", "30")
-    starters = [threading.Thread(target=node.start) for node in nodes.values()]
-    for thread in starters:
-        thread.start()
-    for thread in starters:
-        thread.join()
+    start_all(nodes.values())
     approver = None
     try:
         admins = {}

@@ -16,7 +16,7 @@ import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
-from nodes import DomainProcess, person
+from nodes import DomainProcess, person, start_all
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
@@ -57,11 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     nodes = {
         name: DomainProcess(root, name, person(root, f"owner-{name}")[0]) for name in HOSPITALS
     }
-    starters = [threading.Thread(target=node.start) for node in nodes.values()]
-    for thread in starters:
-        thread.start()
-    for thread in starters:
-        thread.join()
+    start_all(nodes.values())
     owners = None
     try:
         admins = {}

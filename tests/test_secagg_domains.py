@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from nodes import DomainProcess, person
+from nodes import Approver, DomainProcess, person, start_all
 from scipy import stats
 
 import jupyter_syft as syft
@@ -44,34 +43,6 @@ MOCK = pd.DataFrame({"x": np.arange(ROWS) % 8, "y": np.full(ROWS, 50.0)})
 PRIVATE = {name: private_table(i) for i, name in enumerate(ALL)}
 
 
-class Approver:
-    """Each owner reviews as a background thread: approves, or denies on the listed domains."""
-
-    def __init__(self, admins: dict[str, AdminClient]) -> None:
-        self.admins = admins
-        self.deny: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            for name, admin in list(self.admins.items()):
-                try:
-                    for review in admin.requests(status="pending"):
-                        if name in self.deny:
-                            review.deny("not for aggregation")
-                        else:
-                            review.approve()
-                except Exception:  # a node killed by a test: its owner stops reviewing
-                    if self.admins.get(name) is admin:  # unless `revive` already replaced it
-                        self.admins.pop(name, None)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root: Path = tmp_path_factory.mktemp("secagg")
@@ -80,11 +51,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     for name in ALL:
         home, owners[name] = person(root, f"owner-{name}")
         nodes[name] = DomainProcess(root, name, home, "--job-timeout", "20")
-    starters = [threading.Thread(target=node.start) for node in nodes.values()]
-    for thread in starters:
-        thread.start()
-    for thread in starters:
-        thread.join()
+    start_all(nodes.values())
     approver = None
     try:
         admins = {}
@@ -96,7 +63,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             admin.create_dataset("levels", private=levels, mock=levels.assign(level=[0]))
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
             admins[name] = admin
-        approver = Approver(dict(admins))
+        approver = Approver(dict(admins), reason="not for aggregation")
         domains = {
             name: DomainClient(NodeConnection(node.address, scientist))
             for name, node in nodes.items()
@@ -250,11 +217,7 @@ def alive(world: dict) -> list[DomainClient]:
     """All five domains, restarting (in parallel) any that an earlier test killed."""
     nodes = world["nodes"]
     dead = [name for name in ALL if nodes[name].process.poll() is not None]
-    starters = [threading.Thread(target=nodes[name].start) for name in dead]
-    for thread in starters:
-        thread.start()
-    for thread in starters:
-        thread.join()
+    start_all(nodes[name] for name in dead)
     for name in dead:
         node = nodes[name]
         assert node.process.poll() is None, f"domain {name} did not restart"

@@ -7,7 +7,7 @@ import inspect
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 FINAL_STATES = ("done", "denied", "failed")
 POLL_S = 30.0
+
+
+Item = TypeVar("Item")
 
 
 class Dataset:
@@ -67,20 +70,23 @@ class Dataset:
         )
 
 
-class DatasetMap(Mapping[str, Dataset]):
-    """`domain.datasets["name"]`; a fresh listing each time it is read from the domain."""
+class NamedMap(Mapping[str, Item]):
+    """A domain's datasets or models by name, as listed when read (a fresh listing each time
+    the domain's attribute is read); an unknown name says which names there are."""
 
-    def __init__(self, datasets: list[Dataset], domain_name: str) -> None:
-        self._by_name = {d.name: d for d in datasets}
+    kind = "item"
+
+    def __init__(self, items: list[Item], domain_name: str) -> None:
+        self._by_name = {item.name: item for item in items}  # type: ignore[attr-defined]
         self._domain_name = domain_name
 
-    def __getitem__(self, name: str) -> Dataset:
+    def __getitem__(self, name: str) -> Item:
         try:
             return self._by_name[name]
         except KeyError:
             known = ", ".join(self._by_name) or "none"
             raise KeyError(
-                f"no dataset {name!r} on domain {self._domain_name!r} (datasets: {known})"
+                f"no {self.kind} {name!r} on domain {self._domain_name!r} ({self.kind}s: {known})"
             ) from None
 
     def __iter__(self) -> Iterator[str]:
@@ -90,7 +96,13 @@ class DatasetMap(Mapping[str, Dataset]):
         return len(self._by_name)
 
     def __repr__(self) -> str:
-        return "\n".join(repr(d) for d in self._by_name.values()) or "<no datasets>"
+        return "\n".join(repr(item) for item in self._by_name.values()) or f"<no {self.kind}s>"
+
+
+class DatasetMap(NamedMap[Dataset]):
+    """`domain.datasets["name"]`."""
+
+    kind = "dataset"
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -230,9 +242,12 @@ class DomainClient:
     @property
     def models(self) -> ModelMap:
         """Models served for homomorphic inference: `domain.models["risk"].predict_encrypted(x)`."""
-        from jupyter_syft.client.models import ModelMap  # loads TenSEAL: only when asked
+        from jupyter_syft.client.models import ModelMap, RemoteModel  # TenSEAL: when asked
 
-        return ModelMap(self._connection, self.name)
+        listing = self._connection.call(m.ListModels())
+        assert isinstance(listing, m.ModelList)
+        models = [RemoteModel(self._connection, info) for info in listing.models]
+        return ModelMap(models, self.name)
 
     def request(self, function: Callable[..., Any], **inputs: Dataset | str) -> RemoteRequest:
         """Ask to run `function` on the private data of `inputs` (argument -> dataset).

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import html
 import threading
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.client.domain import NamedMap
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.crypto.he import SLOTS, HEKeys, ModelSpec, row_slots
 from jupyter_syft.domain.models import context_table
@@ -127,29 +127,7 @@ class RemoteModel:
         )
 
 
-class ModelMap(Mapping[str, RemoteModel]):
-    """`domain.models["name"]`; a fresh listing each time it is read from the domain."""
+class ModelMap(NamedMap[RemoteModel]):
+    """`domain.models["name"]`."""
 
-    def __init__(self, connection: NodeConnection, domain_name: str) -> None:
-        listing = connection.call(m.ListModels())
-        assert isinstance(listing, m.ModelList)
-        self._by_name = {info.name: RemoteModel(connection, info) for info in listing.models}
-        self._domain_name = domain_name
-
-    def __getitem__(self, name: str) -> RemoteModel:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            known = ", ".join(self._by_name) or "none"
-            raise KeyError(
-                f"no model {name!r} on domain {self._domain_name!r} (models: {known})"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._by_name)
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-    def __repr__(self) -> str:
-        return "\n".join(repr(model) for model in self._by_name.values()) or "<no models>"
+    kind = "model"

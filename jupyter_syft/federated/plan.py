@@ -25,8 +25,7 @@ def check_plan(plan: FederatedPlan, schema: dict[str, str], rows: int) -> DPTrai
     """Refuse (PlanError) a plan that cannot run as asked; return one round's DP-SGD spec, or
     None when the plan asks for no DP."""
     # Here, not at the top: owners' clients import this module for `describe_plan` only.
-    from jupyter_syft.privacy.queries import NUMERIC_TYPES
-    from jupyter_syft.privacy.training import TrainingError, check_training
+    from jupyter_syft.privacy.training import TrainingError, check_columns, check_training
 
     if not 1 <= plan.rounds <= MAX_ROUNDS:
         raise PlanError(f"rounds must be 1 to {MAX_ROUNDS}, not {plan.rounds}")
@@ -38,22 +37,10 @@ def check_plan(plan: FederatedPlan, schema: dict[str, str], rows: int) -> DPTrai
         raise PlanError(f"batch_size must be 1 to the row count ({rows})")
     if not (math.isfinite(plan.learning_rate) and plan.learning_rate > 0):
         raise PlanError(f"learning_rate must be a finite number above 0, not {plan.learning_rate}")
-    if not plan.features:
-        raise PlanError("give at least one feature column")
-    if len(set(plan.features)) != len(plan.features):
-        raise PlanError("features must not repeat")
-    if plan.label in plan.features:
-        raise PlanError(f"the label {plan.label!r} cannot also be a feature")
-    for column in [*plan.features, plan.label]:
-        if column not in schema:
-            raise PlanError(f"no column {column!r}; columns: {', '.join(schema)}")
-        if schema[column] not in NUMERIC_TYPES:
-            raise PlanError(f"column {column!r} is {schema[column]}, not numeric")
-    if plan.feature_bounds and len(plan.feature_bounds) != len(plan.features):
-        raise PlanError("give one (low, high) in feature_bounds per feature, or none")
-    for low, high in plan.feature_bounds:
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise PlanError(f"feature bounds must be finite with low < high: ({low}, {high})")
+    try:
+        check_columns(plan, schema)
+    except TrainingError as exc:
+        raise PlanError(str(exc)) from exc
     if plan.epsilon == 0 and plan.delta == 0:
         return None
     spec = round_spec(plan)

@@ -81,20 +81,7 @@ def check_training(spec: DPTraining, schema: dict[str, str], rows: int) -> None:
             f"delta must be above 0 and below 1/rows = {1 / rows:.3g}: a larger delta allows "
             "releasing whole rows"
         )
-    if not spec.features or len(spec.features) > MAX_FEATURES:
-        raise TrainingError(f"give 1 to {MAX_FEATURES} feature columns")
-    if len(set(spec.features)) != len(spec.features):
-        raise TrainingError("features must not repeat")
-    for column in [*spec.features, spec.label]:
-        if column not in schema:
-            raise TrainingError(f"no column {column!r}; columns: {', '.join(schema)}")
-        if schema[column] not in NUMERIC_TYPES:
-            raise TrainingError(f"column {column!r} is {schema[column]}, not numeric")
-    if spec.feature_bounds and len(spec.feature_bounds) != len(spec.features):
-        raise TrainingError("give one (low, high) in feature_bounds per feature, or none")
-    for low, high in spec.feature_bounds:
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise TrainingError(f"feature bounds must be finite with low < high: ({low}, {high})")
+    check_columns(spec, schema)
     if spec.loss not in LOSSES:
         raise TrainingError(f"loss must be one of {', '.join(LOSSES)}, not {spec.loss!r}")
     if not 1 <= spec.epochs <= MAX_EPOCHS:
@@ -105,6 +92,26 @@ def check_training(spec: DPTraining, schema: dict[str, str], rows: int) -> None:
         value = getattr(spec, name)
         if not (math.isfinite(value) and value > 0):
             raise TrainingError(f"{name} must be a finite number above 0, not {value!r}")
+
+
+def check_columns(spec: DPTraining | FederatedPlan, schema: dict[str, str]) -> None:
+    """Refuse (TrainingError) features or a label the table cannot give, or bad bounds."""
+    if not spec.features or len(spec.features) > MAX_FEATURES:
+        raise TrainingError(f"give 1 to {MAX_FEATURES} feature columns")
+    if len(set(spec.features)) != len(spec.features):
+        raise TrainingError("features must not repeat")
+    if spec.label in spec.features:
+        raise TrainingError(f"the label {spec.label!r} cannot also be a feature")
+    for column in [*spec.features, spec.label]:
+        if column not in schema:
+            raise TrainingError(f"no column {column!r}; columns: {', '.join(schema)}")
+        if schema[column] not in NUMERIC_TYPES:
+            raise TrainingError(f"column {column!r} is {schema[column]}, not numeric")
+    if spec.feature_bounds and len(spec.feature_bounds) != len(spec.features):
+        raise TrainingError("give one (low, high) in feature_bounds per feature, or none")
+    for low, high in spec.feature_bounds:
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise TrainingError(f"feature bounds must be finite with low < high: ({low}, {high})")
 
 
 def noise_multiplier(spec: DPTraining, rows: int) -> float:
