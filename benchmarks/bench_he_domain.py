@@ -21,6 +21,7 @@ from rich.table import Table
 from sklearn.datasets import load_diabetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from he_models import Square
 from nodes import DomainProcess, person
 
 from jupyter_syft.client.admin import AdminClient
@@ -31,11 +32,6 @@ from jupyter_syft.client.models import RemoteModel, he_keys, upload_context
 MiB = 2**20
 ONE_SAMPLE_RUNS = 30
 BATCH_RUNS = 5
-
-
-class Square(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x
 
 
 def main() -> None:

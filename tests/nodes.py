@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,13 @@ class Approver:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+def write_demo(nodes: dict[str, NodeProcess], folder: Path) -> Path:
+    """demo.json as `jupyter-syft demo --keep-running` writes it (without a network), for
+    `%syft connect demo` and `demo_domains()`; the scientist's home is root/homes/scientist."""
+    demo = folder / "demo-data" / "demo.json"
+    demo.parent.mkdir(parents=True)
+    domains = {name: node.address for name, node in nodes.items()}
+    demo.write_text(json.dumps({"domains": domains, "scientist_home": "../../homes/scientist"}))
+    return demo

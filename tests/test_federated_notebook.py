@@ -7,7 +7,6 @@ notebook sends: one per training and owner.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
-from nodes import DomainProcess, person, start_all
+from nodes import DomainProcess, person, start_all, write_demo
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
@@ -78,19 +77,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             node.kill()
 
 
-def write_demo(world: dict, folder: Path) -> Path:
-    """demo.json as `jupyter-syft demo --keep-running` writes it (without a network)."""
-    demo = folder / "demo-data" / "demo.json"
-    demo.parent.mkdir(parents=True)
-    domains = {name: node.address for name, node in world["nodes"].items()}
-    demo.write_text(json.dumps({"domains": domains, "scientist_home": "../../homes/scientist"}))
-    return demo
-
-
 @pytest.mark.timeout(300)
 def test_federated_notebook_runs_headless(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = world["root"] / "notebook"
-    monkeypatch.setenv("JUPYTER_SYFT_DEMO", str(write_demo(world, folder)))
+    monkeypatch.setenv("JUPYTER_SYFT_DEMO", str(write_demo(world["nodes"], folder)))
     monkeypatch.setenv("JUPYTER_SYFT_HOME", str(folder))  # the kernel's own identity: unused
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     try:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import tenseal as ts
 import torch
+from he_models import Square, square_mlp
 from nodes import DomainProcess, person
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
@@ -33,11 +34,6 @@ from jupyter_syft.wire import messages as m
 
 LINEAR_TOLERANCE = 1e-3  # targets 25..346 (see tests/test_crypto_he.py)
 MLP_TOLERANCE = 1e-4  # standardised outputs
-
-
-class Square(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +58,7 @@ def linear(data: tuple[np.ndarray, np.ndarray]) -> torch.nn.Linear:
 def mlp(data: tuple[np.ndarray, np.ndarray]) -> torch.nn.Sequential:
     """10 -> 8 -> 1 with square activation, trained on standardised targets."""
     x, y = data
-    y = (y - y.mean()) / y.std()
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(10, 8), Square(), torch.nn.Linear(8, 1)).double()
-    optimiser = torch.optim.Adam(net.parameters(), lr=0.03)
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)[:, None]
-    for _ in range(60):
-        optimiser.zero_grad()
-        torch.nn.functional.mse_loss(net(inputs), targets).backward()
-        optimiser.step()
-    return net
+    return square_mlp(x, y)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from kernel_client import SyftKernel
 from nbclient import NotebookClient
-from nodes import DomainProcess, person
+from nodes import DomainProcess, person, write_demo
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
@@ -490,17 +490,9 @@ def test_aggregate_sum_across_three_domains(world: dict, kernel: SyftKernel) -> 
 # ---- the demo and the example notebook ------------------------------------------------------
 
 
-def write_demo(world: dict, folder: Path) -> Path:
-    demo = folder / "demo-data" / "demo.json"
-    demo.parent.mkdir(parents=True)
-    domains = {name: node.address for name, node in world["nodes"].items()}
-    demo.write_text(json.dumps({"domains": domains, "scientist_home": "../../homes/scientist"}))
-    return demo
-
-
 def test_connect_demo_joins_its_domains_as_its_scientist(world: dict) -> None:
     folder = world["root"] / "visitor"
-    write_demo(world, folder)
+    write_demo(world["nodes"], folder)
     visitor = SyftKernel(folder, cwd=folder)  # another identity, until the demo's is taken
     try:
         stranger = visitor.execute(f"%syft connect {world['nodes']['hospital-a'].address}")
@@ -527,7 +519,7 @@ def test_missing_demo_is_a_clear_message(world: dict, kernel: SyftKernel) -> Non
 
 def test_example_notebook_runs_headless(world: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = world["root"] / "notebook"
-    monkeypatch.setenv("JUPYTER_SYFT_DEMO", str(write_demo(world, folder)))
+    monkeypatch.setenv("JUPYTER_SYFT_DEMO", str(write_demo(world["nodes"], folder)))
     monkeypatch.setenv("JUPYTER_SYFT_HOME", str(folder))
     stop = threading.Event()
 

@@ -117,23 +117,16 @@ def _svg_plot(title: str, values: list[float | None]) -> str:
     points = [(i, v) for i, v in enumerate(values) if v is not None and np.isfinite(v)]
     if not points:
         return ""
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    low, high = min(ys), max(ys)
+    low, high = min(y for _, y in points), max(y for _, y in points)
     span_y = (high - low) or 1.0
     span_x = max(len(values) - 1, 1)
     width, height = PLOT_WIDTH - 2 * MARGIN, PLOT_HEIGHT - 2 * MARGIN
-
-    def at(x: float, y: float) -> str:
-        px = MARGIN + width * x / span_x
-        py = MARGIN + height * (1 - (y - low) / span_y)
-        return f"{px:.1f},{py:.1f}"
-
-    line = " ".join(at(x, y) for x, y in zip(xs, ys, strict=True))
+    pixels = [
+        (MARGIN + width * x / span_x, MARGIN + height * (1 - (y - low) / span_y)) for x, y in points
+    ]
+    line = " ".join(f"{px:.1f},{py:.1f}" for px, py in pixels)
     dots = "".join(
-        f'<circle cx="{at(x, y).split(",")[0]}" cy="{at(x, y).split(",")[1]}" r="2.5" '
-        'fill="#2563eb"/>'
-        for x, y in zip(xs, ys, strict=True)
+        f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="#2563eb"/>' for px, py in pixels
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" '

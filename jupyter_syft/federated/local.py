@@ -37,21 +37,15 @@ def train_round(
         raise RoundError(f"{plan.function_name}() must return a torch.nn.Module")
     state = from_safetensors(weights)
     own = model.state_dict()
-    mismatched = [
+    problems = [
         f"{name}: sent {tuple(state[name].shape)}, model has {tuple(own[name].shape)}"
         for name in own
         if name in state and state[name].shape != own[name].shape
     ]
-    if mismatched or set(state) != set(own):
-        missing = sorted(set(own) - set(state))
-        extra = sorted(set(state) - set(own))
-        raise RoundError(
-            "the global weights do not fit the model: "
-            + "; ".join(
-                [*mismatched, *([f"missing {missing}"] if missing else [])]
-                + ([f"unexpected {extra}"] if extra else [])
-            )
-        )
+    problems += [f"missing {name}" for name in sorted(set(own) - set(state))]
+    problems += [f"unexpected {name}" for name in sorted(set(state) - set(own))]
+    if problems:
+        raise RoundError("the global weights do not fit the model: " + "; ".join(problems))
     model.load_state_dict(state)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
