@@ -1,4 +1,4 @@
-"""Run approved code on private data in a separate worker process.
+"""Run approved code on private data in a separate, sandboxed worker process.
 
 Each job runs in a fresh process forked from a multiprocessing "forkserver" that has already
 imported torch, numpy, pandas and pyarrow: ~10 ms per job instead of ~1 s for a new interpreter,
@@ -9,8 +9,13 @@ The job goes to the worker as msgspec bytes and the outcome comes back as msgspe
 pipe; the result itself is written as Arrow IPC files plus a msgspec manifest, each sealed as it
 is written (`jupyter_syft.crypto.seal`), so no plaintext result reaches the disk. Nothing is
 pickled.
-This isolates failures and bounds time and memory; it is not a security sandbox: the code has
-been approved by the data owner and runs with the node's permissions.
+
+The job's code is treated as hostile although an owner approved it (a reviewer can miss one
+line): with the sandbox on (the default) it runs confined by every layer of
+`jupyter_syft.domain.sandbox`, in a per-job cgroup this executor sets up and removes, so that
+it reads only its declared inputs, reaches no network, key or other job, and leaves nothing
+behind. The forkserver starts with a clean environment: a job that reads its own
+`/proc/self/environ` sees none of the node's variables.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from types import CodeType
 
 import msgspec
 
+from jupyter_syft.domain.sandbox import SandboxStatus, cgroups, confinement, probe
+from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment
 from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan
 
 PRELOAD = [
@@ -50,8 +57,16 @@ PRELOAD = [
 ]
 MANIFEST_FILE = "manifest.sealed"
 PART_FILE = "part-{}.sealed"
-MAX_OUTCOME_BYTES = 2**20
+MAX_OUTCOME_BYTES = 2**22
+MAX_LOG_BYTES = 2**20
 EXIT_GRACE_S = 5.0  # how long a worker that reported may take to exit before it is killed
+# What a job's cgroup allows beyond its memory limit: the interpreter's own pages that the job
+# process writes to after the fork (copy-on-write) and its /tmp, which lives in memory.
+CGROUP_MEMORY_MARGIN = 256 * 2**20
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox is on but a layer is missing here: no job may run."""
 
 
 class CodeError(ValueError):
@@ -88,11 +103,23 @@ class JobSpec(msgspec.Struct):
     # A federated round: the plan, and the global weights (safetensors) it starts from.
     federated: FederatedPlan | None = None
     weights_path: str = ""
+    # A declared environment: the site-packages folder of its build, put first on sys.path
+    # and shown read-only to the job ("" = the domain's own packages only).
+    environment: str = ""
 
 
 class JobOutcome(msgspec.Struct):
     ok: bool
-    error: str = ""  # one-line reason, then the remote traceback when the code raised
+    # What the scientist may see of a failure: one line with the exception type, then the
+    # frames of their own code (line numbers and source lines), never exception messages,
+    # values or the owner's paths (they could carry private data).
+    error: str = ""
+    # The whole text (messages, values, traceback): the node seals it to itself at rest and
+    # shows it to the owner, who may release it to the scientist.
+    error_full: str = ""
+    # The job's stdout and stderr, interleaved, capped at MAX_LOG_BYTES: sealed like
+    # error_full, never written to the node's log.
+    log: bytes = b""
     part_count: int = 0
     result_bytes: int = 0  # bytes of the result files written
     seconds: float = 0.0
@@ -122,15 +149,41 @@ def check_code(code: str, function_name: str) -> None:
 
 
 class Executor:
-    """Runs jobs in worker processes; run() is blocking and may be called from many threads."""
+    """Runs jobs in worker processes; run() is blocking and may be called from many threads.
 
-    def __init__(self, preload: bool = True) -> None:
+    `sandbox="on"` (the default) confines every job; a machine without every layer raises
+    SandboxUnavailable naming what is missing. `data_dir` is the node's (checked to lie outside
+    everything a job may read). `scratch_mb` caps a job's /tmp, `max_processes` its processes.
+    """
+
+    def __init__(
+        self,
+        preload: bool = True,
+        sandbox: str = "on",
+        data_dir: str | None = None,
+        scratch_mb: int = 256,
+        max_processes: int = 64,
+        cpus: float | None = None,
+    ) -> None:
         from jupyter_syft.domain import worker  # not at the top: worker imports this module
 
+        self.sandbox: SandboxStatus = probe("on" if sandbox == "on" else "off")
+        if self.sandbox.missing:
+            raise SandboxUnavailable(
+                "the job sandbox is missing "
+                + "; ".join(self.sandbox.missing)
+                + " (start the node with --sandbox off to run jobs unconfined, at your risk)"
+            )
+        self._confinement: Confinement | None = None
+        if self.sandbox.mode == "on":
+            self._confinement = confinement(
+                data_dir or "/nonexistent", scratch_mb, max_processes, cpus or os.cpu_count() or 1
+            )
         self._worker = worker
         self._context = multiprocessing.get_context("forkserver")
         if preload:
             self._context.set_forkserver_preload(PRELOAD)
+        _start_forkserver_with_clean_environment()
         # multiprocessing reads a finished process's exit status in Process.start() (for all
         # processes) and in join(); two threads reading it at once can misreport it, so both
         # happen under this lock. Waiting for a process happens outside it.
@@ -143,10 +196,15 @@ class Executor:
     def warm(self) -> None:
         """Start the forkserver and its imports (~4 s) now, so the first job is fast."""
         with self._warming:
-            process = self._start(self._worker.warm_up, ())
+            process = self._start(self._worker.warm_up, (self._confinement,))
             if process is None:
                 raise RuntimeError("the executor is closed")
-            self._reap(process, None)
+            code = self._reap(process, None)
+            if code != 0:
+                raise SandboxUnavailable(
+                    "the job sandbox could not be applied on this machine (see the node's "
+                    "output above); start the node with --sandbox off to run jobs unconfined"
+                )
             self._add_spare()
 
     def run(self, job: JobSpec) -> JobOutcome:
@@ -198,6 +256,14 @@ class Executor:
         if spare is None:
             return JobOutcome(ok=False, error="the executor is closed")
         process, conn = spare
+        if self._confinement is not None:
+            assert process.pid is not None
+            cgroups.limit(
+                self._worker.cgroup_name(process.pid),
+                memory=job.memory_bytes + CGROUP_MEMORY_MARGIN,
+                processes=self._confinement.max_processes,
+                cpus=self._confinement.cpus,
+            )
         with conn:
             try:
                 conn.send_bytes(msgspec.msgpack.encode(job))
@@ -227,7 +293,7 @@ class Executor:
         """A worker process waiting for its job on a pipe, or None once closed."""
         ours, theirs = self._context.Pipe(duplex=True)
         try:
-            process = self._start(self._worker.main, (theirs,))
+            process = self._start(self._worker.main, (theirs, self._confinement))
         finally:
             theirs.close()
         if process is None:
@@ -276,6 +342,9 @@ class Executor:
             with self._lock:
                 _kill(process)
             wait([process.sentinel])
+        if self._confinement is not None:
+            assert process.pid is not None  # every job process left behind goes here
+            cgroups.kill_and_remove(self._worker.cgroup_name(process.pid))
         with self._lock:
             process.join()
             self._running.discard(process)
@@ -286,18 +355,39 @@ class Executor:
     def _crash_message(self, code: int) -> str:
         if self._closed:
             return "the executor was closed while the job was running"
-        if code >= 0:
-            return f"worker crashed (exit code {code})"
-        if -code == signal.SIGKILL:
-            return (
-                "worker was killed (signal 9 SIGKILL), most likely by the system's "
-                "out-of-memory killer"
-            )
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:  # real-time signals have no name
-            name = "unnamed"
-        return f"worker crashed (signal {-code} {name})"
+        return crash_message(code)
+
+
+def crash_message(code: int) -> str:
+    """What a worker's exit code says about how it ended."""
+    if code >= 0:
+        return f"worker crashed (exit code {code})"
+    if -code == signal.SIGKILL:
+        return (
+            "worker was killed (signal 9 SIGKILL), most likely for using more memory than "
+            "the job may"
+        )
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:  # real-time signals have no name
+        name = "unnamed"
+    return f"worker crashed (signal {-code} {name})"
+
+
+def _start_forkserver_with_clean_environment() -> None:
+    """Start the forkserver (once per process) with only the job environment's variables: a
+    process's initial environment stays readable in /proc/self/environ however it changes
+    os.environ later, and every worker is forked from the forkserver."""
+    from multiprocessing import forkserver
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(clean_environment())
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _kill(process: BaseProcess) -> None:

@@ -1,9 +1,19 @@
-"""The job process: load the inputs, run the approved function, write the result.
+"""The job processes: a trusted keeper, and the sandboxed job it starts.
 
-Runs in a process forked from the executor's forkserver. Everything it reports goes back as a
-msgspec-encoded JobOutcome; the result goes to Arrow IPC files plus a msgspec manifest, each
-sealed to its recipient as it is written (`jupyter_syft.crypto.seal`): no plaintext result ever
-reaches the disk.
+Each worker is forked from the executor's forkserver (torch and the rest already imported) as a
+spare, before any job is known, and splits in two right away:
+
+- the **keeper** (this process, the node's uid) talks to the executor, hands the job over,
+  seals every piece of the result to its recipient as the job streams it
+  (`jupyter_syft.crypto.seal`: no plaintext result reaches the disk), caps the job's
+  stdout/stderr and reports a JobOutcome;
+- the **job** (a child, first process of a new PID namespace) confines itself
+  (`jupyter_syft.domain.sandbox.confine`), opens its declared inputs, gives up the rest of its
+  authority, runs the approved code and streams the result back over a socket pair: it cannot
+  write anything of the node's, so a hostile job can only lie about its own result.
+
+Threat model: the job's code is hostile; the keeper believes nothing it sends (framed, with
+sizes capped before anything is allocated) and never runs its code. Nothing is pickled.
 
 A forked process inherits its parent's random state: without a reseed every job would draw the
 same "random" numbers from torch and numpy (Python's `random` reseeds itself after a fork).
@@ -13,15 +23,20 @@ job reseeds both from the operating system first.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import linecache
+import mmap
 import os
 import resource
+import signal
+import socket
+import struct
 import sys
+import threading
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 import numpy as np
@@ -30,16 +45,20 @@ import pyarrow as pa
 from jupyter_syft.crypto.seal import ResultSeal, SealingWriter, x25519_public_key
 from jupyter_syft.domain.executor import (
     MANIFEST_FILE,
+    MAX_LOG_BYTES,
     PART_FILE,
     CodeError,
     JobOutcome,
     JobSpec,
     compile_code,
+    crash_message,
 )
+from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces
+from jupyter_syft.domain.sandbox.confine import Confinement
 from jupyter_syft.wire.messages import DPQuery
 from jupyter_syft.wire.values import (
+    UnsupportedValueError,
     encode_result,
-    read_ipc_file,
     result_nbytes,
     table_kind,
     table_to_data,
@@ -48,55 +67,316 @@ from jupyter_syft.wire.values import (
 MAX_ERROR_CHARS = 32_000
 M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2
+# Frames from the job to its keeper: one type byte, a 4-byte length, the payload.
+_PART, _END_OF_PART, _REPORT, _JOB = b"P", b"E", b"R", b"J"
+_HEADER = struct.Struct("!cI")
+MAX_CHUNK = 8 * 2**20
+MAX_REPORT = 2**22
 
 
 class JobError(Exception):
-    """A job failure, with the message the data scientist will see."""
+    """A job failure: what the scientist may see, and the whole text for the owner."""
+
+    def __init__(self, public: str, full: str | None = None) -> None:
+        super().__init__(public)
+        self.public = public
+        self.full = public if full is None else full
 
 
-def warm_up() -> None:
-    """Target of the executor's first process: starting it is the whole point."""
+class JobReport(msgspec.Struct):
+    """The job's last frame: how it ended, and the result's manifest."""
+
+    ok: bool
+    error: str = ""
+    error_full: str = ""
+    manifest: bytes = b""
 
 
-def main(conn: Connection) -> None:
-    """Entry point of a job process: wait for one job, run it, report the outcome, exit at once.
+def cgroup_name(worker_pid: int) -> str:
+    return f"worker-{worker_pid}"
 
-    The executor starts this process before a job arrives (a spare), so forking is off the
-    request path; each job still gets a process of its own.
+
+def warm_up(confinement: Confinement | None) -> None:
+    """Target of the executor's first process: import everything, and when the sandbox is on,
+    apply every layer once in a throwaway job so a broken layer shows before the first job."""
+    if confinement is None:
+        return
+    ours, theirs = socket.socketpair()
+    name = cgroup_name(os.getpid())
+    cgroups.join(name)
+    namespaces.unshare(namespaces.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        status = 0
+        try:
+            uid = JOB_UID_BASE + os.getppid() if os.getppid() else JOB_UID_BASE
+            confine.prepare(confinement, uid)
+            confine.enter(confinement, uid, [], [theirs.fileno()])
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                theirs.sendall(f"{type(e).__name__}: {e}".encode()[:4000])
+            status = 1
+        os._exit(status)
+    theirs.close()
+    message = ours.recv(4096).decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise SystemExit(f"the sandbox could not be applied: {message or status}")
+
+
+def main(conn: Connection, confinement: Confinement | None) -> None:
+    """Entry point of a worker: start the job process, wait for one job, keep it, exit.
+
+    The executor starts this process before a job arrives (a spare), so forking and the job's
+    namespaces are off the request path.
     """
-    os.setsid()  # own process group, so a timeout also kills anything the code started
+    os.setsid()  # own process group: the executor kills the group on a timeout
+    keeper_end, job_end = socket.socketpair()
+    log_read, log_write = os.pipe()
+    # Threads first: after unshare(CLONE_NEWPID) this process can start no more of them.
+    log = bytearray()
+    reader = threading.Thread(target=_collect_log, args=(log_read, log), daemon=True)
+    reader.start()
+    if confinement is not None:
+        cgroups.join(cgroup_name(os.getpid()))  # the job process and all it starts follow
+        namespaces.unshare(namespaces.CLONE_NEWPID)
+    keeper_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the job process
+        conn.close()
+        keeper_end.close()
+        os.close(log_read)
+        _job_process(job_end, log_write, confinement, JOB_UID_BASE + keeper_pid)
+    job_end.close()
+    os.close(log_write)
     try:
         job_bytes = conn.recv_bytes()
     except (EOFError, OSError):  # the executor closed without a job for us
+        os.kill(pid, signal.SIGKILL)
         os._exit(0)
-    outcome = run_job(msgspec.msgpack.decode(job_bytes, type=JobSpec))
+    job = msgspec.msgpack.decode(job_bytes, type=JobSpec)
+    outcome = _keep(job, pid, keeper_end, reader, log)
     conn.send_bytes(msgspec.msgpack.encode(outcome))
     conn.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # don't wait for threads the code may have left running
+    os._exit(0)
 
 
-def run_job(job: JobSpec) -> JobOutcome:
+# ---- the keeper ---------------------------------------------------------------------------
+
+
+def _keep(
+    job: JobSpec, pid: int, sock: socket.socket, reader: threading.Thread, log: bytearray
+) -> JobOutcome:
+    """Hand the job over, seal what comes back, collect the log and the job's exit status."""
     try:
-        import torch
+        job_bytes = msgspec.msgpack.encode(job)
+        sock.sendall(_HEADER.pack(_JOB, len(job_bytes)) + job_bytes)
+        outcome = _receive_result(job, sock)
+    except (OSError, ValueError) as e:
+        outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
+    finally:
+        sock.close()
+    if outcome.error == _NO_REPORT:
+        _, status = os.waitpid(pid, 0)
+        outcome.error = crash_message(os.waitstatus_to_exitcode(status))
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the report was its last word
+        os.waitpid(pid, 0)
+    reader.join(1.0)
+    outcome.log = bytes(log[:MAX_LOG_BYTES])
+    if not outcome.ok and not outcome.error_full:
+        outcome.error_full = outcome.error
+    return outcome
 
-        torch.seed()  # from the OS: see the module notes
-        np.random.seed()
-        cuda = torch.cuda.is_available()
-        if not cuda:
-            _limit_memory(job.memory_bytes)
-        if job.federated is not None:
-            return _write_result(job, _run_federated_round(job))
-        if job.privacy is not None:
-            return _write_result(job, _run_private(job))
-        inputs = _load_inputs(job, cuda)
-        value = _call(job, inputs)
-        return _write_result(job, value)
-    except JobError as e:
-        return JobOutcome(ok=False, error=_truncate(str(e)))
-    except Exception as e:
-        return JobOutcome(ok=False, error=_failure(job, "internal error in the worker", e))
+
+_NO_REPORT = "\0no report"
+
+
+def _receive_result(job: JobSpec, sock: socket.socket) -> JobOutcome:
+    """Read the job's frames; write each part sealed. The job is not trusted: every size is
+    checked before it is read, and a result over the limit stops the job."""
+    recipient = x25519_public_key(job.seal_to)
+    contexts = ResultSeal(job.request_id, job.domain_peer_id, job.requester)
+    cap = int(job.max_result_bytes * 1.05) + 2**20  # Arrow's framing on top of the data
+    reader = sock.makefile("rb")
+    received = 0
+    written = 0
+    part: tuple[BinaryIO, SealingWriter] | None = None
+    count = 0
+    while True:
+        header = reader.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return JobOutcome(ok=False, error=_NO_REPORT)
+        kind, size = _HEADER.unpack(header)
+        if kind == _PART:
+            received += size
+            if size > MAX_CHUNK or received > cap:
+                return JobOutcome(ok=False, error=_over_limit(received, job.max_result_bytes))
+            if part is None:
+                path = os.path.join(job.output_dir, PART_FILE.format(count))
+                file = open(path + ".tmp", "wb")  # noqa: SIM115 - closed at _END_OF_PART
+                part = (file, SealingWriter(file, recipient, contexts.part(count)))
+            part[1].write(_read_exactly(reader, size))
+        elif kind == _END_OF_PART:
+            if part is None:
+                return JobOutcome(ok=False, error="the job sent an empty result part")
+            written += _finish(part, os.path.join(job.output_dir, PART_FILE.format(count)))
+            part, count = None, count + 1
+        elif kind == _REPORT and size <= MAX_REPORT:
+            report = msgspec.msgpack.decode(_read_exactly(reader, size), type=JobReport)
+            if not report.ok:
+                return JobOutcome(ok=False, error=report.error, error_full=report.error_full)
+            path = os.path.join(job.output_dir, MANIFEST_FILE)
+            # The manifest goes last: once it exists, the result is complete.
+            with open(path + ".tmp", "wb") as file:
+                sink = SealingWriter(file, recipient, contexts.manifest())
+                sink.write(report.manifest)
+                written += _finish((file, sink), path)
+            return JobOutcome(ok=True, part_count=count, result_bytes=written)
+        else:
+            return JobOutcome(ok=False, error="the job sent a malformed frame")
+
+
+def _finish(part: tuple[BinaryIO, SealingWriter], path: str) -> int:
+    """Flush a sealed file to disk and rename it into place: no reader sees a partial file,
+    even after a crash (a failed job's leftovers are removed by the executor)."""
+    file, sink = part
+    sink.close()
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(path + ".tmp", path)
+    return sink.sealed_bytes
+
+
+def _read_exactly(reader: BinaryIO, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) != size:
+        raise ValueError("the job ended in the middle of a frame")
+    return data
+
+
+def _over_limit(size: int, limit: int) -> str:
+    return f"the result is over {_mib(size)} MiB, past the limit of {_mib(limit)} MiB"
+
+
+def _collect_log(fd: int, log: bytearray) -> None:
+    """Keep the first MAX_LOG_BYTES of the job's output and drain the rest (so a chatty job
+    does not block on a full pipe)."""
+    with open(fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            if len(log) < MAX_LOG_BYTES:
+                log += chunk[: MAX_LOG_BYTES - len(log)]
+
+
+# ---- the job process ----------------------------------------------------------------------
+
+
+def _job_process(
+    sock: socket.socket, log_write: int, confinement: Confinement | None, uid: int
+) -> None:
+    """Confine, wait for the job, run it, stream the result; never returns."""
+    status = 0
+    try:
+        setup_error = ""
+        if confinement is not None:
+            try:
+                confine.prepare(confinement, uid)
+            except OSError as e:
+                setup_error = f"the sandbox could not be set up: {e}"
+        job = _receive_job(sock)
+        try:
+            if setup_error:
+                raise JobError(setup_error)
+            report = _run(job, sock, log_write, confinement, uid)
+        except JobError as e:
+            report = JobReport(ok=False, error=_truncate(e.public), error_full=_truncate(e.full))
+        except BaseException as e:
+            public, full = _failure(job, "internal error in the worker", e)
+            report = JobReport(ok=False, error=public, error_full=full)
+        _send(sock, _REPORT, msgspec.msgpack.encode(report))
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+    except BaseException:
+        status = 70
+    os._exit(status)  # don't wait for threads the code may have left running
+
+
+def _receive_job(sock: socket.socket) -> JobSpec:
+    reader = sock.makefile("rb")
+    kind, size = _HEADER.unpack(reader.read(_HEADER.size))
+    if kind != _JOB:
+        raise ValueError("expected a job")
+    return msgspec.msgpack.decode(reader.read(size), type=JobSpec)
+
+
+def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None:
+    sock.sendall(_HEADER.pack(kind, len(payload)))
+    sock.sendall(payload)
+
+
+def _run(
+    job: JobSpec,
+    sock: socket.socket,
+    log_write: int,
+    confinement: Confinement | None,
+    uid: int,
+) -> JobReport:
+    prefix = namespaces.OLD_ROOT if confinement is not None else ""
+    inputs = {
+        name: _open(job, f"input {name!r}", prefix + spec.path) for name, spec in job.inputs.items()
+    }
+    weights = (
+        _open(job, "the round's weights", prefix + job.weights_path) if job.weights_path else None
+    )
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_write, 1)
+    os.dup2(log_write, 2)
+    os.close(null)
+    os.close(log_write)
+    keep = [sock.fileno(), *inputs.values(), *([weights] if weights is not None else [])]
+    if confinement is not None:
+        extra = [job.environment] if job.environment else []
+        try:
+            confine.enter(confinement, uid, extra, keep)
+        except OSError as e:
+            raise JobError(f"the sandbox could not be entered: {e}") from e
+    if job.environment:
+        sys.path.insert(0, job.environment)
+    import torch
+
+    torch.seed()  # from the OS: see the module notes
+    np.random.seed()
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        _limit_memory(job.memory_bytes)
+    if job.federated is not None:
+        value = _run_federated_round(job, inputs, weights)
+    elif job.privacy is not None:
+        value = _run_private(job, inputs)
+    else:
+        value = _call(job, _load_inputs(job, inputs, cuda))
+    return _stream_result(job, value, sock)
+
+
+def _open(job: JobSpec, what: str, path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise JobError(
+            f"could not load {what}: {type(e).__name__}",
+            f"could not load {what}: {type(e).__name__}: {e.strerror} ({job.request_id})",
+        ) from e
+
+
+def _read_table(fd: int) -> pa.Table:
+    """An Arrow IPC file through a private copy-on-write mapping (see values.read_ipc_file)."""
+    mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    return pa.ipc.open_file(pa.py_buffer(mapping)).read_all()
 
 
 def _limit_memory(memory_bytes: int) -> None:
@@ -108,7 +388,9 @@ def _limit_memory(memory_bytes: int) -> None:
     - Arrow uses the system allocator here, as mimalloc reserves 1 GiB up front;
     - glibc gets at most MALLOC_ARENAS arenas, as each reserves 64 MiB (and glibc allows 8 per
       core), so that threads started by torch or Arrow do not eat the budget.
-    Not used with CUDA, which reserves huge address ranges and fails under RLIMIT_AS.
+    Not used with CUDA, which reserves huge address ranges and fails under RLIMIT_AS. The job's
+    cgroup bounds all its processes together (sandbox.cgroups); this gives one process a clean
+    MemoryError instead of the kernel's kill.
     """
     try:
         with open("/proc/self/statm") as statm:
@@ -126,17 +408,22 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # the code cannot raise it again
 
 
-def _load_inputs(job: JobSpec, cuda: bool) -> dict[str, Any]:
+def _load_inputs(job: JobSpec, fds: dict[str, int], cuda: bool) -> dict[str, Any]:
     inputs = {}
     for name, spec in job.inputs.items():
         try:
-            table = read_ipc_file(spec.path)
+            table = _read_table(fds[name])
             if table_kind(table.schema) != spec.kind:
-                raise ValueError(f"expected a {spec.kind}, found a {table_kind(table.schema)}")
+                raise JobError(
+                    f"could not load input {name!r}: expected a {spec.kind}, "
+                    f"found a {table_kind(table.schema)}"
+                )
             device = "cuda" if cuda and spec.kind == "tensor" else None
             inputs[name] = table_to_data(table, device)
+        except JobError:
+            raise
         except Exception as e:
-            raise JobError(_failure(job, f"could not load input {name!r}", e)) from e
+            raise JobError(*_failure(job, f"could not load input {name!r}", e)) from e
     return inputs
 
 
@@ -154,7 +441,7 @@ def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
         exec(code, namespace)
         return namespace[job.function_name](**inputs)
     except BaseException as e:  # the job's process ends anyway: report even SystemExit
-        raise JobError(_failure(job, "the code raised an error", e, filename)) from e
+        raise JobError(*_failure(job, "the code raised an error", e, filename)) from e
 
 
 def _filename(job: JobSpec) -> str:
@@ -162,124 +449,166 @@ def _filename(job: JobSpec) -> str:
     return f"<request {job.request_id}>"
 
 
-def _run_private(job: JobSpec) -> Any:
+def _run_private(job: JobSpec, fds: dict[str, int]) -> Any:
     """A DP query or DP training: privacy code decides what leaves, never the job's own code."""
     from jupyter_syft.privacy.queries import run_query
     from jupyter_syft.privacy.training import train
 
-    [spec] = job.inputs.values()
+    [fd] = fds.values()
     try:
-        table = read_ipc_file(spec.path)
+        table = _read_table(fd)
     except Exception as e:
-        raise JobError(_failure(job, "could not load the dataset", e)) from e
+        raise JobError(*_failure(job, "could not load the dataset", e)) from e
     if isinstance(job.privacy, DPQuery):
         try:
             return run_query(job.privacy, table)
         except Exception as e:
-            raise JobError(_failure(job, "the DP query failed", e)) from e
+            raise JobError(*_failure(job, "the DP query failed", e)) from e
     model = _call(job, {})
     try:
         return train(job.privacy, table, model)
     except Exception as e:
-        raise JobError(_failure(job, "DP training failed", e)) from e
+        raise JobError(*_failure(job, "DP training failed", e, _filename(job))) from e
 
 
-def _run_federated_round(job: JobSpec) -> Any:
+def _run_federated_round(job: JobSpec, fds: dict[str, int], weights_fd: int | None) -> Any:
     """Local training for one federated round: the plan's code builds the model, the plan's
     settings train it; the update vector is the result."""
     from jupyter_syft.federated.local import train_round
 
-    assert job.federated is not None
-    [spec] = job.inputs.values()
+    assert job.federated is not None and weights_fd is not None
+    [fd] = fds.values()
     try:
-        table = read_ipc_file(spec.path)
-        with open(job.weights_path, "rb") as file:
+        table = _read_table(fd)
+        with open(weights_fd, "rb") as file:
             weights = file.read()
     except Exception as e:
-        raise JobError(_failure(job, "could not load the round's inputs", e)) from e
+        raise JobError(*_failure(job, "could not load the round's inputs", e)) from e
     model = _call(job, {})
     try:
         return train_round(job.federated, table, model, weights, job.privacy)
     except Exception as e:
-        raise JobError(_failure(job, "local training failed", e, _filename(job))) from e
+        raise JobError(*_failure(job, "local training failed", e, _filename(job))) from e
 
 
-def _write_result(job: JobSpec, value: Any) -> JobOutcome:
+def _stream_result(job: JobSpec, value: Any, sock: socket.socket) -> JobReport:
     try:
         manifest, tables = encode_result(value)
+    except UnsupportedValueError as e:
+        public = _without_cause(e)
+        raise JobError(
+            f"the result cannot be sent back: {public}", f"the result cannot be sent back: {e}"
+        ) from e
     except (TypeError, ValueError) as e:
-        raise JobError(f"the result cannot be sent back: {e}") from e
+        raise JobError(*_failure(job, "the result cannot be sent back", e)) from e
     except Exception as e:
-        raise JobError(_failure(job, "could not encode the result", e)) from e
+        raise JobError(*_failure(job, "could not encode the result", e)) from e
     size = result_nbytes(tables)
     if size > job.max_result_bytes:
         raise JobError(
             f"the result is {_mib(size)} MiB, over the limit of {_mib(job.max_result_bytes)} MiB"
         )
-    contexts = ResultSeal(job.request_id, job.domain_peer_id, job.requester)
-    try:
-        recipient = x25519_public_key(job.seal_to)
-        written = 0
-        for i, table in enumerate(tables):
-            path = os.path.join(job.output_dir, PART_FILE.format(i))
-            written += _write_sealed(path, recipient, contexts.part(i), _ipc_writer(table))
-        # The manifest goes last: once it exists, the result is complete.
-        path = os.path.join(job.output_dir, MANIFEST_FILE)
-        written += _write_sealed(path, recipient, contexts.manifest(), lambda f: f.write(manifest))
-    except Exception as e:
-        raise JobError(_failure(job, "could not write the result", e)) from e
-    return JobOutcome(ok=True, part_count=len(tables), result_bytes=written)
-
-
-def _ipc_writer(table: pa.Table) -> Callable[[SealingWriter], None]:
-    def write(sink: SealingWriter) -> None:
+    for table in tables:
+        sink = _FrameSink(sock)
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-
-    return write
-
-
-def _write_sealed(
-    path: str, recipient: bytes, context: bytes, write: Callable[[SealingWriter], object]
-) -> int:
-    """Seal what `write` writes into `path`; returns the file's size.
-
-    Written next to its destination, flushed to disk and renamed into place, so a reader never
-    sees a partial file, even after a crash (a failed job's leftovers are removed by the
-    executor).
-    """
-    with open(path + ".tmp", "wb") as file:
-        sink = SealingWriter(file, recipient, context)
-        write(sink)
-        sink.close()
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(path + ".tmp", path)
-    return sink.sealed_bytes
+        sink.flush()
+        _send(sock, _END_OF_PART, b"")
+    return JobReport(ok=True, manifest=manifest)
 
 
-def _failure(job: JobSpec, what: str, error: BaseException, filename: str | None = None) -> str:
-    """One line saying what went wrong; for an error in the user's code (`filename`), then the
-    traceback from the user's code on.
+class _FrameSink:
+    """A file-like object for Arrow's writer that sends what it writes as part frames."""
 
-    Running out of memory shows as MemoryError (Python, numpy, pyarrow) or as torch's
-    RuntimeError "can't allocate memory"; both become one clear message.
+    closed = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        if len(self._buffer) + len(view) < 2**20:
+            self._buffer += view
+        else:
+            self.flush()
+            for start in range(0, len(view), MAX_CHUNK):
+                _send(self._sock, _PART, view[start : start + MAX_CHUNK])
+        return len(view)
+
+    def flush(self) -> None:
+        if self._buffer:
+            _send(self._sock, _PART, self._buffer)
+            self._buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+
+def _failure(
+    job: JobSpec, what: str, error: BaseException, filename: str | None = None
+) -> tuple[str, str]:
+    """(what the scientist may see, the whole text for the owner).
+
+    The scientist's text names the exception's type and shows the frames of their own code by
+    line number and the line of the source they sent, never the exception's message, values, the
+    owner's paths or names the code made at run time: an approved job could raise the private
+    rows as its message (the attack this stops). Running out of memory shows as MemoryError
+    (Python, numpy, pyarrow) or as torch's RuntimeError "can't allocate memory"; both become
+    one clear message, as does a job that the sandbox stopped.
     """
     try:
         message = str(error)
     except Exception:  # the code's own exception class may fail here too
         message = "(the error message could not be shown)"
+    type_name = _public_type_name(error)
     if isinstance(error, MemoryError) or "can't allocate memory" in message:
-        headline = f"ran out of memory (limit {_mib(job.memory_bytes)} MiB)"
+        public = full = f"ran out of memory (limit {_mib(job.memory_bytes)} MiB)"
     else:
-        headline = f"{what}: {type(error).__name__}: {message}".splitlines()[0]
+        public = f"{what}: {type_name}"
+        full = f"{what}: {type(error).__name__}: {message}".splitlines()[0]
     if filename is None:
-        return headline
+        return public, full
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next  # skip the worker's own frames
     lines = traceback.format_exception(type(error), error, tb)
-    return headline + "\n" + "".join(lines).rstrip()
+    full = full + "\n" + "".join(lines).rstrip()
+    source = job.code.splitlines()
+    frames = [
+        f"  line {frame.lineno}: {source[frame.lineno - 1].strip()}"
+        for frame in traceback.extract_tb(tb)
+        if frame.filename == filename and frame.lineno and 0 < frame.lineno <= len(source)
+    ]
+    if frames:
+        public += "\nin your code (the message is for the owner to release):\n" + "\n".join(frames)
+    return public, full
+
+
+def _public_type_name(error: BaseException) -> str:
+    """The exception's type when Python or a library defines it; a class the job's code made
+    (even one claiming another module) could carry data in its name."""
+    kind = type(error)
+    found: object = sys.modules.get(kind.__module__)
+    for part in kind.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is not kind or kind.__module__ == "__main__":
+        return "an exception class of your code"
+    return (
+        kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _without_cause(error: BaseException) -> str:
+    """Our own message about an unsupported result, without the library error it wraps (which
+    may quote values)."""
+    text = str(error)
+    if error.__cause__ is None:
+        return text
+    cause = str(error.__cause__)
+    if cause and text.endswith(cause):
+        text = text[: -len(cause)].rstrip(": ")
+    return f"{text} ({type(error.__cause__).__name__})"
 
 
 def _truncate(text: str) -> str:

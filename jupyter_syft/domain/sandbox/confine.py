@@ -1,0 +1,153 @@
+"""The order in which a job process gives up its authority, and what it keeps.
+
+A job process starts as a copy of the executor's forkserver: root (where the node is), in the
+node's namespaces. `prepare()` runs before any job is known (a spare, off the request path);
+`enter()` runs once the job has arrived and its inputs are open, and is the last thing before
+the job's code. After `enter()` the process has:
+
+- a new PID, mount, network, IPC and UTS namespace (namespaces.py), and its own root with only
+  read-only system and Python folders, `/proc`, a few devices and a capped `/tmp`;
+- an unprivileged uid and gid of its own (no supplementary groups, no capabilities, an empty
+  capability bounding set), `no_new_privs` set;
+- Landlock (landlock.py) over that view: read-only folders, `/tmp` writable, no TCP, no
+  abstract unix sockets or signals outside, no ptrace;
+- the seccomp filter (syscalls.py): no sockets, no ptrace, no new namespaces or mounts;
+- per-process limits (files of at most `max_file_bytes`, no core dumps, CPU seconds, and, per
+  uid, `max_processes` processes), under the executor's per-job cgroup;
+- a clean environment (ENVIRONMENT below), `/tmp` as its home and working folder, and only the
+  file descriptors it was given.
+Each step needs the one before (mounts need root; Landlock and seccomp need no_new_privs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import sys
+from dataclasses import dataclass
+
+from jupyter_syft.domain.sandbox import landlock, namespaces, syscalls
+
+DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+SYSTEM_FOLDERS = ["/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc", "/sys/devices/system/cpu"]
+ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "USER": "job",
+    "LOGNAME": "job",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MPLCONFIGDIR": "/tmp/.matplotlib",
+}
+KEPT_VARIABLES = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "KERAS_BACKEND")
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAPBSET_DROP = 24
+_PR_SET_DUMPABLE = 4
+_LAST_CAP = 63
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a job may see and use: chosen by the node, the same for every job but its uid."""
+
+    mountpoint: str  # an empty folder of the node's, where each job's root tmpfs is mounted
+    read_only: tuple[str, ...]  # folders and files of the node's shown read-only
+    scratch_bytes: int = 256 * 2**20  # size of the job's /tmp
+    max_processes: int = 64
+    max_file_bytes: int = 2**30
+    cpus: float = 2.0
+
+
+def prepare(confinement: Confinement, uid: int) -> None:
+    """The job-independent part, as root: namespaces and the new root. Call in a process that
+    is already the first of a new PID namespace."""
+    namespaces.unshare(
+        namespaces.CLONE_NEWNS
+        | namespaces.CLONE_NEWNET
+        | namespaces.CLONE_NEWIPC
+        | namespaces.CLONE_NEWUTS
+    )
+    devices = [*DEVICES, *_gpu_devices()]
+    read_only = [*SYSTEM_FOLDERS, *confinement.read_only]
+    namespaces.enter_view(
+        confinement.mountpoint, read_only, devices, (confinement.scratch_bytes, uid, uid)
+    )
+
+
+def enter(
+    confinement: Confinement, uid: int, extra_read_only: list[str], keep_fds: list[int]
+) -> None:
+    """The point of no return: after this, the process is the job's."""
+    for path in extra_read_only:
+        namespaces.bind_from_old_root(path)
+    namespaces.leave_old_root()
+    for fd in _open_fds():
+        if fd > 2 and fd not in keep_fds:
+            with contextlib.suppress(OSError):  # the folder listing's own descriptor
+                os.close(fd)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (confinement.max_file_bytes,) * 2)
+    resource.setrlimit(resource.RLIMIT_NPROC, (confinement.max_processes,) * 2)
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(_LAST_CAP + 1):
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the kernel's last cap
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # clears every capability
+    libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "could not set no_new_privs")
+    rules = [(path, landlock.READ_ONLY) for path in [*SYSTEM_FOLDERS, *confinement.read_only]]
+    rules += [(path, landlock.READ_ONLY) for path in extra_read_only]
+    rules += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", landlock.READ_WRITE)]
+    rules += [(device, landlock.DEVICE) for device in [*DEVICES, *_gpu_devices()]]
+    landlock.restrict_self((path, rights) for path, rights in rules if os.path.lexists(path))
+    syscalls.load_filter()
+    environment = clean_environment()
+    os.environ.clear()
+    os.environ.update(environment)
+    os.chdir("/tmp")
+
+
+def clean_environment() -> dict[str, str]:
+    """The job's environment: the allow-list, plus a few settings of the node's that are about
+    hardware, not authority."""
+    kept = {name: os.environ[name] for name in KEPT_VARIABLES if name in os.environ}
+    return {**ENVIRONMENT, **kept}
+
+
+def python_folders() -> list[str]:
+    """The folders the job's Python needs, read-only: the interpreter's, the environment's and
+    this package's. Never the node's working folder or an editable install's whole checkout
+    (either may hold data dirs): other entries of sys.path count only if they are package
+    folders (site-packages, dist-packages)."""
+    import jupyter_syft
+
+    package = os.path.dirname(os.path.abspath(jupyter_syft.__file__))
+    folders = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    folders.add(package)
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else ""
+        if os.path.basename(real) not in ("site-packages", "dist-packages"):
+            continue
+        if os.path.isdir(real) and not any(real.startswith(f + os.sep) for f in folders):
+            folders.add(real)
+    return sorted(folders)
+
+
+def _gpu_devices() -> list[str]:
+    try:
+        names = os.listdir("/dev")
+    except OSError:
+        return []
+    return sorted(f"/dev/{n}" for n in names if n.startswith("nvidia"))
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
