@@ -23,7 +23,9 @@ $(CHROMIUM):
 # multi-GB CUDA build (see TOOLCHAIN.md). The project's own range accepts it.
 # The install builds the JupyterLab extension (npm run build:prod, via hatch-jupyter-builder)
 # and installs it with the kernelspec and the server extension's config.
+# The job sandbox's seccomp filter needs the system's libseccomp (Debian's libseccomp2).
 $(STAMP): pyproject.toml kernels/syft/kernel.json $(NODE_STAMP) $(LAB_SOURCES)
+	ldconfig -p | grep -q libseccomp.so.2 || (apt-get update && apt-get install -y libseccomp2)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
