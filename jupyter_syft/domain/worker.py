@@ -296,10 +296,10 @@ def _job_process(
         except BaseException as e:
             public, full = _failure(job, "internal error in the worker", e)
             report = JobReport(ok=False, error=public, error_full=full)
-        _send(sock, _REPORT, msgspec.msgpack.encode(report))
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # before the report: the keeper then kills us
             sys.stdout.flush()
             sys.stderr.flush()
+        _send(sock, _REPORT, msgspec.msgpack.encode(report))
     except BaseException:
         status = 70
     os._exit(status)  # don't wait for threads the code may have left running
