@@ -177,7 +177,7 @@ class Executor:
         self._confinement: Confinement | None = None
         if self.sandbox.mode == "on":
             self._confinement = confinement(
-                data_dir or "/nonexistent", scratch_mb, max_processes, cpus or os.cpu_count() or 1
+                data_dir, scratch_mb, max_processes, cpus or os.cpu_count() or 1
             )
         self._worker = worker
         self._context = multiprocessing.get_context("forkserver")

@@ -53,7 +53,7 @@ from jupyter_syft.domain.executor import (
     compile_code,
     crash_message,
 )
-from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces
+from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces, syscalls
 from jupyter_syft.domain.sandbox.confine import Confinement
 from jupyter_syft.wire.messages import DPQuery
 from jupyter_syft.wire.values import (
@@ -111,8 +111,8 @@ def warm_up(confinement: Confinement | None) -> None:
         status = 0
         try:
             uid = JOB_UID_BASE + os.getppid() if os.getppid() else JOB_UID_BASE
-            confine.prepare(confinement, uid)
-            confine.enter(confinement, uid, [], [theirs.fileno()])
+            rules = confine.prepare(confinement, uid)
+            confine.enter(confinement, uid, rules, "", [theirs.fileno()])
         except BaseException as e:
             with contextlib.suppress(OSError):
                 theirs.sendall(f"{type(e).__name__}: {e}".encode()[:4000])
@@ -168,15 +168,23 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
 def _keep(
     job: JobSpec, pid: int, sock: socket.socket, reader: threading.Thread, log: bytearray
 ) -> JobOutcome:
-    """Hand the job over, seal what comes back, collect the log and the job's exit status."""
+    """Hand the job and its open inputs over, seal what comes back, collect the log and the
+    job's exit status. The keeper opens the inputs: the job's view holds none of the data dir."""
     try:
-        job_bytes = msgspec.msgpack.encode(job)
-        sock.sendall(_HEADER.pack(_JOB, len(job_bytes)) + job_bytes)
-        outcome = _receive_result(job, sock)
-    except (OSError, ValueError) as e:
-        outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
-    finally:
-        sock.close()
+        fds = _open_inputs(job)
+    except JobError as e:
+        fds, outcome = [], JobOutcome(ok=False, error=e.public, error_full=e.full)
+    if fds or not job.inputs:
+        try:
+            socket.send_fds(sock, [_JOB], fds)
+            for fd in fds:
+                os.close(fd)
+            job_bytes = msgspec.msgpack.encode(job)
+            sock.sendall(_HEADER.pack(_JOB, len(job_bytes)) + job_bytes)
+            outcome = _receive_result(job, sock)
+        except (OSError, ValueError) as e:
+            outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
+    sock.close()
     if outcome.error == _NO_REPORT:
         _, status = os.waitpid(pid, 0)
         outcome.error = crash_message(os.waitstatus_to_exitcode(status))
@@ -192,6 +200,25 @@ def _keep(
 
 
 _NO_REPORT = "\0no report"
+
+
+def _open_inputs(job: JobSpec) -> list[int]:
+    """The job's inputs (and a round's weights), opened read-only, in the order of job.inputs."""
+    fds: list[int] = []
+    named = [(f"input {name!r}", spec.path) for name, spec in job.inputs.items()]
+    if job.weights_path:
+        named.append(("the round's weights", job.weights_path))
+    for what, path in named:
+        try:
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            raise JobError(
+                f"could not load {what}: {type(e).__name__}",
+                f"could not load {what}: {type(e).__name__}: {e.strerror}: {path}",
+            ) from e
+    return fds
 
 
 def _receive_result(job: JobSpec, sock: socket.socket) -> JobOutcome:
@@ -281,16 +308,17 @@ def _job_process(
     status = 0
     try:
         setup_error = ""
+        rules = None
         if confinement is not None:
             try:
-                confine.prepare(confinement, uid)
+                rules = confine.prepare(confinement, uid)
             except OSError as e:
                 setup_error = f"the sandbox could not be set up: {e}"
-        job = _receive_job(sock)
+        job, fds = _receive_job(sock)
         try:
             if setup_error:
                 raise JobError(setup_error)
-            report = _run(job, sock, log_write, confinement, uid)
+            report = _run(job, fds, sock, log_write, confinement, rules, uid)
         except JobError as e:
             report = JobReport(ok=False, error=_truncate(e.public), error_full=_truncate(e.full))
         except BaseException as e:
@@ -305,12 +333,14 @@ def _job_process(
     os._exit(status)  # don't wait for threads the code may have left running
 
 
-def _receive_job(sock: socket.socket) -> JobSpec:
+def _receive_job(sock: socket.socket) -> tuple[JobSpec, list[int]]:
+    """The job, and its inputs' file descriptors (sent with the first byte)."""
+    _, fds, _, _ = socket.recv_fds(sock, 1, 64)
     reader = sock.makefile("rb")
     kind, size = _HEADER.unpack(reader.read(_HEADER.size))
     if kind != _JOB:
         raise ValueError("expected a job")
-    return msgspec.msgpack.decode(reader.read(size), type=JobSpec)
+    return msgspec.msgpack.decode(reader.read(size), type=JobSpec), fds
 
 
 def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None:
@@ -320,18 +350,17 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None
 
 def _run(
     job: JobSpec,
+    fds: list[int],
     sock: socket.socket,
     log_write: int,
     confinement: Confinement | None,
+    rules: syscalls.Filter | None,
     uid: int,
 ) -> JobReport:
-    prefix = namespaces.OLD_ROOT if confinement is not None else ""
-    inputs = {
-        name: _open(job, f"input {name!r}", prefix + spec.path) for name, spec in job.inputs.items()
-    }
-    weights = (
-        _open(job, "the round's weights", prefix + job.weights_path) if job.weights_path else None
-    )
+    if len(fds) != len(job.inputs) + bool(job.weights_path):
+        raise JobError("the worker was handed the wrong number of inputs")
+    inputs = dict(zip(job.inputs, fds, strict=False))
+    weights = fds[-1] if job.weights_path else None
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log_write, 1)
@@ -339,10 +368,9 @@ def _run(
     os.close(null)
     os.close(log_write)
     keep = [sock.fileno(), *inputs.values(), *([weights] if weights is not None else [])]
-    if confinement is not None:
-        extra = [job.environment] if job.environment else []
+    if confinement is not None and rules is not None:
         try:
-            confine.enter(confinement, uid, extra, keep)
+            confine.enter(confinement, uid, rules, job.environment, keep)
         except OSError as e:
             raise JobError(f"the sandbox could not be entered: {e}") from e
     if job.environment:
@@ -361,16 +389,6 @@ def _run(
     else:
         value = _call(job, _load_inputs(job, inputs, cuda))
     return _stream_result(job, value, sock)
-
-
-def _open(job: JobSpec, what: str, path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise JobError(
-            f"could not load {what}: {type(e).__name__}",
-            f"could not load {what}: {type(e).__name__}: {e.strerror} ({job.request_id})",
-        ) from e
 
 
 def _read_table(fd: int) -> pa.Table:

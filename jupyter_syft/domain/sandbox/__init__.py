@@ -80,20 +80,26 @@ def probe(mode: SandboxMode = "on") -> SandboxStatus:
     return SandboxStatus("on", missing)
 
 
-def confinement(data_dir: str, scratch_mb: int, max_processes: int, cpus: float) -> Confinement:
+def confinement(
+    data_dir: str | None, scratch_mb: int, max_processes: int, cpus: float
+) -> Confinement:
     """The view every job of this node gets; refuses a data dir the view would show."""
     folders = tuple(python_folders())
-    data = os.path.realpath(data_dir)
-    for folder in [*folders, *SYSTEM_FOLDERS]:
+    data = os.path.realpath(data_dir) if data_dir else ""
+    for folder in [*folders, *SYSTEM_FOLDERS] if data else []:
         if data == folder or data.startswith(folder + os.sep):
             raise ValueError(
                 f"the data dir {data_dir} lies inside {folder}, which jobs may read: "
                 "put it elsewhere"
             )
     os.makedirs(MOUNTPOINT, mode=0o700, exist_ok=True)
+    environments = os.path.join(data, "environments") if data else ""
+    if environments:
+        os.makedirs(environments, exist_ok=True)  # mounted in every job's view
     return Confinement(
         mountpoint=MOUNTPOINT,
         read_only=folders,
+        environments=environments,
         scratch_bytes=scratch_mb * 2**20,
         max_processes=max_processes,
         cpus=cpus,

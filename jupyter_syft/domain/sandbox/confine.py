@@ -55,15 +55,18 @@ class Confinement:
 
     mountpoint: str  # an empty folder of the node's, where each job's root tmpfs is mounted
     read_only: tuple[str, ...]  # folders and files of the node's shown read-only
+    # The node's declared environments, mounted read-only; Landlock lets a job read only the
+    # one it declared (each holds public packages, nothing of the owner's).
+    environments: str = ""
     scratch_bytes: int = 256 * 2**20  # size of the job's /tmp
     max_processes: int = 64
     max_file_bytes: int = 2**30
     cpus: float = 2.0
 
 
-def prepare(confinement: Confinement, uid: int) -> None:
-    """The job-independent part, as root: namespaces and the new root. Call in a process that
-    is already the first of a new PID namespace."""
+def prepare(confinement: Confinement, uid: int) -> syscalls.Filter:
+    """The job-independent part, as root: namespaces, the new root, the seccomp filter built
+    (not loaded). Call in a process that is already the first of a new PID namespace."""
     namespaces.unshare(
         namespaces.CLONE_NEWNS
         | namespaces.CLONE_NEWNET
@@ -72,18 +75,23 @@ def prepare(confinement: Confinement, uid: int) -> None:
     )
     devices = [*DEVICES, *_gpu_devices()]
     read_only = [*SYSTEM_FOLDERS, *confinement.read_only]
+    if confinement.environments and os.path.isdir(confinement.environments):
+        read_only.append(confinement.environments)
     namespaces.enter_view(
         confinement.mountpoint, read_only, devices, (confinement.scratch_bytes, uid, uid)
     )
+    return syscalls.build_filter()
 
 
 def enter(
-    confinement: Confinement, uid: int, extra_read_only: list[str], keep_fds: list[int]
+    confinement: Confinement,
+    uid: int,
+    rules: syscalls.Filter,
+    environment: str,
+    keep_fds: list[int],
 ) -> None:
-    """The point of no return: after this, the process is the job's."""
-    for path in extra_read_only:
-        namespaces.bind_from_old_root(path)
-    namespaces.leave_old_root()
+    """The point of no return: after this, the process is the job's. `environment` is the
+    declared environment's folder it may read ("" for none)."""
     for fd in _open_fds():
         if fd > 2 and fd not in keep_fds:
             with contextlib.suppress(OSError):  # the folder listing's own descriptor
@@ -100,15 +108,15 @@ def enter(
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "could not set no_new_privs")
-    rules = [(path, landlock.READ_ONLY) for path in [*SYSTEM_FOLDERS, *confinement.read_only]]
-    rules += [(path, landlock.READ_ONLY) for path in extra_read_only]
-    rules += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", landlock.READ_WRITE)]
-    rules += [(device, landlock.DEVICE) for device in [*DEVICES, *_gpu_devices()]]
-    landlock.restrict_self((path, rights) for path, rights in rules if os.path.lexists(path))
-    syscalls.load_filter()
-    environment = clean_environment()
+    granted = [*SYSTEM_FOLDERS, *confinement.read_only, *([environment] if environment else [])]
+    allowed = [(path, landlock.READ_ONLY) for path in granted]
+    allowed += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", landlock.READ_WRITE)]
+    allowed += [(device, landlock.DEVICE) for device in [*DEVICES, *_gpu_devices()]]
+    landlock.restrict_self((path, rights) for path, rights in allowed if os.path.lexists(path))
+    rules.load()
+    environment_variables = clean_environment()
     os.environ.clear()
-    os.environ.update(environment)
+    os.environ.update(environment_variables)
     os.chdir("/tmp")
 
 

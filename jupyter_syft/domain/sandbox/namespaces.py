@@ -36,7 +36,7 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), -1)
-OLD_ROOT = "/.old-root"  # where the node's root stays until the job's own inputs are open
+OLD_ROOT = "/.old-root"  # where the node's root goes on pivot_root, before it is unmounted
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -96,8 +96,7 @@ def enter_view(
 
     `read_only` folders and files keep their paths inside; symlinks at the top (Debian's
     `/lib -> usr/lib`) are recreated. `scratch` is (size in bytes, uid, gid) of the tmpfs
-    mounted at `/tmp`. The node's root stays at OLD_ROOT (0700, root only) until
-    `leave_old_root()`.
+    mounted at `/tmp`. The root tmpfs is read-only once built.
     """
     size, uid, gid = scratch
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the node
@@ -126,15 +125,6 @@ def enter_view(
     os.makedirs(mountpoint + OLD_ROOT, mode=0o700, exist_ok=True)
     pivot_root(mountpoint, mountpoint + OLD_ROOT)
     os.chdir("/")
-
-
-def bind_from_old_root(path: str) -> None:
-    """Show one more folder of the node's (e.g. a job's declared environment), read-only."""
-    bind_read_only(OLD_ROOT + path, path)
-
-
-def leave_old_root() -> None:
-    """Drop the node's root from the view, and the root tmpfs's write access with it."""
-    unmount(OLD_ROOT)
+    unmount(OLD_ROOT)  # the node's root is gone from the view
     os.rmdir(OLD_ROOT)
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

@@ -78,8 +78,12 @@ _CLONE_NEW_FLAGS = (
 # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 
 
-def load_filter() -> None:
-    """Install the filter on this thread; it is inherited and cannot be removed.
+Filter = seccomp.SyscallFilter
+
+
+def build_filter() -> Filter:
+    """The filter, ready for `.load()`, which installs it on the calling thread for good (it
+    is inherited and cannot be removed).
 
     `clone3` answers ENOSYS (its flags live in memory a filter cannot read): glibc then falls
     back to `clone`, whose flags the filter can check.
@@ -92,7 +96,7 @@ def load_filter() -> None:
         rules.add_rule(
             seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag)
         )
-    rules.load()
+    return rules
 
 
 def available() -> bool:
