@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import RemoteRequest, function_source
+from jupyter_syft.errors import InvalidError
+from jupyter_syft.privacy.model_state import ModelStateError, check_model
 from jupyter_syft.wire import messages as m
 
 if TYPE_CHECKING:
@@ -149,10 +151,15 @@ class DPQueries:
         `model` is a plain `def` taking no arguments (its source travels, as for requests).
         The model sees `features` (scaled to [0, 1] by `feature_bounds` when given) and learns
         `label` (class indices for "cross_entropy", numbers for "mse"). The owner reviews the
-        request; (ε, δ) is charged when they approve, before training starts. Only the weights
-        come back.
+        request; (ε, δ) is charged when they approve, before training starts. Only the
+        trained parameters come back: a model with buffers (BatchNorm's included) or other
+        state is refused, here and by the domain.
         """
         source = function_source(model)
+        try:
+            check_model(model())
+        except ModelStateError as exc:
+            raise InvalidError(str(exc)) from None
         spec = m.DPTraining(
             source,
             model.__name__,

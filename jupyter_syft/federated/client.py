@@ -35,6 +35,7 @@ from jupyter_syft.federated.weights import (
     to_safetensors,
     unflatten,
 )
+from jupyter_syft.privacy.model_state import ModelStateError, check_model
 from jupyter_syft.wire import messages as m
 
 MIN_SECURE_DOMAINS = 3  # secure aggregation's own minimum
@@ -96,6 +97,10 @@ def train(
     network = model if isinstance(model, torch.nn.Module) else model()
     if not isinstance(network, torch.nn.Module):
         raise InvalidError(f"{function_name}() must return a torch.nn.Module")
+    try:  # the domains refuse it too; here the scientist learns why before any owner is asked
+        check_model(network)
+    except ModelStateError as exc:
+        raise InvalidError(str(exc)) from None
     template = {name: t.detach().cpu().clone() for name, t in network.state_dict().items()}
     features = list(features) if features is not None else _numeric_columns(domains[0], dataset)
     features = [f for f in features if f != target]

@@ -13,8 +13,11 @@ Why it is built this way:
 - The noise multiplier is fixed before training from (ε, δ), the public row count, batch size
   and epochs; an infeasible target is refused before anything is charged. After training the
   accountant's ε for the steps actually taken is checked again; above target, nothing leaves.
-- Only the weights leave, as safetensors (no pickle), with (ε, δ) in their metadata. Training
-  loss or accuracy on the private data would be releases the budget does not cover.
+- Only the trained parameters leave, as safetensors (no pickle), with (ε, δ) in their
+  metadata: a model with buffers or other state is refused before training, and a model that
+  writes into its own parameters is stopped (`privacy.model_state`, whose docstring has the
+  threat model). Training loss or accuracy on the private data would be releases the budget
+  does not cover.
 - Features are scaled by bounds the scientist declares, never by private minima or means, and
   labels out of range are clipped rather than raising an error that depends on a private value.
 - The model is the scientist's code: DP training always waits for the owner's review.
@@ -48,6 +51,7 @@ from jupyter_syft.privacy.budget import (
     mechanism_delta,
     mechanism_epsilon,
 )
+from jupyter_syft.privacy.model_state import TrainedParameters
 from jupyter_syft.privacy.queries import NUMERIC_TYPES
 from jupyter_syft.wire.messages import DPTraining, FederatedPlan
 
@@ -146,14 +150,15 @@ def train(spec: DPTraining, table: pa.Table, model: Any) -> dict[str, Any]:
 
     if not isinstance(model, torch.nn.Module):
         raise TrainingError(f"{spec.function_name}() must return a torch.nn.Module")
+    parameters = TrainedParameters(model)  # refuses a model with other state: before training
     with torch.no_grad():  # the output size, from a dummy row: no private data
         outputs = model(torch.zeros(1, len(spec.features))).shape[-1]
     if spec.loss == "cross_entropy" and outputs < 2:
         raise TrainingError("with cross_entropy the model needs one output per class (2 or more)")
     features = torch.from_numpy(features_of(spec, table))
     labels = torch.from_numpy(labels_of(spec, table, outputs))
-    run = fit_private(spec, features, labels, model, torch.optim.SGD)
-    weights = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    run = fit_private(spec, features, labels, parameters, torch.optim.SGD)
+    weights = parameters.released()
     metadata = {
         "epsilon": repr(spec.epsilon),
         "delta": repr(spec.delta),
@@ -165,12 +170,18 @@ def train(spec: DPTraining, table: pa.Table, model: Any) -> dict[str, Any]:
 
 
 def fit_private(
-    spec: DPTraining, features: Any, labels: Any, model: Any, optimizer_class: Any
+    spec: DPTraining,
+    features: Any,
+    labels: Any,
+    parameters: TrainedParameters,
+    optimizer_class: Any,
 ) -> dict[str, Any]:
-    """Train `model` in place with DP-SGD to the spec's (ε, δ); what the accountant says.
+    """Train `parameters.model` in place with DP-SGD to the spec's (ε, δ); what the
+    accountant says.
 
     `features` and `labels` are tensors on the model's device; `optimizer_class` is a
-    torch.optim class taking (params, lr=...): Opacus makes any of them private.
+    torch.optim class taking (params, lr=...): Opacus makes any of them private. After each
+    forward and backward the parameters are checked to be as the last step left them.
     """
     import torch
     from opacus import PrivacyEngine
@@ -184,11 +195,12 @@ def fit_private(
         torch.utils.data.TensorDataset(features, labels), batch_size=spec.batch_size
     )
     loss_of = loss_function(spec)
+    trained = list(parameters.parameters.values())
     with _quiet():
         engine = PrivacyEngine(accountant=ACCOUNTANT)
         private_model, optimizer, private_loader = engine.make_private_with_epsilon(
-            module=model,
-            optimizer=optimizer_class(model.parameters(), lr=spec.learning_rate),
+            module=parameters.model,
+            optimizer=optimizer_class(trained, lr=spec.learning_rate),
             data_loader=loader,
             target_epsilon=epsilon,
             target_delta=delta,
@@ -197,13 +209,16 @@ def fit_private(
             noise_generator=noise,
         )
         steps = 0
+        parameters.mark()
         for _ in range(spec.epochs):
             # An empty Poisson batch still takes its (noise-only) step: skipping it would
             # show that no row was drawn, which the accountant does not cover.
             for x, y in private_loader:
                 optimizer.zero_grad()
                 loss_of(private_model(x), y).backward()
+                parameters.verify()
                 optimizer.step()
+                parameters.mark()
                 steps += 1
         spent = engine.get_epsilon(delta)
     if spent > epsilon:
