@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--max-result-mb", type=int, default=2048, help="largest result")
     start.add_argument("--network", metavar="MULTIADDR", help="join this network node")
     start.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    start.add_argument(
+        "--sandbox",
+        choices=["on", "off"],
+        default="on",
+        help="confine every job (default); off runs them unconfined, with a loud warning",
+    )
 
     add_network_commands(commands)
 
@@ -82,7 +88,14 @@ def _domain_start(args: argparse.Namespace) -> int:
         max_result_bytes=args.max_result_mb * 2**20,
     )
     config = DomainConfig(
-        args.name, args.data_dir, args.listen, args.workers, limits, args.network, args.heartbeat
+        args.name,
+        args.data_dir,
+        args.listen,
+        args.workers,
+        limits,
+        args.network,
+        args.heartbeat,
+        sandbox=args.sandbox,
     )
 
     return run_until_signalled(

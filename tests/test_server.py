@@ -73,7 +73,9 @@ def test_state_shows_network_domains_requests_and_approvals(
     mine = {r["id"]: r for r in state["requests"]}
     assert mine[request.id]["status"] == "pending"
     assert mine[request.id]["datasets"] == ["diabetes"]
-    assert state["approvals"]["domains"] == [{"name": "hospital-a", "online": True}]
+    assert domain["sandbox"].startswith("on: ")  # the job sandbox's level, as Hello says
+    approved_at = {"name": "hospital-a", "online": True, "sandbox": domain["sandbox"]}
+    assert state["approvals"]["domains"] == [approved_at]
     [review] = [r for r in state["approvals"]["pending"] if r["id"] == request.id]
     assert review["code"] == CODE
     assert review["requester"] == world.scientist.peer_id

@@ -234,6 +234,12 @@ class DomainClient:
         return self._connection.info.your_role
 
     @property
+    def sandbox(self) -> str:
+        """How this domain confines jobs: "on: <layers>", or "off" (its owner turned the
+        sandbox off: approved code there runs with the node's files, keys and network)."""
+        return self._connection.info.sandbox
+
+    @property
     def datasets(self) -> DatasetMap:
         listing = self._connection.call(m.ListDatasets())
         found = [Dataset(self._connection, d) for d in listing.datasets]  # type: ignore[union-attr]
@@ -294,4 +300,16 @@ class DomainClient:
         return self._connection.call(m.GetPolicy(dataset))  # type: ignore[return-value]
 
     def __repr__(self) -> str:
-        return f"<Domain {self.name} {self.peer_id} (you: {self.role or 'stranger'})>"
+        sandbox = "sandbox OFF" if self.sandbox == "off" else f"sandbox {self.sandbox}"
+        return f"<Domain {self.name} {self.peer_id} (you: {self.role or 'stranger'}; {sandbox})>"
+
+    def _repr_html_(self) -> str:
+        sandbox = (
+            '<b style="color:#b91c1c">sandbox OFF</b>'
+            if self.sandbox == "off"
+            else html.escape(f"sandbox {self.sandbox}")
+        )
+        return (
+            f"<b>domain {html.escape(self.name)}</b> <code>{html.escape(self.peer_id)}</code> "
+            f"(you: {html.escape(self.role or 'stranger')}) &middot; {sandbox}"
+        )

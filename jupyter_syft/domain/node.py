@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class DomainConfig:
     limits: Limits = field(default_factory=Limits)
     network: str | None = None  # a network node's multiaddr: join it and stay findable
     heartbeat_s: float = 10.0
+    sandbox: str = "on"  # "off": jobs run unconfined (see jupyter_syft.domain.sandbox)
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
@@ -52,7 +54,12 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         issuer = TicketIssuer()
         flight = FlightDataServer(config.data_dir, tls, issuer)
         flight.start()
-        executor = Executor()
+        executor = Executor(sandbox=config.sandbox, data_dir=str(config.data_dir))
+        if executor.sandbox.mode == "off":
+            _warn_sandbox_off(config.name)
+            store.audit("node", "sandbox_off", config.name, "started with --sandbox off")
+        else:
+            print(f"domain {config.name}: sandbox {executor.sandbox.summary}", file=sys.stderr)
         jobs_in, jobs_out = trio.open_memory_channel[str](math.inf)
         service = DomainService(
             name=config.name,
@@ -64,6 +71,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             tls_fingerprint=tls.fingerprint,
             limits=config.limits,
             on_approved=jobs_in.send,
+            sandbox=executor.sandbox.summary,
             identity=node_identity,
         )
         membership = None
@@ -160,6 +168,20 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         shutil.rmtree(output_dir, ignore_errors=True)
         store.fail_run(request_id, outcome.error)
     service.notify(request_id)
+
+
+def _warn_sandbox_off(name: str) -> None:
+    """One block on stderr that an owner cannot miss: everything the sandbox stops is open."""
+    print(
+        f"""
+!!! WARNING: domain {name} runs jobs WITHOUT the sandbox (--sandbox off) !!!
+Approved code runs as this node's user, with its files, keys, network and environment: a job
+can read node.key, the store and every dataset, reach the network and outlive itself.
+Scientists see "sandbox OFF" for this domain. Use it to debug, never with real data.
+""",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _write_node_info(path: Path, name: str, address: str) -> None:

@@ -102,6 +102,7 @@ class DomainService:
     tls_fingerprint: str
     limits: Limits
     on_approved: Callable[[str], Awaitable[None]]
+    sandbox: str  # the job sandbox's level, as NodeInfo shows it
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     identity: Identity | None = None  # the node's key: signs its secure-aggregation frames
     _aggregations: dict[str, AggregationState] = field(default_factory=dict)
@@ -150,6 +151,7 @@ class DomainService:
             self.flight_location,
             self.tls_cert_pem,
             self.tls_fingerprint,
+            self.sandbox,
         )
 
     async def _ListDatasets(self, sender: str, role: str, call: m.ListDatasets) -> m.DatasetList:

@@ -12,6 +12,7 @@ import html
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nh3
@@ -155,10 +156,34 @@ def _shape(shape: Sequence[int]) -> str:
 # ---- listings -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Marked:
+    """A table cell with markup of its own (built from escaped parts) beside its plain text."""
+
+    markup: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def sandbox_cell(level: str) -> Marked:
+    """A domain's sandbox level; "off" in red, as approved code there runs unconfined."""
+    if level == "off":
+        return Marked(badge(COLOURS["error"], "sandbox OFF"), "sandbox OFF")
+    return Marked(esc(level), level)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> Bundle:
-    """A plain table of texts (all escaped): for domains, search hits and requests."""
+    """A plain table of texts (all escaped, bar `Marked` cells): for domains, search hits and
+    requests."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{c.markup if isinstance(c, Marked) else esc(c)}</td>" for c in row)
+        + "</tr>"
+        for row in rows
+    )
     markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

@@ -98,6 +98,7 @@ class SyftMagics(Magics):
             self.session.connect_demo() if address == "demo" else [self.session.connect(address)]
         )
         for client in clients:
+            colour = show.COLOURS["done"]
             if client is self.session.network:
                 count = len(self.session.network_domains())
                 text = f"connected to network {client.name} ({_count(count, 'domain')})"
@@ -105,7 +106,9 @@ class SyftMagics(Magics):
                 count = _count(len(self.session.listing(client.name)), "dataset")
                 role = client.role or "stranger: ask the owner to add you (%syft whoami)"
                 text = f"connected to domain {client.name} ({count}; you: {role})"
-            display(show.note(text, show.COLOURS["done"]), raw=True)
+                if client.sandbox == "off":  # approved code there runs unconfined
+                    text, colour = text + "; sandbox OFF", show.COLOURS["error"]
+            display(show.note(text, colour), raw=True)
 
     def _domains(self, _: str) -> None:
         rows = []
@@ -114,16 +117,20 @@ class SyftMagics(Magics):
                 found, state = sorted(self.session.listing(name, fresh=True)), "online"
             except UsageError:
                 found, state = [], "offline"
-            rows.append([name, client.peer_id, state, client.role or "stranger", ", ".join(found)])
+            sandbox = show.sandbox_cell(client.sandbox)
+            role = client.role or "stranger"
+            rows.append([name, client.peer_id, state, role, sandbox, ", ".join(found)])
         if self.session.network is not None:
             for domain in self.session.network_domains():
                 if domain.name not in self.session.domains:
                     state = "online" if domain.online else "offline"
                     count = _count(domain.dataset_count, "dataset")
-                    rows.append([domain.name, domain.peer_id, state, "(via the network)", count])
+                    unknown = "(connect to see)"
+                    rows.append([domain.name, domain.peer_id, state, "(via the network)", unknown,
+                                 count])  # fmt: skip
         if not rows:
             raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
-        headers = ["domain", "peer id", "status", "you", "datasets"]
+        headers = ["domain", "peer id", "status", "you", "sandbox", "datasets"]
         display(show.table(headers, rows), raw=True)
 
     def _search(self, text: str) -> None:

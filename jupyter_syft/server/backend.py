@@ -166,10 +166,12 @@ class Backend:
         history: list[dict[str, Any]] = []
         me = {i.peer_id for i in self.identities}
         for name, domain in sorted(domains.items()):
-            domain.update(roles=[], error="")
+            domain.update(roles=[], error="", sandbox="")  # "on: ...", "off", "" if unknown
             for identity in self.identities if domain["online"] else []:
                 try:
-                    if not self._client(identity, name).role:
+                    client = self._client(identity, name)
+                    domain["sandbox"] = client.sandbox
+                    if not client.role:
                         continue  # a stranger here: nothing to list (and no refusals logged)
                     role, found, users = self._call(identity, name, _requests_of)
                 except DomainOffline as exc:
@@ -186,7 +188,11 @@ class Backend:
                         (pending if info.status == "pending" else history).append(item)
         history.sort(key=lambda r: r["decided_at"] or r["submitted_at"], reverse=True)
         administered = [
-            {"name": n, "online": n in domains and domains[n]["online"]}
+            {
+                "name": n,
+                "online": n in domains and domains[n]["online"],
+                "sandbox": domains[n]["sandbox"] if n in domains else "",
+            }
             for n in sorted(self._admin_of)
         ]
         return {

@@ -90,7 +90,8 @@ class ApprovalPanel(w.VBox):
             )
             self._header.value = h.sanitise(
                 f"<b>{h.esc(model.owner.name)}</b> {state} &middot; "
-                f"{len(model.pending)} pending, {len(model.history)} decided"
+                f"{len(model.pending)} pending, {len(model.history)} decided &middot; "
+                + sandbox_markup(model.owner.sandbox)
             )
             self._message.value = h.sanitise(f"<i>{h.esc(model.message)}</i>")
             cards = {}
@@ -120,6 +121,14 @@ class ApprovalPanel(w.VBox):
         if self._poller is not None:
             self._poller.stop()
         super().close()
+
+
+def sandbox_markup(level: str) -> str:
+    """The domain's job sandbox for its owner: "off" in red, as approving there lets the
+    code reach the node's keys, store and network."""
+    if level == "off":
+        return h.badge(h.COLOURS["error"], "sandbox OFF") + " jobs run unconfined"
+    return f"sandbox {h.esc(level)}"
 
 
 def review(owner: AdminClient, poll_s: float | None = POLL_S) -> ApprovalPanel:

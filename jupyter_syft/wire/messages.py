@@ -349,6 +349,9 @@ class NodeInfo(Struct, tag="node_info"):
     flight_location: str
     tls_cert_pem: bytes
     tls_fingerprint: str
+    # The job sandbox: "on: <layers>", "off" (the owner started it with --sandbox off: jobs
+    # run unconfined), or "unavailable: <missing layers>" (jobs are refused).
+    sandbox: str
 
 
 class DatasetInfo(Struct, tag="dataset_info"):

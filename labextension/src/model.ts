@@ -11,6 +11,8 @@ export interface IDomain {
   datasets: number | null;
   roles: string[];
   error: string;
+  /** The job sandbox: "on: <layers>", "off" (jobs run unconfined), "" if unknown. */
+  sandbox: string;
 }
 
 export interface INetwork {
@@ -48,7 +50,7 @@ export interface IState {
   domains: IDomain[];
   requests: IRequest[];
   approvals: {
-    domains: { name: string; online: boolean }[];
+    domains: { name: string; online: boolean; sandbox: string }[];
     pending: IReview[];
     history: IReview[];
   };

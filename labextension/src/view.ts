@@ -24,6 +24,14 @@ function badge(status: string): HTMLElement {
   return el('span', `jp-Syft-badge jp-Syft-${status}`, status);
 }
 
+/** A domain's job sandbox: "sandbox OFF" as a red badge, else its layers, muted. */
+function sandbox(level: string): HTMLElement {
+  if (level === 'off') {
+    return el('span', 'jp-Syft-badge jp-Syft-sandboxOff', 'sandbox OFF');
+  }
+  return el('span', 'jp-Syft-muted', level ? ` · sandbox ${level}` : '');
+}
+
 function when(seconds: number | null): string {
   return seconds ? new Date(seconds * 1000).toLocaleString() : '';
 }
@@ -162,7 +170,7 @@ export class SyftSidebar extends Widget {
       item.append(badge(domain.online ? 'online' : 'offline'), el('b', '', domain.name));
       const count = domain.datasets === null ? '' : ` · ${domain.datasets} datasets`;
       const role = domain.roles.length ? ` · you: ${domain.roles.join(', ')}` : '';
-      item.append(el('span', 'jp-Syft-muted', `${count}${role}`));
+      item.append(el('span', 'jp-Syft-muted', `${count}${role}`), sandbox(domain.sandbox));
       item.title = domain.error || domain.peer_id;
       list.append(item);
     }
@@ -302,7 +310,11 @@ export class SyftSidebar extends Widget {
     for (const domain of approvals.domains) {
       const line = el('div', 'jp-Syft-adminDomain');
       line.dataset.domain = domain.name;
-      line.append(badge(domain.online ? 'online' : 'offline'), el('b', '', domain.name));
+      line.append(
+        badge(domain.online ? 'online' : 'offline'),
+        el('b', '', domain.name),
+        sandbox(domain.sandbox)
+      );
       this._approvalStatus.append(line);
     }
     const cards = new Map<string, HTMLElement>();

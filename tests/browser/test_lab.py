@@ -130,17 +130,26 @@ def test_domain_offline_then_back(page, lab, world: SyftWorld) -> None:
     start(page, lab)
     bar = sidebar(page)
     domain = bar.locator('.jp-Syft-domain[data-domain="hospital-a"]')
+    administered = bar.locator('.jp-Syft-adminDomain[data-domain="hospital-a"]')
     expect(domain).to_contain_text("online")
+    expect(domain).to_contain_text("sandbox on: ")
     world.domain.stop()
     try:
         expect(domain).to_contain_text("offline", timeout=20_000)
-        expect(bar.locator('.jp-Syft-adminDomain[data-domain="hospital-a"]')).to_contain_text(
-            "offline"
-        )
+        expect(administered).to_contain_text("offline")
         page.shots("domain-offline")
     finally:
+        world.domain.start("--sandbox", "off")  # back, with its owner's sandbox turned off
+    try:
+        expect(domain).to_contain_text("online", timeout=20_000)
+        expect(domain.locator(".jp-Syft-sandboxOff")).to_have_text("sandbox OFF")
+        expect(administered.locator(".jp-Syft-sandboxOff")).to_have_text("sandbox OFF")
+        assert "sandbox on" not in domain.inner_text()
+        page.shots("domain-sandbox-off")
+    finally:
+        world.domain.stop()
         world.domain.start()
-    expect(domain).to_contain_text("online", timeout=20_000)
+    expect(domain).to_contain_text("sandbox on: ", timeout=20_000)
 
 
 def test_first_paint_with_100_pending_and_1000_hits_under_1s(page, lab) -> None:
