@@ -55,6 +55,7 @@ from jupyter_syft.domain.executor import (
 )
 from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces, syscalls
 from jupyter_syft.domain.sandbox.confine import Confinement
+from jupyter_syft.errors import DisclosableError
 from jupyter_syft.wire.messages import DPQuery
 from jupyter_syft.wire.values import (
     UnsupportedValueError,
@@ -67,6 +68,7 @@ from jupyter_syft.wire.values import (
 MAX_ERROR_CHARS = 32_000
 M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2
+ADDRESS_SLACK = 256 * 2**20
 # Frames from the job to its keeper: one type byte, a 4-byte length, the payload.
 _PART, _END_OF_PART, _REPORT, _JOB = b"P", b"E", b"R", b"J"
 _HEADER = struct.Struct("!cI")
@@ -402,7 +404,9 @@ def _limit_memory(memory_bytes: int) -> None:
 
     RLIMIT_AS limits virtual memory, not resident memory: mapped libraries, memory-mapped inputs,
     thread stacks (8 MiB each) and address space that allocators reserve ahead all count. So:
-    - the limit is what is mapped now (torch alone maps ~600 MiB) plus `memory_bytes`;
+    - the limit is what is mapped now (torch alone maps ~600 MiB) plus `memory_bytes`, plus
+      ADDRESS_SLACK for address space that glibc and Arrow reserve but do not use (seen: a
+      128 MiB arena reserved for a 256-byte allocation, which then failed);
     - Arrow uses the system allocator here, as mimalloc reserves 1 GiB up front;
     - glibc gets at most MALLOC_ARENAS arenas, as each reserves 64 MiB (and glibc allows 8 per
       core), so that threads started by torch or Arrow do not eat the budget.
@@ -419,7 +423,7 @@ def _limit_memory(memory_bytes: int) -> None:
     libc = ctypes.CDLL(None)
     if hasattr(libc, "mallopt"):  # glibc (musl has no arenas to cap)
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    limit = mapped + memory_bytes
+    limit = mapped + memory_bytes + ADDRESS_SLACK
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
@@ -580,8 +584,11 @@ def _failure(
     except Exception:  # the code's own exception class may fail here too
         message = "(the error message could not be shown)"
     type_name = _public_type_name(error)
-    if isinstance(error, MemoryError) or "can't allocate memory" in message:
-        public = full = f"ran out of memory (limit {_mib(job.memory_bytes)} MiB)"
+    if isinstance(error, DisclosableError) and not _from_code(error, _filename(job)):
+        public = full = f"{what}: {message}".splitlines()[0]
+    elif isinstance(error, MemoryError) or "can't allocate memory" in message:
+        public = f"ran out of memory (limit {_mib(job.memory_bytes)} MiB)"
+        full = f"{public}: {what}: {type(error).__name__}: {message}".splitlines()[0]
     else:
         public = f"{what}: {type_name}"
         full = f"{what}: {type(error).__name__}: {message}".splitlines()[0]
@@ -601,6 +608,24 @@ def _failure(
     if frames:
         public += "\nin your code (the message is for the owner to release):\n" + "\n".join(frames)
     return public, full
+
+
+def _from_code(error: BaseException, filename: str) -> bool:
+    """Whether a frame of the job's code is on the traceback of `error` or of its causes."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == filename:
+                return True
+            tb = tb.tb_next
+        todo += [current.__cause__, current.__context__]
+    return False
 
 
 def _public_type_name(error: BaseException) -> str:
