@@ -43,8 +43,19 @@ class RequestDenied(SyftError):
         self.reason = reason
 
 
+class ResultWithheld(RequestDenied):
+    """The job ran, and the owner looked at its result and kept it; `reason` is theirs."""
+
+    def __init__(self, request_id: str, reason: str) -> None:
+        SyftError.__init__(
+            self, f"the result of request {request_id} was withheld by the owner: {reason}"
+        )
+        self.reason = reason
+
+
 class RequestFailed(SyftError):
-    """The code ran and failed on the domain; the message holds the remote traceback."""
+    """The code ran and failed on the domain; the message holds what the owner lets the
+    scientist see: the exception type and their own frames, or the full text once released."""
 
     def __init__(self, request_id: str, error: str) -> None:
         super().__init__(f"request {request_id} failed on the domain:\n{error}")
@@ -60,3 +71,13 @@ BY_CODE: dict[str, type[SyftError]] = {
     "budget_exhausted": BudgetExhausted,
     "internal": NodeError,
 }
+
+
+class DisclosableError(ValueError):
+    """Raised on a domain by the node's own checks (training settings, weights, DP queries)
+    with a message made of public facts only: names, shapes, settings, limits.
+
+    A failed job shows the scientist such a message when no frame of the scientist's code is
+    on its traceback or on that of its causes (otherwise their code chose the message, and only
+    the exception's type is shown: jupyter_syft.domain.worker).
+    """

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from jupyter_syft.errors import DisclosableError
 from jupyter_syft.federated.weights import flatten, from_safetensors
 from jupyter_syft.privacy.model_state import TrainedParameters, check_model
 from jupyter_syft.privacy.training import features_of, fit_private, labels_of, loss_function
 from jupyter_syft.wire.messages import DPTraining, FederatedPlan
 
 
-class RoundError(ValueError):
+class RoundError(DisclosableError):
     """A round that cannot run: weights that do not fit the model, a model that is not one."""
 
 

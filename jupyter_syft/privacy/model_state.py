@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from jupyter_syft.errors import DisclosableError
+
 # torch's own bookkeeping on every module; everything else in vars(module) is the model's
 _MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules"})
 
 
-class ModelStateError(ValueError):
+class ModelStateError(DisclosableError):
     """A model holding state other than trainable parameters, or changing its parameters
     outside the optimizer."""
 

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from opendp import domains, measurements, measures, metrics, transformations
 from opendp.accuracy import discrete_laplacian_scale_to_accuracy, laplacian_scale_to_accuracy
 
+from jupyter_syft.errors import DisclosableError
 from jupyter_syft.privacy.budget import BudgetValueError, mechanism_epsilon
 from jupyter_syft.wire.messages import DPQuery
 
@@ -62,7 +63,7 @@ STRING_TYPES = {"string", "large_string"}
 Measurement = Any  # opendp.mod.Measurement (its stubs do not type the `>>` chains)
 
 
-class QueryError(ValueError):
+class QueryError(DisclosableError):
     """A query the node refuses before charging anything; the message says why."""
 
 
