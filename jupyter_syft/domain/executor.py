@@ -176,6 +176,7 @@ class Executor:
             )
         self._confinement: Confinement | None = None
         if self.sandbox.mode == "on":
+            cgroups.remove_stale()
             self._confinement = confinement(
                 data_dir, scratch_mb, max_processes, cpus or os.cpu_count() or 1
             )

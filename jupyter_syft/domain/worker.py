@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import linecache
+import math
 import mmap
 import os
 import resource
@@ -370,6 +371,9 @@ def _run(
     os.close(null)
     os.close(log_write)
     keep = [sock.fileno(), *inputs.values(), *([weights] if weights is not None else [])]
+    # CPU seconds per process; the whole job gets at most its cgroup's CPUs for its wall time.
+    cpu_seconds = math.ceil(job.timeout_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
     if confinement is not None and rules is not None:
         try:
             confine.enter(confinement, uid, rules, job.environment, keep)

@@ -125,3 +125,15 @@ def kill_and_remove(name: str, timeout_s: float = 5.0) -> None:
                 break
             except OSError:
                 time.sleep(0.01)
+
+
+def remove_stale() -> None:
+    """Remove the empty groups of workers that are gone (a node killed without closing)."""
+    parents = [ROOT / PARENT] if _v2() else [ROOT / c / PARENT for c in V1_CONTROLLERS]
+    for parent in parents:
+        for folder in parent.glob("worker-*") if parent.is_dir() else []:
+            pid = folder.name.removeprefix("worker-")
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):  # not empty: something still runs there
+                    folder.rmdir()
+

@@ -101,6 +101,15 @@ def enter_view(
     size, uid, gid = scratch
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the node
     mount("tmpfs", mountpoint, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    os.makedirs(mountpoint + "/tmp", mode=0o755, exist_ok=True)
+    mount(
+        "tmpfs",
+        mountpoint + "/tmp",
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"size={size},mode=0700,uid={uid},gid={gid}",
+    )
+    # After /tmp: a folder to show under /tmp (a data dir there) is mounted over it.
     for path in read_only:
         target = mountpoint + path
         if os.path.islink(path) and os.path.dirname(path) == "/":
@@ -114,14 +123,6 @@ def enter_view(
         os.symlink(target, f"{mountpoint}/dev/{name}")
     os.makedirs(mountpoint + "/proc", mode=0o555, exist_ok=True)
     mount("proc", mountpoint + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(mountpoint + "/tmp", mode=0o755, exist_ok=True)
-    mount(
-        "tmpfs",
-        mountpoint + "/tmp",
-        "tmpfs",
-        MS_NOSUID | MS_NODEV,
-        f"size={size},mode=0700,uid={uid},gid={gid}",
-    )
     os.makedirs(mountpoint + OLD_ROOT, mode=0o700, exist_ok=True)
     pivot_root(mountpoint, mountpoint + OLD_ROOT)
     os.chdir("/")
