@@ -360,3 +360,32 @@ def test_close_stops_running_jobs(tmp_path: Path) -> None:
     runner.join(timeout=10)
     assert outcomes[0].error == "the executor was closed while the job was running"
     assert executor.run(spec).error == "the executor is closed"
+
+
+def test_a_kept_worker_serves_the_rounds_of_one_plan(executor: Executor, tmp_path: Path) -> None:
+    """Rounds of one plan share a confined worker; another key or a failure gets a fresh one."""
+    code = """
+    import sys
+
+    def mean_age(people):
+        sys.rounds_seen = getattr(sys, "rounds_seen", 0) + 1
+        print("round", sys.rounds_seen)
+        return sys.rounds_seen
+    """
+
+    def round_of(key: str, i: int) -> tuple[int, bytes]:
+        spec = job(tmp_path / f"{key}-{i}", code)
+        outcome = executor.run(spec, keep_for=key)
+        return result(spec, outcome), outcome.log
+
+    assert [round_of("plan-a", i) for i in range(3)] == [
+        (1, b"round 1\n"),
+        (2, b"round 2\n"),
+        (3, b"round 3\n"),
+    ]
+    assert round_of("plan-b", 0)[0] == 1
+    plain = job(tmp_path / "plain", code)
+    assert result(plain, executor.run(plain)) == 1
+    failing = job(tmp_path / "fails", "def mean_age(people):\n    return 1 / 0\n")
+    assert not executor.run(failing, keep_for="plan-a").ok
+    assert round_of("plan-a", 9)[0] == 1  # the failed round's worker was not kept

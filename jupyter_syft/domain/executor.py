@@ -59,6 +59,8 @@ MANIFEST_FILE = "manifest.sealed"
 PART_FILE = "part-{}.sealed"
 MAX_OUTCOME_BYTES = 2**22
 MAX_LOG_BYTES = 2**20
+KEEP_S = 120.0  # how long a kept worker waits for the next round of its plan
+MAX_KEPT = 4  # kept workers at most (each holds a process's memory)
 EXIT_GRACE_S = 5.0  # how long a worker that reported may take to exit before it is killed
 # What a job's cgroup allows beyond its memory limit: the interpreter's own pages that the job
 # process writes to after the fork (copy-on-write) and its /tmp, which lives in memory.
@@ -106,6 +108,13 @@ class JobSpec(msgspec.Struct):
     # A declared environment: the site-packages folder of its build, put first on sys.path
     # and shown read-only to the job ("" = the domain's own packages only).
     environment: str = ""
+
+
+class JobOrder(msgspec.Struct):
+    """What the executor sends a worker: a job, and whether to stay for another (run(keep_for))."""
+
+    job: JobSpec
+    keep: bool = False
 
 
 class JobOutcome(msgspec.Struct):
@@ -191,6 +200,7 @@ class Executor:
         self._lock = threading.Lock()
         self._running: set[BaseProcess] = set()
         self._spares: list[tuple[BaseProcess, Connection]] = []
+        self._kept: dict[str, tuple[BaseProcess, Connection, float]] = {}  # see run(keep_for)
         self._closed = False
         self._warming = threading.Lock()  # held while warm() runs: jobs wait, unclocked
 
@@ -208,10 +218,17 @@ class Executor:
                 )
             self._add_spare()
 
-    def run(self, job: JobSpec) -> JobOutcome:
-        """Run a job to completion; a failure is reported in the outcome, never raised."""
+    def run(self, job: JobSpec, keep_for: str = "") -> JobOutcome:
+        """Run a job to completion; a failure is reported in the outcome, never raised.
+
+        `keep_for` (a federated plan's id) keeps the worker, confined as it is, for the next
+        job with the same key: the rounds of one approved plan (one scientist, one model
+        code, one dataset) then cost no fork, no sandbox set-up and no imports. It may keep
+        state from round to round, as it may from batch to batch within a round.
+        """
         with self._warming:  # a job's time limit starts once workers can start
             pass
+        self._evict_stale()
         started = time.monotonic()
         try:
             if not isinstance(job.privacy, DPQuery):
@@ -221,7 +238,7 @@ class Executor:
         created = not os.path.isdir(job.output_dir)
         try:
             os.makedirs(job.output_dir, exist_ok=True)
-            outcome = self._run(job, started + job.timeout_s)
+            outcome = self._run(job, started + job.timeout_s, keep_for)
         except OSError as e:
             outcome = JobOutcome(ok=False, error=f"could not run the job: {e}")
         if not outcome.ok:
@@ -239,6 +256,8 @@ class Executor:
             for process in self._running:
                 _kill(process)
             spares, self._spares = self._spares, []
+            spares += [(process, conn) for process, conn, _ in self._kept.values()]
+            self._kept = {}
         for process, conn in spares:
             conn.close()
             self._reap(process, EXIT_GRACE_S)
@@ -249,11 +268,12 @@ class Executor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _run(self, job: JobSpec, deadline: float) -> JobOutcome:
+    def _run(self, job: JobSpec, deadline: float, keep_for: str) -> JobOutcome:
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        spare = self._take_spare()
+        spare = self._take_kept(keep_for) if keep_for else None
+        spare = spare or self._take_spare()
         if spare is None:
             return JobOutcome(ok=False, error="the executor is closed")
         process, conn = spare
@@ -265,26 +285,63 @@ class Executor:
                 processes=self._confinement.max_processes,
                 cpus=self._confinement.cpus,
             )
-        with conn:
-            try:
-                conn.send_bytes(msgspec.msgpack.encode(job))
-                ready = conn.poll(remaining())
-                report = conn.recv_bytes(MAX_OUTCOME_BYTES) if ready else None
-            except (EOFError, OSError):  # the worker ended without reporting
-                ready, report = True, None
+        try:
+            conn.send_bytes(msgspec.msgpack.encode(JobOrder(job, keep=bool(keep_for))))
+            ready = conn.poll(remaining())
+            report = conn.recv_bytes(MAX_OUTCOME_BYTES) if ready else None
+        except (EOFError, OSError):  # the worker ended without reporting
+            ready, report = True, None
         if report is not None:
+            try:
+                outcome = msgspec.msgpack.decode(report, type=JobOutcome)
+            except msgspec.DecodeError as e:
+                outcome = JobOutcome(ok=False, error=f"the worker sent a malformed report: {e}")
+            if keep_for and outcome.ok and self._keep(keep_for, process, conn):
+                return outcome
+            conn.close()
             # Waiting for the worker's exit (~5 ms) and forking the next spare happen off the
             # request path, and after the job, so they do not compete with it for the CPU.
             threading.Thread(target=self._retire, args=(process,), daemon=True).start()
-            try:
-                return msgspec.msgpack.decode(report, type=JobOutcome)
-            except msgspec.DecodeError as e:
-                return JobOutcome(ok=False, error=f"the worker sent a malformed report: {e}")
+            return outcome
+        conn.close()
         code = self._reap(process, remaining())
         threading.Thread(target=self._add_spare, daemon=True).start()
         if not ready:
             return JobOutcome(ok=False, error=f"timed out after {job.timeout_s:g} s")
         return JobOutcome(ok=False, error=self._crash_message(code))
+
+    def _keep(self, key: str, process: BaseProcess, conn: Connection) -> bool:
+        """Park a worker for the next job of `key`; False if it cannot be kept."""
+        with self._lock:
+            if self._closed or key in self._kept or not process.is_alive():
+                return False
+            self._kept[key] = (process, conn, time.monotonic())
+        self._evict_stale()
+        return True
+
+    def _evict_stale(self) -> None:
+        """Let go of kept workers idle for KEEP_S, and of the oldest beyond MAX_KEPT."""
+        with self._lock:
+            by_age = sorted(self._kept, key=lambda k: self._kept[k][2])
+            now = time.monotonic()
+            stale = [k for k in by_age if now - self._kept[k][2] > KEEP_S]
+            stale += [k for k in by_age[: max(0, len(by_age) - MAX_KEPT)] if k not in stale]
+            expired = [self._kept.pop(k) for k in stale]
+        for process, conn, _ in expired:
+            conn.close()
+            threading.Thread(target=self._retire, args=(process,), daemon=True).start()
+
+    def _take_kept(self, key: str) -> tuple[BaseProcess, Connection] | None:
+        with self._lock:
+            kept = self._kept.pop(key, None)
+        if kept is None:
+            return None
+        process, conn, _ = kept
+        if process.is_alive():
+            return process, conn
+        conn.close()
+        self._reap(process, 0)
+        return None
 
     def _retire(self, process: BaseProcess) -> None:
         self._reap(process, EXIT_GRACE_S)

@@ -23,8 +23,10 @@ job reseeds both from the operating system first.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import ctypes
+import fcntl
 import linecache
 import math
 import mmap
@@ -34,7 +36,9 @@ import signal
 import socket
 import struct
 import sys
+import termios
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
@@ -49,6 +53,7 @@ from jupyter_syft.domain.executor import (
     MAX_LOG_BYTES,
     PART_FILE,
     CodeError,
+    JobOrder,
     JobOutcome,
     JobSpec,
     compile_code,
@@ -129,7 +134,8 @@ def warm_up(confinement: Confinement | None) -> None:
 
 
 def main(conn: Connection, confinement: Confinement | None) -> None:
-    """Entry point of a worker: start the job process, wait for one job, keep it, exit.
+    """Entry point of a worker: start the job process, wait for one job, keep it, exit (or,
+    when the executor keeps the worker for a plan's next round, wait for that).
 
     The executor starts this process before a job arrives (a spare), so forking and the job's
     namespaces are off the request path.
@@ -153,26 +159,33 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
         _job_process(job_end, log_write, confinement, JOB_UID_BASE + keeper_pid)
     job_end.close()
     os.close(log_write)
-    try:
-        job_bytes = conn.recv_bytes()
-    except (EOFError, OSError):  # the executor closed without a job for us
-        os.kill(pid, signal.SIGKILL)
-        os._exit(0)
-    job = msgspec.msgpack.decode(job_bytes, type=JobSpec)
-    outcome = _keep(job, pid, keeper_end, reader, log)
-    conn.send_bytes(msgspec.msgpack.encode(outcome))
-    conn.close()
-    os._exit(0)
+    while True:
+        try:
+            order = msgspec.msgpack.decode(conn.recv_bytes(), type=JobOrder)
+        except (EOFError, OSError):  # the executor closed without a(nother) job for us
+            os.kill(pid, signal.SIGKILL)
+            os._exit(0)
+        outcome = _keep(order, pid, keeper_end, reader, log, log_read)
+        conn.send_bytes(msgspec.msgpack.encode(outcome))
+        if not (order.keep and outcome.ok):
+            conn.close()
+            os._exit(0)
 
 
 # ---- the keeper ---------------------------------------------------------------------------
 
 
 def _keep(
-    job: JobSpec, pid: int, sock: socket.socket, reader: threading.Thread, log: bytearray
+    order: JobOrder,
+    pid: int,
+    sock: socket.socket,
+    reader: threading.Thread,
+    log: bytearray,
+    log_fd: int,
 ) -> JobOutcome:
     """Hand the job and its open inputs over, seal what comes back, collect the log and the
     job's exit status. The keeper opens the inputs: the job's view holds none of the data dir."""
+    job = order.job
     try:
         fds = _open_inputs(job)
     except JobError as e:
@@ -182,11 +195,16 @@ def _keep(
             socket.send_fds(sock, [_JOB], fds)
             for fd in fds:
                 os.close(fd)
-            job_bytes = msgspec.msgpack.encode(job)
-            sock.sendall(_HEADER.pack(_JOB, len(job_bytes)) + job_bytes)
+            order_bytes = msgspec.msgpack.encode(order)
+            sock.sendall(_HEADER.pack(_JOB, len(order_bytes)) + order_bytes)
             outcome = _receive_result(job, sock)
         except (OSError, ValueError) as e:
             outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
+    if order.keep and outcome.ok:  # the job process waits for the next round
+        _wait_drained(log_fd)
+        outcome.log = bytes(log[:MAX_LOG_BYTES])
+        log.clear()
+        return outcome
     sock.close()
     if outcome.error == _NO_REPORT:
         _, status = os.waitpid(pid, 0)
@@ -292,6 +310,19 @@ def _over_limit(size: int, limit: int) -> str:
     return f"the result is over {_mib(size)} MiB, past the limit of {_mib(limit)} MiB"
 
 
+def _wait_drained(fd: int, timeout_s: float = 0.2) -> None:
+    """Until the log reader has taken what the job wrote before its report (a kept worker's
+    round: the pipe stays open, so there is no end of file to wait for)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = array.array("i", [1])
+    while time.monotonic() < deadline:
+        fcntl.ioctl(fd, termios.FIONREAD, waiting)
+        if waiting[0] == 0:
+            break
+        time.sleep(0.001)
+    time.sleep(0.002)  # the reader's last read, on its way into the buffer
+
+
 def _collect_log(fd: int, log: bytearray) -> None:
     """Keep the first MAX_LOG_BYTES of the job's output and drain the rest (so a chatty job
     does not block on a full pipe)."""
@@ -317,33 +348,43 @@ def _job_process(
                 rules = confine.prepare(confinement, uid)
             except OSError as e:
                 setup_error = f"the sandbox could not be set up: {e}"
-        job, fds = _receive_job(sock)
-        try:
-            if setup_error:
-                raise JobError(setup_error)
-            report = _run(job, fds, sock, log_write, confinement, rules, uid)
-        except JobError as e:
-            report = JobReport(ok=False, error=_truncate(e.public), error_full=_truncate(e.full))
-        except BaseException as e:
-            public, full = _failure(job, "internal error in the worker", e)
-            report = JobReport(ok=False, error=public, error_full=full)
-        with contextlib.suppress(Exception):  # before the report: the keeper then kills us
-            sys.stdout.flush()
-            sys.stderr.flush()
-        _send(sock, _REPORT, msgspec.msgpack.encode(report))
+        entered = False
+        while True:
+            order, fds = _receive_job(sock)
+            job = order.job
+            try:
+                if setup_error:
+                    raise JobError(setup_error)
+                report = _run(
+                    job, fds, sock, log_write, confinement, rules, uid, entered, order.keep
+                )
+            except JobError as e:
+                report = JobReport(
+                    ok=False, error=_truncate(e.public), error_full=_truncate(e.full)
+                )
+            except BaseException as e:
+                public, full = _failure(job, "internal error in the worker", e)
+                report = JobReport(ok=False, error=public, error_full=full)
+            entered = True
+            with contextlib.suppress(Exception):  # before the report: the keeper then kills us
+                sys.stdout.flush()
+                sys.stderr.flush()
+            _send(sock, _REPORT, msgspec.msgpack.encode(report))
+            if not (order.keep and report.ok):
+                break
     except BaseException:
         status = 70
     os._exit(status)  # don't wait for threads the code may have left running
 
 
-def _receive_job(sock: socket.socket) -> tuple[JobSpec, list[int]]:
+def _receive_job(sock: socket.socket) -> tuple[JobOrder, list[int]]:
     """The job, and its inputs' file descriptors (sent with the first byte)."""
     _, fds, _, _ = socket.recv_fds(sock, 1, 64)
     reader = sock.makefile("rb")
     kind, size = _HEADER.unpack(reader.read(_HEADER.size))
     if kind != _JOB:
         raise ValueError("expected a job")
-    return msgspec.msgpack.decode(reader.read(size), type=JobSpec), fds
+    return msgspec.msgpack.decode(reader.read(size), type=JobOrder), fds
 
 
 def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None:
@@ -359,35 +400,22 @@ def _run(
     confinement: Confinement | None,
     rules: syscalls.Filter | None,
     uid: int,
+    entered: bool,
+    keep: bool,
 ) -> JobReport:
+    """Run one job; `entered`: a kept worker's next round, already confined and limited;
+    `keep`: rounds may follow in this process."""
     if len(fds) != len(job.inputs) + bool(job.weights_path):
         raise JobError("the worker was handed the wrong number of inputs")
     inputs = dict(zip(job.inputs, fds, strict=False))
     weights = fds[-1] if job.weights_path else None
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(log_write, 1)
-    os.dup2(log_write, 2)
-    os.close(null)
-    os.close(log_write)
-    keep = [sock.fileno(), *inputs.values(), *([weights] if weights is not None else [])]
-    # CPU seconds per process; the whole job gets at most its cgroup's CPUs for its wall time.
-    cpu_seconds = math.ceil(job.timeout_s) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-    if confinement is not None and rules is not None:
-        try:
-            confine.enter(confinement, uid, rules, job.environment, keep)
-        except OSError as e:
-            raise JobError(f"the sandbox could not be entered: {e}") from e
-    if job.environment:
-        sys.path.insert(0, job.environment)
+    if not entered:
+        _enter(job, fds, sock, log_write, confinement, rules, uid, keep)
     import torch
 
-    torch.seed()  # from the OS: see the module notes
+    torch.seed()  # from the OS, for every job and round: see the module notes
     np.random.seed()
     cuda = torch.cuda.is_available()
-    if not cuda:
-        _limit_memory(job.memory_bytes)
     if job.federated is not None:
         value = _run_federated_round(job, inputs, weights)
     elif job.privacy is not None:
@@ -397,9 +425,44 @@ def _run(
     return _stream_result(job, value, sock)
 
 
+def _enter(
+    job: JobSpec,
+    fds: list[int],
+    sock: socket.socket,
+    log_write: int,
+    confinement: Confinement | None,
+    rules: syscalls.Filter | None,
+    uid: int,
+    keep: bool,
+) -> None:
+    """Once per job process: its output to the log pipe, its limits, the sandbox."""
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_write, 1)
+    os.dup2(log_write, 2)
+    os.close(null)
+    os.close(log_write)
+    if not keep:  # CPU seconds per process (a kept worker's rounds add up: the cgroup's share
+        # of the CPUs over each round's wall-clock limit bounds them instead)
+        cpu_seconds = math.ceil(job.timeout_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+    if confinement is not None and rules is not None:
+        try:
+            confine.enter(confinement, uid, rules, job.environment, [sock.fileno(), *fds])
+        except OSError as e:
+            raise JobError(f"the sandbox could not be entered: {e}") from e
+    if job.environment:
+        sys.path.insert(0, job.environment)
+    import torch
+
+    if not torch.cuda.is_available():
+        _limit_memory(job.memory_bytes)
+
+
 def _read_table(fd: int) -> pa.Table:
     """An Arrow IPC file through a private copy-on-write mapping (see values.read_ipc_file)."""
     mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    os.close(fd)  # the mapping keeps the file
     return pa.ipc.open_file(pa.py_buffer(mapping)).read_all()
 
 
