@@ -239,6 +239,14 @@ class DomainClient:
         sandbox off: approved code there runs with the node's files, keys and network)."""
         return self._connection.info.sandbox
 
+    def hello(self) -> m.NodeInfo:
+        """Ask the domain again who it is: its owner may have restarted it with the sandbox
+        off (or added you), and `sandbox` and `role` show what it said last."""
+        info = self._connection.call(m.Hello())
+        assert isinstance(info, m.NodeInfo)
+        self._connection.info = info
+        return info
+
     @property
     def datasets(self) -> DatasetMap:
         listing = self._connection.call(m.ListDatasets())

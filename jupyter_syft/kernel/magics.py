@@ -115,7 +115,8 @@ class SyftMagics(Magics):
         for name, client in sorted(self.session.domains.items()):
             try:
                 found, state = sorted(self.session.listing(name, fresh=True)), "online"
-            except UsageError:
+                client.hello()  # its sandbox level now: the owner may have restarted it
+            except (UsageError, *connection_errors()):
                 found, state = [], "offline"
             sandbox = show.sandbox_cell(client.sandbox)
             role = client.role or "stranger"

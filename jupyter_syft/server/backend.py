@@ -170,7 +170,7 @@ class Backend:
             for identity in self.identities if domain["online"] else []:
                 try:
                     client = self._client(identity, name)
-                    domain["sandbox"] = client.sandbox
+                    domain["sandbox"] = self._call(identity, name, DomainClient.hello).sandbox
                     if not client.role:
                         continue  # a stranger here: nothing to list (and no refusals logged)
                     role, found, users = self._call(identity, name, _requests_of)
