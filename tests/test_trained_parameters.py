@@ -153,6 +153,7 @@ def test_the_buffer_recording_attack_under_dp_gets_nothing_out(world: dict) -> N
     request = submit_dp_directly(world, make_recorder)
     assert request.wait(60).status == "failed"
     assert "buffer 'seen' (register_buffer)" in owner_reads(world, request)
+    assert "buffer 'seen' (register_buffer)" in seen_by_scientist(request)  # the node's check
     assert not leaked(seen_by_scientist(request))
     with pytest.raises(RequestFailed):
         request.result(timeout=5)
@@ -197,6 +198,7 @@ def test_writing_inputs_into_a_parameter_is_stopped_with_and_without_dp(world: d
                             delta=1e-3, loss="mse", epochs=1, batch_size=50)  # fmt: skip
     assert request.wait(60).status == "failed"
     assert "changed parameter 'hidden.weight' during training" in owner_reads(world, request)
+    assert "changed parameter 'hidden.weight'" in seen_by_scientist(request)
     assert not leaked(seen_by_scientist(request))
     with pytest.raises(FederatedError, match="round 0 failed") as failed:
         syft.federated.train(make_writer, [world["domain"]], "rows", "y", rounds=1,
