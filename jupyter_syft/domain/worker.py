@@ -111,13 +111,13 @@ def warm_up(confinement: Confinement | None) -> None:
         return
     ours, theirs = socket.socketpair()
     name = cgroup_name(os.getpid())
-    cgroups.join(name)
     namespaces.unshare(namespaces.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
         ours.close()
         status = 0
         try:
+            cgroups.join(name)
             uid = JOB_UID_BASE + os.getppid() if os.getppid() else JOB_UID_BASE
             rules = confine.prepare(confinement, uid)
             confine.enter(confinement, uid, rules, "", [theirs.fileno()])
@@ -148,7 +148,6 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
     reader = threading.Thread(target=_collect_log, args=(log_read, log), daemon=True)
     reader.start()
     if confinement is not None:
-        cgroups.join(cgroup_name(os.getpid()))  # the job process and all it starts follow
         namespaces.unshare(namespaces.CLONE_NEWPID)
     keeper_pid = os.getpid()
     pid = os.fork()
@@ -156,6 +155,10 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
         conn.close()
         keeper_end.close()
         os.close(log_read)
+        if confinement is not None:
+            # The job's group holds the job process and all it starts, not the keeper: a
+            # job that exhausts its memory or process limit cannot take the keeper down.
+            cgroups.join(cgroup_name(keeper_pid))
         _job_process(job_end, log_write, confinement, JOB_UID_BASE + keeper_pid)
     job_end.close()
     os.close(log_write)
@@ -165,10 +168,20 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
         except (EOFError, OSError):  # the executor closed without a(nother) job for us
             os.kill(pid, signal.SIGKILL)
             os._exit(0)
-        outcome = _keep(order, pid, keeper_end, reader, log, log_read)
+        try:
+            outcome = _keep(order, pid, keeper_end, reader, log, log_read)
+        except Exception:  # a bug of ours: say so rather than look like the job crashed
+            error = traceback.format_exc()
+            print(error, file=sys.stderr)
+            outcome = JobOutcome(False, "internal error in the worker", error_full=error)
         conn.send_bytes(msgspec.msgpack.encode(outcome))
         if not (order.keep and outcome.ok):
             conn.close()
+            # After the reply: ending a process that mapped torch takes a few ms.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
             os._exit(0)
 
 
@@ -200,21 +213,15 @@ def _keep(
             outcome = _receive_result(job, sock)
         except (OSError, ValueError) as e:
             outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
-    if order.keep and outcome.ok:  # the job process waits for the next round
-        _wait_drained(log_fd)
-        outcome.log = bytes(log[:MAX_LOG_BYTES])
-        log.clear()
-        return outcome
-    sock.close()
     if outcome.error == _NO_REPORT:
+        sock.close()
         _, status = os.waitpid(pid, 0)
         outcome.error = crash_message(os.waitstatus_to_exitcode(status))
+        reader.join(1.0)
     else:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # the report was its last word
-        os.waitpid(pid, 0)
-    reader.join(1.0)
+        _wait_drained(log_fd, reader)  # the job flushed its output before its report
     outcome.log = bytes(log[:MAX_LOG_BYTES])
+    log.clear()
     if not outcome.ok and not outcome.error_full:
         outcome.error_full = outcome.error
     return outcome
@@ -310,13 +317,15 @@ def _over_limit(size: int, limit: int) -> str:
     return f"the result is over {_mib(size)} MiB, past the limit of {_mib(limit)} MiB"
 
 
-def _wait_drained(fd: int, timeout_s: float = 0.2) -> None:
-    """Until the log reader has taken what the job wrote before its report (a kept worker's
-    round: the pipe stays open, so there is no end of file to wait for)."""
+def _wait_drained(fd: int, reader: threading.Thread, timeout_s: float = 0.2) -> None:
+    """Until the log reader has taken what the job wrote before its report (the job process
+    lives on until the keeper has replied, so there is no end of file to wait for)."""
     deadline = time.monotonic() + timeout_s
     waiting = array.array("i", [1])
     while time.monotonic() < deadline:
         fcntl.ioctl(fd, termios.FIONREAD, waiting)
+        if not reader.is_alive():  # the end of the pipe: the job process is gone, all is in
+            return
         if waiting[0] == 0:
             break
         time.sleep(0.001)
@@ -326,7 +335,7 @@ def _wait_drained(fd: int, timeout_s: float = 0.2) -> None:
 def _collect_log(fd: int, log: bytearray) -> None:
     """Keep the first MAX_LOG_BYTES of the job's output and drain the rest (so a chatty job
     does not block on a full pipe)."""
-    with open(fd, "rb", buffering=0) as pipe:
+    with open(fd, "rb", buffering=0, closefd=False) as pipe:  # the keeper polls it too
         while chunk := pipe.read(65536):
             if len(log) < MAX_LOG_BYTES:
                 log += chunk[: MAX_LOG_BYTES - len(log)]
