@@ -21,6 +21,7 @@ from jupyter_syft.errors import (
     NotFoundError,
     RequestDenied,
     RequestFailed,
+    ResultWithheld,
     SyftError,
 )
 
@@ -85,6 +86,7 @@ __all__ = [
     "RemoteRequest",
     "RequestDenied",
     "RequestFailed",
+    "ResultWithheld",
     "ReviewRequest",
     "SyftError",
     "admin",

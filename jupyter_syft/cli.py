@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--max-result-mb", type=int, default=2048, help="largest result")
     start.add_argument("--network", metavar="MULTIADDR", help="join this network node")
     start.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
+    rekey = domain_commands.add_parser(
+        "rekey-audit",
+        help="key the audit chain of a store from before keyed auditing (node stopped, once)",
+    )
+    rekey.add_argument("--data-dir", required=True, type=Path, help="the domain's data dir")
     start.add_argument(
         "--sandbox",
         choices=["on", "off"],
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(whoami())
         return 0
+    if args.command == "domain" and args.domain_command == "rekey-audit":
+        return _rekey_audit(args.data_dir)
     if args.command == "domain":
         return _domain_start(args)
     if args.command == "network":
@@ -68,6 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     from jupyter_syft.demo import run_demo
 
     return run_demo(args.dir, keep_running=args.keep_running)
+
+
+def _rekey_audit(data_dir: Path) -> int:
+    from jupyter_syft.domain.store import Store, StoreError
+    from jupyter_syft.identity import whoami
+
+    if not (data_dir / "domain.sqlite").exists():
+        print(f"jupyter-syft: no domain store in {data_dir}", file=sys.stderr)
+        return 2
+    if (data_dir / "node.json").exists():
+        print("jupyter-syft: stop the domain node first", file=sys.stderr)
+        return 2
+    store = Store(data_dir)
+    try:
+        covered = store.rekey_audit(whoami())
+    except StoreError as exc:
+        print(f"jupyter-syft: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"audit chain keyed: {covered} older entries covered by one audit_rekeyed entry")
+    return 0
 
 
 def _domain_start(args: argparse.Namespace) -> int:

@@ -152,7 +152,7 @@ def test_non_admin_sees_nothing_to_approve_and_cannot_approve(
 ) -> None:
     request = submit(world)
     state = scientist_server.get(f"{API}/state")
-    assert state["approvals"] == {"domains": [], "pending": [], "history": []}
+    assert state["approvals"] == {"domains": [], "pending": [], "held": [], "history": []}
     assert request.id in {r["id"] for r in state["requests"]}  # their own request, yes
     status, body = decide(scientist_server, request.id, approve=True)
     assert status == 403 and "not an admin" in body["message"]

@@ -9,6 +9,7 @@ owner's key is on, and the node stays the single writer of its store.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,17 +46,55 @@ class ReviewRequest(RemoteRequest):
     def deny(self, reason: str) -> None:
         self.info = self._connection.call(m.Decide(self.id, approve=False, reason=reason))  # type: ignore[assignment]
 
+    @property
+    def error(self) -> str:
+        """The whole error text of a failed job (the owner always sees it)."""
+        return self.info.error_full or self.info.error
+
+    @property
+    def scientist_error(self) -> str:
+        """What the scientist sees of the failure until you release it."""
+        return self.info.error
+
+    def release_error(self) -> None:
+        """Let the scientist read this failed job's full error and its log (audited)."""
+        self.info = self._connection.call(m.ReleaseError(self.id))  # type: ignore[assignment]
+
+    def result_preview(self) -> Any:
+        """The result of a request awaiting your release, opened here with your key; the
+        scientist gets it only once you `release_result()`."""
+        data = self._connection.call(m.PreviewResult(self.id))
+        return self._open(data)  # type: ignore[arg-type]
+
+    def release_result(self) -> None:
+        """Send the held result to the scientist (re-sealed to their key by the domain)."""
+        self.info = self._connection.call(m.DecideResult(self.id, release=True))  # type: ignore[assignment]
+
+    def withhold_result(self, reason: str) -> None:
+        """Keep the held result from the scientist for good; they see `reason`."""
+        call = m.DecideResult(self.id, release=False, reason=reason)
+        self.info = self._connection.call(call)  # type: ignore[assignment]
+
     def _repr_html_(self) -> str:
         cost = ""
         if self.info.epsilon is not None:
             cost = f"<br>privacy cost: &epsilon; {self.info.epsilon:g}, &delta; {self.info.delta:g}"
         if self.info.plan is not None:
             cost += f"<br>{html.escape(describe_plan(self.info.plan))}"
+        if self.info.requirements:
+            needs = html.escape(", ".join(self.info.requirements))
+            cost += f"<br>requirements (built from the package index): <code>{needs}</code>"
+        said = ""
+        if self.info.error_full:
+            said += f"<br>error (full):<pre>{html.escape(self.info.error_full)}</pre>"
+        if self.info.log:
+            said += f"<br>log:<pre>{html.escape(self.info.log)}</pre>"
         return (
             super()._repr_html_()
             + f"<br>from <code>{html.escape(self.requester)}</code>"
             + cost
             + f"<pre>{html.escape(self.code)}</pre>"
+            + said
         )
 
 
@@ -146,11 +185,40 @@ class AdminClient(DomainClient):
         return Budgets(self._connection.call(m.GetBudget("", peer_id)).budgets)  # type: ignore[union-attr]
 
     def set_policy(
-        self, dataset: str, auto_approve: bool = False, max_query_epsilon: float = 1.0
+        self,
+        dataset: str | Dataset,
+        auto_approve: bool | None = None,
+        max_query_epsilon: float | None = None,
+        errors: str | None = None,
+        release: str | None = None,
+        requirements: str | Iterable[str] | None = None,
     ) -> m.PolicyInfo:
-        """Whether built-in DP queries on `dataset` that fit the scientist's budget run without
-        review, and the most ε any one of them may ask for (larger ones are refused)."""
-        call = m.SetPolicy(dataset, auto_approve, max_query_epsilon)
+        """Change `dataset`'s policy; what you leave out stays as it is.
+
+        `auto_approve`: built-in DP queries that fit the scientist's budget run without
+        review; `max_query_epsilon`: the most ε one may ask for (larger ones are refused).
+        `errors="full"`: scientists see failed jobs' full errors and every job's log without
+        your release (default "redacted": exception type and their code's lines only).
+        `release="after_review"`: each result waits for you to look at it and release or
+        withhold it (default "on_approval"). A request reading several datasets gets the
+        strictest of their policies.
+        `requirements`: which packages requests may declare, "any" (the default), "none", or
+        a list of package names (any version); others are refused at submission.
+        """
+        name = dataset.name if isinstance(dataset, Dataset) else dataset
+        if errors not in (None, "redacted", "full"):
+            raise InvalidError(f"errors must be 'redacted' or 'full', not {errors!r}")
+        if release not in (None, "on_approval", "after_review"):
+            raise InvalidError(f"release must be 'on_approval' or 'after_review', not {release!r}")
+        if isinstance(requirements, str) and requirements not in ("any", "none"):
+            raise InvalidError(
+                f"requirements must be 'any', 'none' or a list of package names, not "
+                f"{requirements!r}"
+            )
+        allowed = requirements
+        if requirements is not None and not isinstance(requirements, str):
+            allowed = [str(package) for package in requirements]
+        call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed)  # type: ignore[arg-type]
         return self._connection.call(call)  # type: ignore[return-value]
 
     def review(self) -> Any:

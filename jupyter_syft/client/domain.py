@@ -6,14 +6,14 @@ import html
 import inspect
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
-from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed
+from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed, ResultWithheld
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from jupyter_syft.client.models import ModelMap
     from jupyter_syft.client.privacy import Budget, Budgets, DPQueries
 
-FINAL_STATES = ("done", "denied", "failed")
+FINAL_STATES = ("done", "denied", "failed", "withheld")
 POLL_S = 30.0
 
 
@@ -131,7 +131,26 @@ class RemoteRequest:
 
     @property
     def status(self) -> str:
+        """pending, approved, running, awaiting_release (the owner looks at the result before
+        it is released), done, denied, failed or withheld."""
         return self.refresh().status
+
+    @property
+    def error(self) -> str:
+        """Why the job failed: the full text if the owner released it, else the exception
+        type and the lines of your code it went through."""
+        return self.info.error_full if self.info.released else self.info.error
+
+    @property
+    def requirements(self) -> list[str]:
+        """The packages the request declared, as the domain checked them: its job runs with
+        them on top of the domain's own."""
+        return list(self.info.requirements)
+
+    @property
+    def log(self) -> str:
+        """The job's stdout and stderr: shown once the owner released them ("" until then)."""
+        return self.info.log
 
     def refresh(self, wait_s: float = 0.0) -> m.RequestInfo:
         call = m.GetRequest(self.id, wait_s=wait_s, known_status=self.info.status)
@@ -157,8 +176,12 @@ class RemoteRequest:
         info = self.wait(timeout)
         if info.status == "denied":
             raise RequestDenied(self.id, info.reason)
+        if info.status == "withheld":
+            raise ResultWithheld(self.id, info.reason)
         if info.status == "failed":
-            raise RequestFailed(self.id, info.error)
+            if not info.released:  # the owner may have released the full text since
+                self.refresh()
+            raise RequestFailed(self.id, self.error)
         me = self._connection.identity.peer_id
         if info.requester != me:
             raise SealError(
@@ -192,13 +215,20 @@ class RemoteRequest:
 
     def _repr_html_(self) -> str:
         info = self.info
-        detail = info.reason or (info.error.splitlines()[-1] if info.error else "")
+        detail = info.reason or (self.error.splitlines()[-1] if self.error else "")
         extra = html.escape(detail)
         return (
             f"<b>request {info.request_id[:8]}</b> <code>{html.escape(info.function_name)}"
             f"</code> on {html.escape(', '.join(info.inputs.values()))}: "
             f"<b>{info.status}</b> {extra}"
         )
+
+
+def requirement_list(requirements: Iterable[str]) -> list[str]:
+    """A list of requirement strings; one string alone is one requirement, not its letters."""
+    if isinstance(requirements, str):
+        requirements = [requirements]
+    return [str(r) for r in requirements]
 
 
 def function_source(function: Callable[..., Any]) -> str:
@@ -263,21 +293,36 @@ class DomainClient:
         models = [RemoteModel(self._connection, info) for info in listing.models]
         return ModelMap(models, self.name)
 
-    def request(self, function: Callable[..., Any], **inputs: Dataset | str) -> RemoteRequest:
+    def request(
+        self,
+        function: Callable[..., Any],
+        *,
+        requirements: Iterable[str] = (),
+        **inputs: Dataset | str,
+    ) -> RemoteRequest:
         """Ask to run `function` on the private data of `inputs` (argument -> dataset).
 
         The function's source text travels, not a pickle: it must be a plain `def` whose
         source Python can find (in a file or a notebook cell), using only its arguments and
-        the modules it imports itself.
+        the modules it imports itself. `requirements` ("statsmodels==0.14.4", ...) are
+        packages it needs beyond the domain's own: the owner reviews them with the code, and
+        the domain builds them (wheels from its package index) before the job runs.
         """
-        return self.submit(function_source(function), function.__name__, inputs)
+        return self.submit(function_source(function), function.__name__, inputs, requirements)
 
     def submit(
-        self, code: str, function_name: str, inputs: Mapping[str, Dataset | str]
+        self,
+        code: str,
+        function_name: str,
+        inputs: Mapping[str, Dataset | str],
+        requirements: Iterable[str] = (),
     ) -> RemoteRequest:
         """Submit source `code` whose function `function_name` takes `inputs` as arguments."""
         names = {arg: d.name if isinstance(d, Dataset) else str(d) for arg, d in inputs.items()}
-        info = self._connection.call(m.SubmitRequest(code, function_name, names))
+        call = m.SubmitRequest(
+            code, function_name, names, requirements=requirement_list(requirements)
+        )
+        info = self._connection.call(call)
         return self.request_type(self._connection, info)  # type: ignore[arg-type]
 
     def requests(self, status: str = "") -> list[RemoteRequest]:

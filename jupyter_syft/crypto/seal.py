@@ -96,6 +96,12 @@ def result_context(
     )
 
 
+def output_context(request_id: str, domain_peer_id: str, piece: str) -> bytes:
+    """The context of what a job said besides its result ("error" or "log"), sealed by the
+    domain to itself: bound to the request, so a store cannot move one job's text to another."""
+    return msgspec.msgpack.encode(["jupyter-syft/job-output", request_id, domain_peer_id, piece])
+
+
 @dataclass(frozen=True)
 class ResultSeal:
     """The contexts of one request's result: its manifest and each part sealed on its own."""

@@ -133,6 +133,14 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
     limits = service.limits
     # An aggregate-only result is sealed to this node: only secure aggregation here reads it.
     aggregate = info.policy == "aggregate"
+    # Under release="after_review" the result is sealed to this node too, until its owner
+    # looks at it and releases it (re-sealed to the requester) or withholds it. Federated
+    # rounds are exempt: their plan was the review.
+    held = (
+        store.disclosure(info.inputs.values())[1] == "after_review"
+        and not aggregate
+        and info.plan_round is None
+    )
     job = JobSpec(
         request_id=request_id,
         code=info.code,
@@ -141,7 +149,7 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         output_dir=str(output_dir),
         domain_peer_id=service.peer_id,
         requester=info.requester,
-        seal_to=service.peer_id if aggregate else info.requester,
+        seal_to=service.peer_id if aggregate or held else info.requester,
         timeout_s=limits.job_timeout_s,
         memory_bytes=limits.job_memory_bytes,
         max_result_bytes=limits.max_result_bytes,
@@ -162,11 +170,16 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         except Exception as exc:  # whatever the code returned, it is not a vector
             outcome.ok = False
             outcome.error = f"the aggregate-only result is unusable: {exc}"
+            outcome.error_full = ""
+    # The log and the full error go to the store, which seals them; never to this node's log.
     if outcome.ok:
-        store.finish_run(request_id, outcome.part_count, outcome.result_bytes)
+        parts, size = outcome.part_count, outcome.result_bytes
+        store.finish_run(request_id, parts, size, outcome.log, held=held)
     else:
         shutil.rmtree(output_dir, ignore_errors=True)
-        store.fail_run(request_id, outcome.error)
+        # Errors the executor writes itself (timeouts, crashes) hold no data: both texts alike.
+        error_full = outcome.error_full or outcome.error
+        store.fail_run(request_id, outcome.error, error_full, outcome.log)
     service.notify(request_id)
 
 

@@ -7,7 +7,9 @@ includes the privacy budget: a refused query is never charged.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -16,12 +18,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import trio
 
 from jupyter_syft.crypto.he import MAX_CONTEXT_BYTES, HEError
-from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
+from jupyter_syft.crypto.seal import (
+    ResultSeal,
+    SealError,
+    SealingWriter,
+    open_sealed,
+    open_stream,
+    x25519_public_key,
+)
 from jupyter_syft.crypto.secagg import MAX_ABS, SecAggClient, SecAggError
 from jupyter_syft.crypto.secagg_messages import BadFrame, open_frame
 from jupyter_syft.domain.executor import MANIFEST_FILE, PART_FILE, CodeError, check_code
@@ -109,6 +119,7 @@ class DomainService:
     _uploads: dict[str, PendingUpload] = field(default_factory=dict)
     _changed: dict[str, trio.Event] = field(default_factory=dict)
     _he: HEServing = field(default_factory=HEServing)
+    _releasing: set[str] = field(default_factory=set)  # held results being re-sealed now
 
     # ---- entry point ------------------------------------------------------------------------
 
@@ -190,12 +201,13 @@ class DomainService:
             with trio.move_on_after(min(call.wait_s, MAX_WAIT_S)):
                 await event.wait()
             info = self._request_for(sender, role, call.request_id)
-        return info
+        return self._disclosed(info, sender, role)
 
     async def _ListRequests(self, sender: str, role: str, call: m.ListRequests) -> m.RequestList:
         self._require_member(sender, role)
         requester = None if role == "admin" else sender
-        return m.RequestList(self.store.requests(requester, call.status))
+        found = self.store.requests(requester, call.status)
+        return m.RequestList([self._disclosed(info, sender, role) for info in found])
 
     async def _FetchResult(self, sender: str, role: str, call: m.FetchResult) -> m.ResultData:
         info = self._request_for(sender, role, call.request_id)
@@ -344,7 +356,114 @@ class DomainService:
 
     async def _ReadAudit(self, sender: str, role: str, call: m.ReadAudit) -> m.AuditLog:
         self._require_admin(sender, role)
-        return m.AuditLog(self.store.audit_entries(call.limit), self.store.verify_audit())
+        problem = self.store.check_audit()
+        return m.AuditLog(self.store.audit_entries(call.limit), not problem, problem)
+
+    # ---- disclosure: errors, logs and results held for review -------------------------------
+
+    async def _ReleaseError(self, sender: str, role: str, call: m.ReleaseError) -> m.RequestInfo:
+        self._require_admin(sender, role)
+        self._request_for(sender, role, call.request_id)
+        self.store.release_error(sender, call.request_id)
+        self.notify(call.request_id)
+        return self._disclosed(self._request_for(sender, role, call.request_id), sender, role)
+
+    async def _PreviewResult(self, sender: str, role: str, call: m.PreviewResult) -> m.ResultData:
+        """The held result re-sealed to the admin who asks (same contexts, their key)."""
+        self._require_admin(sender, role)
+        info = self._held(sender, role, call.request_id)
+        folder = self._preview_dir(call.request_id, sender)
+        shutil.rmtree(folder, ignore_errors=True)
+        parts = self.store.result_parts(call.request_id)
+        await self._reseal(info, folder, parts, sender)
+        self.store.audit(sender, "preview_result", call.request_id)
+        manifest = (folder / MANIFEST_FILE).read_bytes()
+        pieces = [self._sealed(folder / PART_FILE.format(i), sender) for i in range(parts)]
+        return m.ResultData(manifest, pieces)
+
+    async def _DecideResult(self, sender: str, role: str, call: m.DecideResult) -> m.RequestInfo:
+        """Release a held result to its requester, atomically, or withhold it for good."""
+        self._require_admin(sender, role)
+        info = self._held(sender, role, call.request_id)
+        if not call.release and not call.reason.strip():
+            raise Refused("invalid", "withholding a result needs a reason: the scientist sees it")
+        folder = self.store.paths.result_dir(call.request_id)
+        self._releasing.add(call.request_id)
+        try:
+            if call.release:
+                updated = await self._release(info, folder, sender, call.reason)
+            else:
+                updated = self.store.decide_result(
+                    sender, call.request_id, False, call.reason, _nothing
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            self._releasing.discard(call.request_id)
+        for preview in self.store.paths.staging.glob(f"preview-{call.request_id}-*"):
+            shutil.rmtree(preview, ignore_errors=True)
+        self.notify(call.request_id)
+        return updated
+
+    async def _release(
+        self, info: m.RequestInfo, folder: Path, sender: str, reason: str
+    ) -> m.RequestInfo:
+        """Re-seal every piece to the requester beside the held ones, then swap the folders
+        in the transaction that marks the request done (a crash between: `Store` undoes it)."""
+        staged = folder.with_name(folder.name + ".release")
+        held = folder.with_name(folder.name + ".held")
+        shutil.rmtree(staged, ignore_errors=True)
+        await self._reseal(info, staged, self.store.result_parts(info.request_id), info.requester)
+
+        def swap() -> None:
+            os.replace(folder, held)
+            os.replace(staged, folder)
+
+        try:
+            updated = self.store.decide_result(sender, info.request_id, True, reason, swap)
+        except BaseException:
+            if held.exists():  # swapped, then the commit failed: put the held pieces back
+                shutil.rmtree(folder, ignore_errors=True)
+                os.replace(held, folder)
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        shutil.rmtree(held, ignore_errors=True)
+        return updated
+
+    async def _reseal(self, info: m.RequestInfo, target: Path, parts: int, recipient: str) -> None:
+        source = self.store.paths.result_dir(info.request_id)
+        contexts = ResultSeal(info.request_id, self.peer_id, info.requester)
+        try:
+            await trio.to_thread.run_sync(
+                reseal, source, target, parts, self.store.identity, contexts, recipient
+            )
+        except (SealError, OSError) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise Refused("internal", f"the held result cannot be opened: {exc}") from exc
+
+    def _held(self, sender: str, role: str, request_id: str) -> m.RequestInfo:
+        info = self._request_for(sender, role, request_id)
+        if info.status != "awaiting_release":
+            raise Refused(
+                "conflict", f"request {request_id} is {info.status}, not awaiting_release"
+            )
+        if request_id in self._releasing:
+            raise Refused("conflict", f"request {request_id} is being released or withheld now")
+        return info
+
+    def _preview_dir(self, request_id: str, admin: str) -> Path:
+        who = hashlib.sha256(admin.encode()).hexdigest()[:16]
+        return self.store.paths.staging / f"preview-{request_id}-{who}"
+
+    def _disclosed(self, info: m.RequestInfo, sender: str, role: str) -> m.RequestInfo:
+        """`info` with the job's full error and log opened: for admins, and for its
+        requester once released (the stored copies stay sealed)."""
+        found = self.store.job_output(info.request_id)
+        if found is None:
+            return info
+        error_full, log, released = found
+        if role != "admin" and not (released and info.requester == sender):
+            return info
+        return msgspec.structs.replace(info, error_full=error_full, log=log, released=released)
 
     # ---- differential privacy ---------------------------------------------------------------
 
@@ -413,11 +532,17 @@ class DomainService:
         self._require_admin(sender, role)
         self._dataset(call.dataset)
         try:
-            check_policy(call.max_query_epsilon)
+            if call.max_query_epsilon is not None:
+                check_policy(call.max_query_epsilon)
         except PolicyError as exc:
             raise Refused("invalid", str(exc)) from exc
         return self.store.set_policy(
-            sender, call.dataset, call.auto_approve, call.max_query_epsilon
+            sender,
+            call.dataset,
+            call.auto_approve,
+            call.max_query_epsilon,
+            call.errors,
+            call.release,
         )
 
     # ---- federated learning (see jupyter_syft.federated) ------------------------------------
@@ -723,6 +848,30 @@ def result_vector(folder: Path, parts: int, identity: Identity, contexts: Result
     if not np.all(np.isfinite(value)) or np.max(np.abs(value)) > MAX_ABS:
         raise ValueError(f"an aggregate request's values must be finite, |x| <= {MAX_ABS:g}")
     return value
+
+
+def reseal(
+    source: Path, target: Path, parts: int, node: Identity, contexts: ResultSeal, recipient: str
+) -> None:
+    """Open each piece of a result sealed to this node and seal it to `recipient` under the
+    same context, chunk by chunk: the plaintext never reaches the disk. Manifest last, as the
+    worker writes it (its presence means complete).
+
+    Threat model: as for any result, the node is trusted with it (it computed it); a held
+    result reaches only the admin who previews it and, once released, its requester.
+    """
+    target.mkdir(parents=True)
+    public = x25519_public_key(recipient)
+    pieces = [(PART_FILE.format(i), contexts.part(i)) for i in range(parts)]
+    for name, context in [*pieces, (MANIFEST_FILE, contexts.manifest())]:
+        with (source / name).open("rb") as src, (target / name).open("wb") as dst:
+            writer = SealingWriter(dst, public, context)
+            open_stream(src, writer, node, context)  # type: ignore[arg-type]
+            writer.close()
+
+
+def _nothing() -> None:
+    """No files to move: a withheld result is removed after its transaction."""
 
 
 def _describe_value(value: object) -> str:

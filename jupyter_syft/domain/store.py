@@ -8,14 +8,27 @@ Layout of a data dir:
     results/REQUEST_ID/   manifest.msgpack, part-N.arrow
     models/NAME.safetensors   weights served for homomorphic inference
     rounds/REQUEST_ID.safetensors   the global weights a federated round starts from
+    environments/LOCK_HASH/site-packages   declared requirements, built once and shared
     staging/              uploads in flight; emptied at start
 
 Every write is one transaction (see `jupyter_syft.sqlite_file`), so a crash leaves the
 previous state or the next one, never a mix.
 
-The audit log is append-only (triggers refuse UPDATE and DELETE) and hash-chained: each
-entry's hash covers the previous hash, so editing or dropping a past entry through the
-file itself breaks `verify_audit()`.
+The audit log is append-only (triggers refuse UPDATE and DELETE) and chained by the node's
+key: each entry carries an HMAC-SHA256, under a key derived (HKDF) from `node.key` and kept
+only in memory, over its number, its content and the previous entry's MAC. Threat model: whoever
+can write the SQLite file but not read `node.key` (a backup, a restore, a tool that edits the
+file) can drop the triggers and delete or alter entries, but cannot recompute the chain, so
+`check_audit()` names the first entry that breaks it. Not detected: dropping the newest entries
+(the chain has no anchor outside the file), or anything done by a holder of `node.key`.
+A store from before keyed auditing holds an unkeyed SHA-256 chain; `rekey_audit()` (the
+`jupyter-syft domain rekey-audit` command, on the owner's word that the file is untouched)
+appends one keyed `audit_rekeyed` entry that covers it. It is never re-keyed by itself: an
+unkeyed chain is exactly what an attacker without the key can write.
+
+What a job says besides its result (the full error text, its stdout and stderr) is sealed to
+the node's own key (`crypto.seal`, bound to the request) before it reaches the file; the
+`requests.error` column holds only the redacted error a scientist may see.
 
 Privacy budgets (see jupyter_syft.privacy.budget for what a charge means and how charges add
 up): the ledger is append-only too, and a trigger refuses any ledger row that would take a
@@ -28,17 +41,23 @@ every charge committed before it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from jupyter_syft.crypto.seal import open_sealed, output_context, seal, x25519_public_key
+from jupyter_syft.identity import Identity, load_or_create
 from jupyter_syft.privacy.budget import delta_units, delta_value, epsilon_units, epsilon_value
 from jupyter_syft.privacy.policy import default_policy
 from jupyter_syft.sqlite_file import SqliteFile
@@ -105,6 +124,15 @@ CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY, description TEXT NOT NULL, features INTEGER NOT NULL,
     rows INTEGER NOT NULL, outputs INTEGER NOT NULL, depth INTEGER NOT NULL,
     max_samples INTEGER NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS job_outputs (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id),
+    error BLOB NOT NULL, log BLOB NOT NULL, released_at REAL);
+CREATE TABLE IF NOT EXISTS disclosure_policies (
+    dataset TEXT PRIMARY KEY, errors TEXT NOT NULL, release TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS request_requirements (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), requirements_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requirement_policies (
+    dataset TEXT PRIMARY KEY, policy_json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS model_usage (
     model TEXT NOT NULL REFERENCES models (name), peer_id TEXT NOT NULL,
     calls INTEGER NOT NULL, samples INTEGER NOT NULL, last_at REAL NOT NULL,
@@ -113,13 +141,17 @@ CREATE TABLE IF NOT EXISTS model_usage (
 
 REQUESTS = (
     "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta,"
-    " f.spec AS plan_spec, fr.plan_id AS round_plan, fr.round AS round_number"
+    " f.spec AS plan_spec, fr.plan_id AS round_plan, fr.round AS round_number,"
+    " q.requirements_json"
     " FROM requests r LEFT JOIN dp_requests p ON p.request_id = r.id"
     " LEFT JOIN federated_plans f ON f.request_id = r.id"
     " LEFT JOIN federated_rounds fr ON fr.request_id = r.id"
+    " LEFT JOIN request_requirements q ON q.request_id = r.id"
 )
 
 GENESIS_HASH = "0" * 64
+AUDIT_KEY_INFO = b"jupyter-syft/audit-chain/1"
+REKEYED = "audit_rekeyed"
 
 
 class StoreError(Exception):
@@ -161,6 +193,11 @@ class Paths:
         return self.root / "models" / f"{name}.safetensors"
 
     @property
+    def environments(self) -> Path:
+        """Declared environments, by lock hash (jupyter_syft.domain.environments)."""
+        return self.root / "environments"
+
+    @property
     def staging(self) -> Path:
         return self.root / "staging"
 
@@ -168,8 +205,22 @@ class Paths:
 def _entry_hash(
     prev_hash: str, at: float, actor: str, action: str, subject: str, detail: str
 ) -> str:
+    """The unkeyed SHA-256 of stores from before keyed auditing: verified, never written."""
     canonical = json.dumps([prev_hash, repr(at), actor, action, subject, detail])
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _entry_mac(
+    key: bytes, prev: str, seq: int, at: float, actor: str, action: str, subject: str, detail: str
+) -> str:
+    canonical = json.dumps([prev, seq, repr(at), actor, action, subject, detail])
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def audit_key(identity: Identity) -> bytes:
+    """The audit chain's HMAC key: derived from the node's identity key, never stored."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=AUDIT_KEY_INFO)
+    return hkdf.derive(identity.private_key.private_bytes_raw())
 
 
 class Store(SqliteFile):
@@ -182,7 +233,12 @@ class Store(SqliteFile):
             (self.paths.root / folder).mkdir(exist_ok=True)
         shutil.rmtree(self.paths.staging, ignore_errors=True)
         self.paths.staging.mkdir()
+        # The node's key (the same file the node's libp2p host uses): it keys the audit chain
+        # and is the recipient of sealed job outputs and of results awaiting release.
+        self.identity = load_or_create(self.paths.node_key)
+        self._audit_key = audit_key(self.identity)
         super().__init__(self.paths.database, SCHEMA)
+        self._recover_releases()
 
     # ---- node metadata ---------------------------------------------------------------------
 
@@ -284,6 +340,7 @@ class Store(SqliteFile):
                 ),
             )
             self._audit(db, requester, "submit_request", request_id, json.dumps(call.inputs))
+            self._add_requirements(db, request_id, call.requirements)
         info = self.request(request_id)
         assert info is not None
         return info
@@ -316,26 +373,156 @@ class Store(SqliteFile):
                 self._charge(db, request_id)  # a DP request pays before it can run
         return self._request_or_fail(request_id)
 
-    def start_run(self, request_id: str) -> None:
-        self._move(request_id, "approved", "running", "run_started", "")
+    def start_build(self, request_id: str) -> None:
+        """An approved request whose declared environment is built before its job runs."""
+        self._move(request_id, "approved", "building", "build_started", "")
 
-    def finish_run(self, request_id: str, parts: int, result_bytes: int) -> None:
+    def start_run(self, request_id: str, built: bool = False) -> None:
+        self._move(request_id, "building" if built else "approved", "running", "run_started", "")
+
+    def fail_build(self, request_id: str, error: str) -> None:
+        """The environment could not be built; `error` (the resolver's words, about public
+        packages only: no private data was read) is what the scientist sees."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE requests SET status = 'done', finished_at = ?, result_parts = ?,"
-                " result_bytes = ? WHERE id = ? AND status = 'running'",
-                (time.time(), parts, result_bytes, request_id),
+                "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
+                " WHERE id = ? AND status = 'building'",
+                (time.time(), error, request_id),
             )
-            self._audit(db, "node", "run_done", request_id, json.dumps({"bytes": result_bytes}))
+            self._audit(db, "node", "build_failed", request_id, error.splitlines()[0][:200])
 
-    def fail_run(self, request_id: str, error: str) -> None:
+    def _add_requirements(
+        self, db: sqlite3.Connection, request_id: str, requirements: list[str]
+    ) -> None:
+        if requirements:
+            db.execute(
+                "INSERT INTO request_requirements VALUES (?, ?)",
+                (request_id, json.dumps(requirements)),
+            )
+
+    def finish_run(
+        self, request_id: str, parts: int, result_bytes: int, log: bytes = b"", held: bool = False
+    ) -> None:
+        """Record a finished job; `held`: its result (sealed to this node) awaits release."""
+        status = "awaiting_release" if held else "done"
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE requests SET status = ?, finished_at = ?, result_parts = ?,"
+                " result_bytes = ? WHERE id = ? AND status = 'running'",
+                (status, time.time(), parts, result_bytes, request_id),
+            )
+            detail = json.dumps({"bytes": result_bytes, "held": held})
+            self._audit(db, "node", "run_done", request_id, detail)
+            self._keep_output(db, request_id, "", log)
+
+    def fail_run(self, request_id: str, error: str, error_full: str = "", log: bytes = b"") -> None:
+        """Record a failed job: `error` (redacted) in the clear, the full text and log sealed."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
                 " WHERE id = ? AND status = 'running'",
                 (time.time(), error, request_id),
             )
-            self._audit(db, "node", "run_failed", request_id, error.splitlines()[0][:200])
+            first = error.strip().splitlines()[0][:200] if error.strip() else ""
+            self._audit(db, "node", "run_failed", request_id, first)
+            self._keep_output(db, request_id, error_full, log)
+
+    def _keep_output(
+        self, db: sqlite3.Connection, request_id: str, error_full: str, log: bytes
+    ) -> None:
+        """Seal a job's full error and log to this node; released at once under errors="full"
+        on every dataset the request read."""
+        if not error_full and not log:
+            return
+        row = db.execute("SELECT inputs_json FROM requests WHERE id = ?", (request_id,)).fetchone()
+        released = self._disclosure(db, json.loads(row["inputs_json"]).values())[0] == "full"
+        recipient = x25519_public_key(self.identity.peer_id)
+        domain = self.identity.peer_id
+        db.execute(
+            "INSERT OR REPLACE INTO job_outputs VALUES (?, ?, ?, ?)",
+            (
+                request_id,
+                seal(error_full.encode(), recipient, output_context(request_id, domain, "error")),
+                seal(log, recipient, output_context(request_id, domain, "log")),
+                time.time() if released else None,
+            ),
+        )
+        if released:
+            self._audit(db, "policy", "release_error", request_id, 'errors="full"')
+
+    def job_output(self, request_id: str) -> tuple[str, str, bool] | None:
+        """A job's full error, its log and whether they are released; opened in memory only."""
+        row = self._one("SELECT * FROM job_outputs WHERE request_id = ?", request_id)
+        if row is None:
+            return None
+        domain = self.identity.peer_id
+        error = open_sealed(
+            row["error"], self.identity, output_context(request_id, domain, "error")
+        )
+        log = open_sealed(row["log"], self.identity, output_context(request_id, domain, "log"))
+        return (
+            error.decode(errors="replace"),
+            log.decode(errors="replace"),
+            row["released_at"] is not None,
+        )
+
+    def release_error(self, actor: str, request_id: str) -> None:
+        """Let the requester read a failed job's full error and log; StoreError if the request
+        did not fail or is released already (nothing changes then)."""
+        with self._transaction() as db:
+            current = self._request_or_fail(request_id)
+            if current.status != "failed":
+                raise StoreError(f"request {request_id} is {current.status}, not failed")
+            changed = db.execute(
+                "UPDATE job_outputs SET released_at = ? WHERE request_id = ?"
+                " AND released_at IS NULL",
+                (time.time(), request_id),
+            ).rowcount
+            if not changed:
+                row = db.execute(
+                    "SELECT 1 FROM job_outputs WHERE request_id = ?", (request_id,)
+                ).fetchone()
+                raise StoreError(
+                    f"request {request_id}'s error is released already"
+                    if row
+                    else f"request {request_id} left no error text or log to release"
+                )
+            self._audit(db, actor, "release_error", request_id, "")
+
+    def decide_result(
+        self, actor: str, request_id: str, release: bool, reason: str, swap: Callable[[], None]
+    ) -> m.RequestInfo:
+        """Release a held result (`swap` puts the requester's sealed pieces in place, inside
+        the transaction: both happen or neither) or withhold it; StoreError unless held."""
+        status = "done" if release else "withheld"
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE requests SET status = ?, reason = ? WHERE id = ?"
+                " AND status = 'awaiting_release'",
+                (status, reason, request_id),
+            ).rowcount
+            if not changed:
+                current = self._request_or_fail(request_id)
+                raise StoreError(f"request {request_id} is {current.status}, not awaiting_release")
+            action = "result_released" if release else "result_withheld"
+            self._audit(db, actor, action, request_id, reason)
+            if release:
+                swap()
+        return self._request_or_fail(request_id)
+
+    def _recover_releases(self) -> None:
+        """Finish what a crash cut off in a release's swap (see `decide_result`)."""
+        results = self.paths.root / "results"
+        for folder in results.glob("*.release"):
+            shutil.rmtree(folder, ignore_errors=True)
+        for held in results.glob("*.held"):
+            request_id = held.name.removesuffix(".held")
+            info = self.request(request_id)
+            if info is not None and info.status == "awaiting_release":  # not committed
+                shutil.rmtree(self.paths.result_dir(request_id), ignore_errors=True)
+                os.replace(held, self.paths.result_dir(request_id))
+            else:
+                shutil.rmtree(held, ignore_errors=True)
 
     def result_parts(self, request_id: str) -> int:
         row = self._one("SELECT result_parts FROM requests WHERE id = ?", request_id)
@@ -344,7 +531,9 @@ class Store(SqliteFile):
     def requeue_interrupted(self) -> list[str]:
         """Jobs cut off by a node crash go back to 'approved' so they run again."""
         with self._transaction() as db:
-            rows = db.execute("SELECT id FROM requests WHERE status = 'running'").fetchall()
+            rows = db.execute(
+                "SELECT id FROM requests WHERE status IN ('running', 'building')"
+            ).fetchall()
             for row in rows:
                 db.execute("UPDATE requests SET status = 'approved' WHERE id = ?", (row["id"],))
                 self._audit(db, "node", "run_requeued", row["id"], "node restarted mid-run")
@@ -376,6 +565,7 @@ class Store(SqliteFile):
         code: str,
         function_name: str,
         auto_approve: bool,
+        requirements: list[str] | None = None,
     ) -> m.RequestInfo:
         """Record a DP request. Auto-approved, it is charged in the same transaction; waiting
         for review, it must fit the budget now (it is charged when approved). Raises
@@ -404,6 +594,7 @@ class Store(SqliteFile):
                 (request_id, dataset, m.encode(spec), epsilon, delta),
             )
             self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
+            self._add_requirements(db, request_id, requirements or [])
             if auto_approve:
                 self._audit(db, "policy", "approved", request_id, "DP query within policy")
                 self._charge(db, request_id)
@@ -478,22 +669,76 @@ class Store(SqliteFile):
         return [self.budget(peer_id, r["dataset"]) for r in rows]
 
     def set_policy(
-        self, actor: str, dataset: str, auto_approve: bool, max_query_epsilon: float
+        self,
+        actor: str,
+        dataset: str,
+        auto_approve: bool | None,
+        max_query_epsilon: float | None,
+        errors: str | None = None,
+        release: str | None = None,
+        requirements: m.RequirementsPolicy | None = None,
     ) -> m.PolicyInfo:
+        """Change the fields given (None keeps the current value), in one transaction."""
         with self._transaction() as db:
+            current = self.policy(dataset)
+            auto_approve = current.auto_approve if auto_approve is None else auto_approve
+            if max_query_epsilon is None:
+                max_query_epsilon = current.max_query_epsilon
             db.execute(
                 "INSERT OR REPLACE INTO dp_policies VALUES (?, ?, ?)",
                 (dataset, int(auto_approve), max_query_epsilon),
             )
-            detail = {"auto_approve": auto_approve, "max_query_epsilon": max_query_epsilon}
+            errors, release = errors or current.errors, release or current.release
+            db.execute(
+                "INSERT OR REPLACE INTO disclosure_policies VALUES (?, ?, ?)",
+                (dataset, errors, release),
+            )
+            requirements = current.requirements if requirements is None else requirements
+            db.execute(
+                "INSERT OR REPLACE INTO requirement_policies VALUES (?, ?)",
+                (dataset, json.dumps(requirements)),
+            )
+            detail = {
+                "auto_approve": auto_approve,
+                "max_query_epsilon": max_query_epsilon,
+                "errors": errors,
+                "release": release,
+                "requirements": requirements,
+            }
             self._audit(db, actor, "set_policy", dataset, json.dumps(detail))
         return self.policy(dataset)
 
     def policy(self, dataset: str) -> m.PolicyInfo:
-        row = self._one("SELECT * FROM dp_policies WHERE dataset = ?", dataset)
-        if row is None:
-            return default_policy(dataset)
-        return m.PolicyInfo(dataset, bool(row["auto_approve"]), row["max_query_epsilon"])
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM dp_policies WHERE dataset = ?", (dataset,)
+            ).fetchone()
+            errors, release = self._disclosure(self._db, [dataset])
+            allowed = self._db.execute(
+                "SELECT policy_json FROM requirement_policies WHERE dataset = ?", (dataset,)
+            ).fetchone()
+        policy = default_policy(dataset)
+        if row is not None:
+            policy = m.PolicyInfo(dataset, bool(row["auto_approve"]), row["max_query_epsilon"])
+        requirements = json.loads(allowed["policy_json"]) if allowed else "any"
+        return msgspec.structs.replace(
+            policy, errors=errors, release=release, requirements=requirements
+        )
+
+    def disclosure(self, datasets: Iterable[str]) -> tuple[str, str]:
+        """The (errors, release) policy of a request reading `datasets`: the strictest."""
+        with self._lock:
+            return self._disclosure(self._db, datasets)
+
+    def _disclosure(self, db: sqlite3.Connection, datasets: Iterable[str]) -> tuple[str, str]:
+        names = list(datasets)
+        marks = ", ".join("?" * len(names))
+        rows = db.execute(
+            f"SELECT errors, release FROM disclosure_policies WHERE dataset IN ({marks})", names
+        ).fetchall()
+        full = len(rows) == len(set(names)) and all(r["errors"] == "full" for r in rows)
+        held = any(r["release"] == "after_review" for r in rows)
+        return "full" if full else "redacted", "after_review" if held else "on_approval"
 
     def _spent(self, db: sqlite3.Connection, peer_id: str, dataset: str) -> tuple[int, int]:
         row = db.execute(
@@ -630,7 +875,12 @@ class Store(SqliteFile):
     # ---- federated learning -----------------------------------------------------------------
 
     def add_federated_plan(
-        self, requester: str, dataset: str, plan: m.FederatedPlan, round_spec: m.DPTraining | None
+        self,
+        requester: str,
+        dataset: str,
+        plan: m.FederatedPlan,
+        round_spec: m.DPTraining | None,
+        requirements: list[str] | None = None,
     ) -> m.RequestInfo:
         """Record a plan for review. With DP, all its rounds must fit the budget now (each round
         is charged when it runs); BudgetExceeded, with nothing recorded, if they do not."""
@@ -653,6 +903,7 @@ class Store(SqliteFile):
                 (request_id, dataset, m.encode(plan)),
             )
             self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
+            self._add_requirements(db, request_id, requirements or [])
             if round_spec is not None:
                 epsilon = epsilon_units(round_spec.epsilon) * plan.rounds
                 delta = delta_units(round_spec.delta) * plan.rounds
@@ -709,6 +960,11 @@ class Store(SqliteFile):
             db.execute(
                 "INSERT INTO federated_rounds VALUES (?, ?, ?)", (request_id, plan_id, round_number)
             )
+            db.execute(  # every round runs in the environment its plan declared
+                "INSERT INTO request_requirements SELECT ?, requirements_json"
+                " FROM request_requirements WHERE request_id = ?",
+                (request_id, plan_id),
+            )
             detail = json.dumps({"plan": plan_id, "round": round_number})
             self._audit(db, requester, "submit_request", request_id, detail)
             self._audit(db, "plan", "approved", request_id, detail)
@@ -754,14 +1010,14 @@ class Store(SqliteFile):
     def _audit(
         self, db: sqlite3.Connection, actor: str, action: str, subject: str, detail: str
     ) -> None:
-        last = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        prev_hash = GENESIS_HASH if last is None else last["hash"]
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        prev, seq = (GENESIS_HASH, 1) if last is None else (last["hash"], last["seq"] + 1)
         at = time.time()
-        entry_hash = _entry_hash(prev_hash, at, actor, action, subject, detail)
+        mac = _entry_mac(self._audit_key, prev, seq, at, actor, action, subject, detail)
         db.execute(
-            "INSERT INTO audit (at, actor, action, subject, detail, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (at, actor, action, subject, detail, prev_hash, entry_hash),
+            "INSERT INTO audit (seq, at, actor, action, subject, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, at, actor, action, subject, detail, prev, mac),
         )
 
     def audit_entries(self, limit: int = 100) -> list[m.AuditEntry]:
@@ -774,16 +1030,58 @@ class Store(SqliteFile):
         ]
 
     def verify_audit(self) -> bool:
-        """True when every entry's hash matches its content and its predecessor."""
-        prev_hash = GENESIS_HASH
-        for r in self._all("SELECT * FROM audit ORDER BY seq"):
-            expected = _entry_hash(
-                prev_hash, r["at"], r["actor"], r["action"], r["subject"], r["detail"]
+        """True when the whole chain verifies under the node's key (see `check_audit`)."""
+        return not self.check_audit()
+
+    def check_audit(self) -> str:
+        """ "" when every entry's MAC matches its content, its number and its predecessor;
+        else where and how the chain breaks. Entries with the unkeyed hash of an older store
+        are accepted only before the keyed `audit_rekeyed` entry that covers them."""
+        prev, expected_seq, keyed = GENESIS_HASH, 1, False
+        rows = self._all("SELECT * FROM audit ORDER BY seq")
+        for r in rows:
+            where = f"audit entry {r['seq']} ({r['action']} {r['subject']})"
+            if r["seq"] != expected_seq:
+                last = r["seq"] - 1
+                span = f"entry {last}" if last == expected_seq else f"entries {expected_seq}-{last}"
+                return f"audit {span} missing: deleted"
+            if r["prev_hash"] != prev:
+                return f"{where} does not follow entry {expected_seq - 1}: an entry was altered"
+            content = (r["at"], r["actor"], r["action"], r["subject"], r["detail"])
+            mac = _entry_mac(self._audit_key, prev, r["seq"], *content)
+            if hmac.compare_digest(r["hash"], mac):
+                if not keyed and r["seq"] > 1 and r["action"] != REKEYED:
+                    return f"{where} follows unkeyed entries without an {REKEYED} entry"
+                keyed = True
+            elif keyed or r["hash"] != _entry_hash(prev, *content):
+                return f"{where} does not match its MAC: altered, or written without the node's key"
+            prev, expected_seq = r["hash"], expected_seq + 1
+        if rows and not keyed:
+            return (
+                f"the audit chain (entries 1 to {len(rows)}) is not keyed by this node: a store "
+                "from before keyed auditing, or one rewritten without the node's key; if you "
+                "trust it, run `jupyter-syft domain rekey-audit` once"
             )
-            if r["prev_hash"] != prev_hash or r["hash"] != expected:
-                return False
-            prev_hash = r["hash"]
-        return True
+        return ""
+
+    def rekey_audit(self, actor: str) -> int:
+        """Cover an older store's unkeyed chain with one keyed entry, on the owner's word that
+        the file is untouched; returns how many unkeyed entries it covers. StoreError if the
+        chain is keyed already or does not verify even unkeyed."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+            problem = self.check_audit()
+            if not problem:
+                raise StoreError("the audit chain is keyed by this node already")
+            prev = GENESIS_HASH
+            for r in rows:
+                content = (r["at"], r["actor"], r["action"], r["subject"], r["detail"])
+                if r["prev_hash"] != prev or r["hash"] != _entry_hash(prev, *content):
+                    raise StoreError(f"not re-keyed: {problem}")
+                prev = r["hash"]
+            detail = json.dumps({"unkeyed_entries": len(rows), "last_hash": prev})
+            self._audit(db, actor, REKEYED, "audit", detail)
+        return len(rows)
 
 
 def read_node_info(data_dir: Path) -> dict[str, str]:
@@ -862,4 +1160,5 @@ def _request_info(row: sqlite3.Row) -> m.RequestInfo:
         privacy=_dp_spec.decode(row["dp_spec"]) if dp else None,
         plan=plan,
         plan_round=(row["round_plan"], row["round_number"]) if row["round_plan"] else None,
+        requirements=json.loads(row["requirements_json"] or "[]"),
     )

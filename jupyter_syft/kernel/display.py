@@ -41,10 +41,13 @@ COLOURS = {
     "mock": "#b45309",
     "pending": "#6b7280",
     "approved": "#2563eb",
+    "building": "#2563eb",
     "running": "#2563eb",
     "done": "#15803d",
     "denied": "#b91c1c",
     "failed": "#b91c1c",
+    "awaiting_release": "#b45309",
+    "withheld": "#b91c1c",
     "lost": "#b45309",
     "error": "#b91c1c",
 }
@@ -216,10 +219,13 @@ def note(text: str, colour: str = COLOURS["pending"]) -> Bundle:
 STATUS_TEXT = {
     "pending": "pending: waiting for the owner's review",
     "approved": "approved: queued to run on the private data",
+    "building": "approved: building environment (its declared requirements)",
     "running": "running on the private data",
     "done": "done: fetching the result",
     "denied": "denied by the owner",
     "failed": "failed on the domain",
+    "awaiting_release": "ran: awaiting the owner's release of the result",
+    "withheld": "the owner withheld the result",
     "lost": "connection lost, reconnecting (the request stays on the domain)",
     "error": "error",
 }
@@ -295,11 +301,11 @@ def _status(target: Target, sub: Submission) -> tuple[str, str, str]:
     if state == "error":
         return state, STATUS_TEXT[state], target.error
     assert target.request is not None
-    if state == "denied":
+    if state in ("denied", "withheld"):
         return state, STATUS_TEXT[state], target.request.info.reason or "(no reason given)"
     if state == "failed":
-        return state, STATUS_TEXT[state], target.request.info.error
-    return state, STATUS_TEXT[state], target.problem
+        return state, STATUS_TEXT[state], target.request.error
+    return state, STATUS_TEXT[state], target.problem or target.request.info.note
 
 
 def provenance(target: Target) -> str:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from jupyter_syft.client.domain import RemoteRequest
 
-FINAL_STATUSES = ("done", "denied", "failed")
+FINAL_STATUSES = ("done", "denied", "failed", "withheld")
 POLL_S = 10.0  # longest single long-poll: how soon a watcher notices the kernel stopping
 RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # waits between reconnection attempts
 
@@ -60,7 +60,7 @@ class Target:
             or bool(self.error)
             or self.fetched
             or self.stopped
-            or self.request.info.status in ("denied", "failed")
+            or self.request.info.status in ("denied", "failed", "withheld")
         )
 
 

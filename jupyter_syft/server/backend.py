@@ -163,6 +163,7 @@ class Backend:
             domains[name]["online"] = True
         mine: dict[tuple[str, str], dict[str, Any]] = {}
         pending: list[dict[str, Any]] = []
+        held: list[dict[str, Any]] = []  # results awaiting the owner's release
         history: list[dict[str, Any]] = []
         me = {i.peer_id for i in self.identities}
         for name, domain in sorted(domains.items()):
@@ -185,7 +186,8 @@ class Backend:
                         mine[name, info.request_id] = request_json(name, info)
                     if role == "admin":
                         item = review_json(name, info, users)
-                        (pending if info.status == "pending" else history).append(item)
+                        waiting = {"pending": pending, "awaiting_release": held}
+                        waiting.get(info.status, history).append(item)
         history.sort(key=lambda r: r["decided_at"] or r["submitted_at"], reverse=True)
         administered = [
             {
@@ -203,6 +205,7 @@ class Backend:
             "approvals": {
                 "domains": administered,
                 "pending": sorted(pending, key=lambda r: r["submitted_at"]),
+                "held": sorted(held, key=lambda r: r["submitted_at"]),
                 "history": history[:HISTORY],
             },
         }
@@ -281,6 +284,52 @@ class Backend:
                 return request_json(domain, self._call(identity, domain, act))
         raise NotAuthorisedError(f"you are not an admin of domain {domain!r}")
 
+    def release_error(self, domain: str, request_id: str) -> dict[str, Any]:
+        """Give the scientist a failed job's full error and log (the domain audits it)."""
+        info = self._as_admin(domain, request_id, lambda r: r.release_error() or r.info)
+        return request_json(domain, info)
+
+    def decide_result(
+        self, domain: str, request_id: str, release: bool, reason: str
+    ) -> dict[str, Any]:
+        """Release a result awaiting release to its requester, or withhold it (a reason)."""
+        if not release and not reason.strip():
+            raise InvalidError("withholding a result needs a reason: the scientist sees it")
+        if release:
+            info = self._as_admin(domain, request_id, lambda r: r.release_result() or r.info)
+        else:
+            info = self._as_admin(domain, request_id, lambda r: r.withhold_result(reason) or r.info)
+        return request_json(domain, info)
+
+    def result_preview(self, domain: str, request_id: str) -> dict[str, Any]:
+        """A result awaiting release, as text (and its first rows for a table), for the
+        owner's eyes: the domain re-seals it to the owner's key, opened here."""
+        from jupyter_syft.kernel.display import render
+
+        value = self._as_admin(domain, request_id, lambda r: r.result_preview())
+        columns, rows = table_preview(value) if _is_frame(value) else ([], [])
+        return {
+            "domain": domain,
+            "id": request_id,
+            "text": render(value)[1],
+            "columns": columns,
+            "rows": rows,
+        }
+
+    def _as_admin(self, domain: str, request_id: str, act: Callable[[Any], Any]) -> Any:
+        """`act(review)` on the request as seen by an admin identity of `domain`."""
+        for identity in self.identities:
+            client = self._client(identity, domain)
+            if isinstance(client, AdminClient):
+                return self._call(
+                    identity, domain, lambda admin: act(admin.get_request(request_id))
+                )
+        raise NotAuthorisedError(f"you are not an admin of domain {domain!r}")
+
+
+def _is_frame(value: Any) -> bool:
+    return type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas")
+
 
 def _requests_of(client: DomainClient) -> tuple[str, list[m.RequestInfo], dict[str, str]]:
     """This identity's role, the requests it may see, and (for an admin) user names."""
@@ -290,7 +339,7 @@ def _requests_of(client: DomainClient) -> tuple[str, list[m.RequestInfo], dict[s
 
 
 def request_json(domain: str, info: m.RequestInfo) -> dict[str, Any]:
-    error = info.error.strip().splitlines()
+    error = (info.error_full if info.released else info.error).strip().splitlines()
     return {
         "domain": domain,
         "id": info.request_id,
@@ -304,6 +353,7 @@ def request_json(domain: str, info: m.RequestInfo) -> dict[str, Any]:
         "submitted_at": info.submitted_at,
         "decided_at": info.decided_at,
         "finished_at": info.finished_at,
+        "requirements": list(info.requirements),
     }
 
 
@@ -313,6 +363,12 @@ def review_json(domain: str, info: m.RequestInfo, users: dict[str, str]) -> dict
         "requester": info.requester,
         "requester_name": users.get(info.requester, ""),
         "code": info.code,
+        # What the job said besides its result, opened by the domain for its owner: the
+        # scientist's view of an error, the full one, the log, and whether they are released.
+        "scientist_error": info.error,
+        "error_full": info.error_full,
+        "log": info.log,
+        "released": info.released,
     }
 
 

@@ -91,6 +91,43 @@ class DecisionsHandler(SyftHandler):
         await self.reply(self.backend.decide, domain, request_id, approve, reason)
 
 
+class ReleaseErrorHandler(SyftHandler):
+    """POST {domain, request_id}: the scientist may read that failed job's error and log."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        domain, request_id = _target(self.request.body)
+        await self.reply(self.backend.release_error, domain, request_id)
+
+
+class HeldResultHandler(SyftHandler):
+    """GET ?domain=&request_id=: a preview of a result awaiting release; POST {domain,
+    request_id, release, reason}: release it to the scientist or withhold it."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        domain, request_id = self.argument("domain"), self.argument("request_id")
+        await self.reply(self.backend.result_preview, domain, request_id)
+
+    @web.authenticated
+    async def post(self) -> None:
+        domain, request_id = _target(self.request.body)
+        body = json.loads(self.request.body)
+        release, reason = body.get("release"), str(body.get("reason", ""))
+        if not isinstance(release, bool):
+            raise web.HTTPError(400, "release must be true or false")
+        await self.reply(self.backend.decide_result, domain, request_id, release, reason)
+
+
+def _target(raw: bytes) -> tuple[str, str]:
+    """The {domain, request_id} of a POST body, or 400."""
+    try:
+        body = json.loads(raw or b"{}")
+        return str(body["domain"]), str(body["request_id"])
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPError(400, "expected {domain, request_id, ...}") from None
+
+
 def routes(base_url: str, backend: Backend) -> list[tuple[str, type[SyftHandler], dict]]:
     api = url_path_join(base_url, "jupyter-syft", "api")
     kwargs = {"backend": backend}
@@ -99,4 +136,6 @@ def routes(base_url: str, backend: Backend) -> list[tuple[str, type[SyftHandler]
         (url_path_join(api, "datasets"), DatasetsHandler, kwargs),
         (url_path_join(api, "preview"), PreviewHandler, kwargs),
         (url_path_join(api, "decisions"), DecisionsHandler, kwargs),
+        (url_path_join(api, "release_error"), ReleaseErrorHandler, kwargs),
+        (url_path_join(api, "held_result"), HeldResultHandler, kwargs),
     ]

@@ -36,6 +36,7 @@ class ReviewModel:
     def __init__(self, owner: AdminClient) -> None:
         self.owner = owner
         self.pending: list[ReviewRequest] = []
+        self.held: list[ReviewRequest] = []  # results awaiting the owner's release
         self.history: list[ReviewRequest] = []
         self.names: dict[str, str] = {}  # peer id -> the name the owner gave that user
         self.online = True
@@ -55,7 +56,9 @@ class ReviewModel:
         with self._lock:
             self.online, self.problem, self.names = True, "", names
             self.pending = [r for r in found if r.info.status == "pending"]  # type: ignore[misc]
-            decided = [r for r in found if r.info.status != "pending"]
+            self.held = [r for r in found if r.info.status == "awaiting_release"]  # type: ignore[misc]
+            waiting = ("pending", "awaiting_release")
+            decided = [r for r in found if r.info.status not in waiting]
             decided.sort(key=lambda r: r.info.decided_at or r.info.submitted_at, reverse=True)
             self.history = decided  # type: ignore[assignment]
 
@@ -67,6 +70,37 @@ class ReviewModel:
             self.message = "Give a reason to deny: the scientist sees it. Nothing changed."
             return
         self._decide(request_id, approve=False, reason=reason)
+
+    def release_error(self, request_id: str) -> None:
+        """Give the scientist a failed job's full error and log."""
+        self._act(request_id, lambda r: r.release_error(), "error and log released")
+
+    def release_result(self, request_id: str) -> None:
+        self._act(request_id, lambda r: r.release_result(), "result released")
+
+    def withhold_result(self, request_id: str, reason: str) -> None:
+        if not reason.strip():
+            self.message = "Give a reason to withhold: the scientist sees it. Nothing changed."
+            return
+        self._act(request_id, lambda r: r.withhold_result(reason), "result withheld")
+
+    def preview(self, request_id: str) -> tuple[bool, Any]:
+        """(True, the held result) or (False, why it cannot be shown)."""
+        try:
+            return True, self.owner.get_request(request_id).result_preview()  # type: ignore[attr-defined]
+        except (*OFFLINE, SyftError) as exc:
+            return False, f"cannot show the result: {exc}"
+
+    def _act(self, request_id: str, action: Any, done: str) -> None:
+        short = request_id[:8]
+        try:
+            action(self.owner.get_request(request_id))
+            self.message = f"Request {short}: {done}."
+        except (ConflictError, NotFoundError) as exc:
+            self.message = f"Request {short}: nothing changed ({exc})."
+        except OFFLINE as exc:
+            self.message = f"The domain is unreachable; nothing changed ({exc})."
+        self.refresh()
 
     def _decide(self, request_id: str, approve: bool, reason: str = "") -> None:
         short = request_id[:8]
@@ -102,7 +136,7 @@ class RequestModel:
 
     @property
     def finished(self) -> bool:
-        return self.fetched or self.status in ("denied", "failed")
+        return self.fetched or self.status in ("denied", "failed", "withheld")
 
     def step(self, wait_s: float) -> None:
         """Long-poll once (or fetch the result once done); link errors are kept, not raised."""

@@ -17,10 +17,13 @@ RETRY_S = 1.0  # between reconnection attempts when the link broke
 TEXT = {
     "pending": "waiting for the owner's review",
     "approved": "approved: queued to run on the private data",
+    "building": "approved: building environment (its declared requirements)",
     "running": "running on the private data",
     "done": "done: fetching the result",
     "denied": "denied by the owner",
     "failed": "failed on the domain",
+    "awaiting_release": "ran: the owner is looking at the result before releasing it",
+    "withheld": "the owner withheld the result",
 }
 
 
@@ -57,15 +60,19 @@ class RequestStatus(w.VBox):
         body = ""
         if model.problem:
             body = f"<div><small>link lost, retrying: {h.esc(model.problem)}</small></div>"
+        elif info.note and not model.finished:
+            body = f"<div><small>{h.esc(info.note)}</small></div>"
         elif model.fetched:
             value_html, _ = h.render(model.value)
             head = f"{h.badge(h.COLOURS['done'], 'done')} result of <b>"
             head += f"{h.esc(info.function_name)}</b> (request {h.esc(info.request_id[:8])})"
             body = value_html
-        elif model.status == "denied":
+        elif model.status in ("denied", "withheld"):
             body = f"<div>reason: {h.esc(info.reason or '(no reason given)')}</div>"
         elif model.status == "failed":
-            body = f"<pre>{h.esc(info.error)}</pre>"
+            body = f"<pre>{h.esc(model.request.error)}</pre>"
+            if model.request.log:
+                body += f"<div>log:</div><pre>{h.esc(model.request.log)}</pre>"
         with self._lock:
             self._html.value = h.sanitise(f"<div>{head}</div>{body}")
 

@@ -14,7 +14,23 @@ import msgspec
 
 DOMAIN_PROTOCOL = "/jupyter-syft/domain/1"
 
-RequestStatus = Literal["pending", "approved", "denied", "running", "done", "failed"]
+RequestStatus = Literal[
+    "pending",
+    "approved",
+    "denied",
+    "building",  # approved; its declared environment is being built (then "running")
+    "running",
+    "done",
+    "failed",
+    # release="after_review": the job ran, its result is sealed to the domain until the owner
+    # releases it (then "done") or withholds it ("withheld", final)
+    "awaiting_release",
+    "withheld",
+]
+ErrorPolicy = Literal["redacted", "full"]  # what a failed job's scientist sees
+ReleasePolicy = Literal["on_approval", "after_review"]  # when a result reaches the scientist
+# Which requirements a request on a dataset may declare: any, none, or these package names.
+RequirementsPolicy = Literal["any", "none"] | list[str]
 Role = Literal["admin", "data_scientist"]
 ErrorCode = Literal[
     "bad_message",  # the frame is not a well-formed, correctly signed, fresh call
@@ -87,6 +103,9 @@ class SubmitRequest(Struct, tag="submit_request"):
     inputs: dict[str, str]  # argument name -> dataset name
     # "aggregate": the result (a 1-D numeric vector) is released only inside secure aggregation
     policy: Literal["raw", "aggregate"] = "raw"
+    # Packages the code needs beyond the domain's own ("statsmodels==0.14.4"): wheels from the
+    # domain's package index, built into a cached environment (jupyter_syft.domain.environments)
+    requirements: list[str] = []
 
 
 class GetRequest(Struct, tag="get_request"):
@@ -141,6 +160,7 @@ class SubmitDPQuery(Struct, tag="submit_dp_query"):
 class SubmitDPTraining(Struct, tag="submit_dp_training"):
     dataset: str
     training: DPTraining
+    requirements: list[str] = []  # as in SubmitRequest
 
 
 class GetBudget(Struct, tag="get_budget"):
@@ -162,9 +182,16 @@ class GetPolicy(Struct, tag="get_policy"):
 
 
 class SetPolicy(Struct, tag="set_policy"):
+    """Change the dataset's policy: a field left None keeps its current value."""
+
     dataset: str
-    auto_approve: bool = False  # run built-in DP queries that fit the budget without review
-    max_query_epsilon: float = 1.0  # refuse any DP query asking for more
+    auto_approve: bool | None = None  # run built-in DP queries in the budget without review
+    max_query_epsilon: float | None = None  # refuse any DP query asking for more
+    # Disclosure. "full": failed jobs' full errors and every job's log reach the scientist
+    # without a release; "after_review": each result waits for the owner's release.
+    errors: ErrorPolicy | None = None
+    release: ReleasePolicy | None = None
+    requirements: RequirementsPolicy | None = None  # what requests may declare
 
 
 class SecAggStep(Struct, tag="secagg_step"):
@@ -172,6 +199,26 @@ class SecAggStep(Struct, tag="secagg_step"):
 
     request_id: str
     frame: bytes  # a signed jupyter_syft.crypto.secagg_messages frame from the requester
+
+
+class ReleaseError(Struct, tag="release_error"):
+    """Admin: let the scientist read a failed job's full error and its log (audited)."""
+
+    request_id: str
+
+
+class PreviewResult(Struct, tag="preview_result"):
+    """Admin: a result awaiting release, re-sealed to the caller so they can look at it."""
+
+    request_id: str
+
+
+class DecideResult(Struct, tag="decide_result"):
+    """Admin: release a result awaiting release to its requester, or withhold it (reason)."""
+
+    request_id: str
+    release: bool
+    reason: str = ""
 
 
 # ---- federated learning (see jupyter_syft.federated) ---------------------------------------
@@ -205,6 +252,7 @@ class FederatedPlan(Struct, tag="federated_plan"):
 class SubmitFederatedPlan(Struct, tag="submit_federated_plan"):
     dataset: str
     plan: FederatedPlan
+    requirements: list[str] = []  # as in SubmitRequest; every round runs with them
 
 
 class FederatedRound(Struct, tag="federated_round"):
@@ -321,6 +369,9 @@ Call = (
     | CommitContextUpload
     | PredictEncrypted
     | GetModelUsage
+    | ReleaseError
+    | PreviewResult
+    | DecideResult
 )
 
 
@@ -389,8 +440,8 @@ class RequestInfo(Struct, tag="request_info"):
     inputs: dict[str, str]
     policy: str
     status: str
-    reason: str  # the owner's reason for a denial
-    error: str  # the failure message and remote traceback
+    reason: str  # the owner's reason for a denial (or for withholding a result)
+    error: str  # what the scientist may see: the exception type and the frames of their code
     submitted_at: float
     decided_at: float | None
     finished_at: float | None
@@ -400,6 +451,12 @@ class RequestInfo(Struct, tag="request_info"):
     privacy: DPQuery | DPTraining | None = None
     plan: FederatedPlan | None = None  # a federated plan: what was approved
     plan_round: tuple[str, int] | None = None  # a federated round: (plan id, round)
+    # Sealed to the node at rest; filled in for admins, and for the requester once released.
+    error_full: str = ""  # the whole error text: messages, values, traceback
+    log: str = ""  # the job's stdout and stderr (capped)
+    released: bool = False  # error_full and log are the requester's to read
+    requirements: list[str] = []  # declared packages, checked and in canonical form
+    note: str = ""  # a passing word from the node on a queued or running job ("warming up")
 
 
 class RequestList(Struct, tag="request_list"):
@@ -443,6 +500,7 @@ class AuditEntry(Struct, tag="audit_entry"):
 class AuditLog(Struct, tag="audit_log"):
     entries: list[AuditEntry]
     chain_ok: bool
+    chain_error: str = ""  # where and how the chain breaks, when it does
 
 
 class Charge(Struct, tag="charge"):
@@ -472,6 +530,9 @@ class PolicyInfo(Struct, tag="policy_info"):
     dataset: str
     auto_approve: bool
     max_query_epsilon: float
+    errors: ErrorPolicy = "redacted"
+    release: ReleasePolicy = "on_approval"
+    requirements: RequirementsPolicy = "any"
 
 
 class SecAggFrame(Struct, tag="secagg_frame"):

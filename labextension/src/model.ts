@@ -35,6 +35,8 @@ export interface IRequest {
   submitted_at: number;
   decided_at: number | null;
   finished_at: number | null;
+  /** Packages the job runs with beyond the domain's own (built by the domain). */
+  requirements: string[];
 }
 
 /** A request as its reviewer sees it: who asked, and the code. */
@@ -42,6 +44,21 @@ export interface IReview extends IRequest {
   requester: string;
   requester_name: string;
   code: string;
+  /** What the scientist sees of a failure until it is released. */
+  scientist_error: string;
+  /** Sealed at rest, opened by the domain for its owner: the full error and the job's log. */
+  error_full: string;
+  log: string;
+  released: boolean;
+}
+
+/** A result awaiting the owner's release, as text (and, for a table, its first rows). */
+export interface IHeldPreview {
+  domain: string;
+  id: string;
+  text: string;
+  columns: string[];
+  rows: string[][];
 }
 
 export interface IState {
@@ -52,6 +69,8 @@ export interface IState {
   approvals: {
     domains: { name: string; online: boolean; sandbox: string }[];
     pending: IReview[];
+    /** Results awaiting the owner's release (release="after_review"). */
+    held: IReview[];
     history: IReview[];
   };
 }
@@ -187,6 +206,44 @@ export class SyftModel {
       this.notice = `${review.function} (${review.id.slice(0, 8)}) not changed: ${
         (error as Error).message
       }`;
+    }
+    await this.refresh();
+  }
+
+  /** Let the scientist read a failed job's full error and log. */
+  async releaseError(review: IReview): Promise<void> {
+    await this._act(review, 'release_error', {}, 'error and log released');
+  }
+
+  /** Release a held result to the scientist, or withhold it (a reason is required). */
+  async decideResult(review: IReview, release: boolean, reason: string): Promise<void> {
+    const done = release ? 'result released' : 'result withheld';
+    await this._act(review, 'held_result', { release, reason }, done);
+  }
+
+  /** The held result for the owner's eyes (the domain re-seals it to the owner). */
+  async heldPreview(review: IReview): Promise<IHeldPreview> {
+    const query = `domain=${encodeURIComponent(review.domain)}&request_id=${encodeURIComponent(
+      review.id
+    )}`;
+    return requestAPI<IHeldPreview>(`held_result?${query}`);
+  }
+
+  private async _act(
+    review: IReview,
+    endpoint: string,
+    extra: Record<string, unknown>,
+    done: string
+  ): Promise<void> {
+    const name = `${review.function} (${review.id.slice(0, 8)})`;
+    try {
+      await requestAPI<IRequest>(endpoint, {
+        method: 'POST',
+        body: JSON.stringify({ domain: review.domain, request_id: review.id, ...extra })
+      });
+      this.notice = `${name} on ${review.domain}: ${done}`;
+    } catch (error) {
+      this.notice = `${name} not changed: ${(error as Error).message}`;
     }
     await this.refresh();
   }

@@ -1,6 +1,6 @@
 import { Widget } from '@lumino/widgets';
 
-import { IHit, IPreview, IRequest, IReview, SyftModel } from './model';
+import { IHeldPreview, IHit, IPreview, IRequest, IReview, SyftModel } from './model';
 
 const MAX_HITS = 1000;
 
@@ -32,6 +32,18 @@ function sandbox(level: string): HTMLElement {
   return el('span', 'jp-Syft-muted', level ? ` · sandbox ${level}` : '');
 }
 
+/** A request's declared requirements, or nothing when it has none. */
+function requirements(request: IRequest): HTMLElement[] {
+  if (!request.requirements.length) {
+    return [];
+  }
+  const line = el('div', 'jp-Syft-requirements', 'requirements: ');
+  for (const requirement of request.requirements) {
+    line.append(el('code', '', requirement), ' ');
+  }
+  return [line];
+}
+
 function when(seconds: number | null): string {
   return seconds ? new Date(seconds * 1000).toLocaleString() : '';
 }
@@ -55,6 +67,7 @@ export class SyftSidebar extends Widget {
       this._approvalStatus,
       this._notice,
       this._pending,
+      this._held,
       this._history
     );
     model.changed.connect(this._render, this);
@@ -284,7 +297,7 @@ export class SyftSidebar extends Widget {
         el('b', '', request.function),
         el('span', 'jp-Syft-muted', ` on ${request.domain}/${request.datasets.join(', ')}`)
       );
-      item.append(head);
+      item.append(head, ...requirements(request));
       const detail = request.reason || request.error;
       if (detail) {
         item.append(el('div', 'jp-Syft-reason', detail));
@@ -304,6 +317,7 @@ export class SyftSidebar extends Widget {
         el('div', 'jp-Syft-muted', 'You administer no domain here: nothing to approve.')
       );
       this._pending.replaceChildren();
+      this._held.replaceChildren();
       this._history.replaceChildren();
       return;
     }
@@ -324,6 +338,18 @@ export class SyftSidebar extends Widget {
     this._cards = cards;
     const pendingTitle = el('div', 'jp-Syft-label', `Pending (${approvals.pending.length})`);
     this._pending.replaceChildren(pendingTitle, ...cards.values());
+    const held = approvals.held ?? [];
+    const heldCards = new Map<string, HTMLElement>();
+    for (const review of held) {
+      heldCards.set(review.id, this._heldCards.get(review.id) ?? this._heldCard(review));
+    }
+    this._heldCards = heldCards;
+    this._held.replaceChildren(
+      ...(held.length
+        ? [el('div', 'jp-Syft-label', `Results awaiting your release (${held.length})`)]
+        : []),
+      ...heldCards.values()
+    );
     const list = el('ul', 'jp-Syft-list jp-Syft-history');
     for (const review of approvals.history) {
       const item = el('li', 'jp-Syft-request');
@@ -335,6 +361,9 @@ export class SyftSidebar extends Widget {
       );
       if (review.reason) {
         item.append(el('div', 'jp-Syft-reason', review.reason));
+      }
+      if (review.error_full || review.log) {
+        item.append(this._output(review));
       }
       list.append(item);
     }
@@ -376,7 +405,84 @@ export class SyftSidebar extends Widget {
     deny.addEventListener('click', () => void act(false));
     const actions = el('div', 'jp-Syft-actions');
     actions.append(approve, reason, deny);
-    card.append(head, who, meta, code, actions);
+    card.append(head, who, meta, ...requirements(review), code, actions);
+    return card;
+  }
+
+  /** What a finished job said besides its result (only its owner sees it unreleased). */
+  private _output(review: IReview): HTMLElement {
+    const box = el('details', 'jp-Syft-output');
+    const shared = review.released ? 'released to the scientist' : 'only you see this';
+    box.append(el('summary', '', `Error and log (${shared})`));
+    if (review.status === 'failed') {
+      const seen = review.released ? 'the full text' : review.scientist_error;
+      box.append(
+        el('div', 'jp-Syft-label', 'The scientist sees'),
+        el('pre', 'jp-Syft-scientistError', seen),
+        el('div', 'jp-Syft-label', 'Full error'),
+        el('pre', 'jp-Syft-errorFull', review.error_full)
+      );
+    }
+    if (review.log) {
+      box.append(el('div', 'jp-Syft-label', 'Log'), el('pre', 'jp-Syft-log', review.log));
+    }
+    if (review.status === 'failed' && !review.released) {
+      const release = el('button', 'jp-Syft-button jp-Syft-releaseError', 'Release error and log');
+      release.addEventListener('click', () => {
+        release.disabled = true;
+        void this.model.releaseError(review);
+      });
+      box.append(release);
+    }
+    return box;
+  }
+
+  /** A result awaiting release: its preview (fetched once) and Release / Withhold. */
+  private _heldCard(review: IReview): HTMLElement {
+    const card = el('div', 'jp-Syft-card jp-Syft-held');
+    card.dataset.requestId = review.id;
+    const head = el('div');
+    head.append(
+      badge(review.status),
+      el('b', '', review.function),
+      el('span', 'jp-Syft-muted', ` on ${review.domain}/${review.datasets.join(', ')}`)
+    );
+    const who = el('div', 'jp-Syft-requester');
+    who.append('from ', el('b', '', review.requester_name || 'unnamed'), ' ');
+    who.append(el('code', 'jp-Syft-peer', review.requester));
+    const preview = el('div', 'jp-Syft-heldPreview', 'Loading the result…');
+    this.model.heldPreview(review).then(
+      (shown: IHeldPreview) => {
+        preview.replaceChildren(el('pre', 'jp-Syft-heldText', shown.text));
+        if (shown.columns.length) {
+          preview.append(this._table(shown.columns, shown.rows, 'jp-Syft-heldTable'));
+        }
+      },
+      (error: Error) => {
+        preview.replaceChildren(el('div', 'jp-Syft-error', error.message));
+      }
+    );
+    const reason = el('input', 'jp-Syft-reasonInput');
+    reason.placeholder = 'Reason (required to withhold)';
+    const release = el('button', 'jp-Syft-button jp-Syft-releaseResult', 'Release result');
+    const withhold = el('button', 'jp-Syft-button jp-Syft-withhold', 'Withhold');
+    const act = async (yes: boolean) => {
+      release.disabled = withhold.disabled = true;
+      await this.model.decideResult(review, yes, reason.value);
+      release.disabled = withhold.disabled = false;
+    };
+    release.addEventListener('click', () => void act(true));
+    withhold.addEventListener('click', () => void act(false));
+    const actions = el('div', 'jp-Syft-actions');
+    actions.append(release, reason, withhold);
+    card.append(
+      head,
+      who,
+      el('pre', 'jp-Syft-code', review.code),
+      el('div', 'jp-Syft-label', 'Result (only you see it until you release it)'),
+      preview,
+      actions
+    );
     return card;
   }
 
@@ -389,6 +495,8 @@ export class SyftSidebar extends Widget {
   private _approvalStatus = el('div', 'jp-Syft-adminDomains');
   private _notice = el('div', 'jp-Syft-notice');
   private _pending = el('div', 'jp-Syft-pending');
+  private _held = el('div', 'jp-Syft-heldBody');
+  private _heldCards = new Map<string, HTMLElement>();
   private _history = el('div', 'jp-Syft-historyBody');
   private _cards = new Map<string, HTMLElement>();
   private _keys = new Map<string, string>();
