@@ -238,11 +238,13 @@ def test_request_denied_shows_the_owners_reason(world: dict, kernel: SyftKernel)
     assert kernel.execute("rows").status == "error"
 
 
-def test_request_failed_shows_the_remote_traceback(world: dict, kernel: SyftKernel) -> None:
+def test_request_failed_shows_the_error_type_and_the_line(world: dict, kernel: SyftKernel) -> None:
     cell = kernel.execute("%%request hospital-a/diabetes as df\ndf['no such column'].sum()")
     decide(world["admins"]["hospital-a"])
     text = kernel.update(cell.display_id, "failed on the domain")
-    assert "KeyError" in text and "no such column" in text and "Traceback" in text
+    # The exception type and the scientist's own line; the full traceback waits for release.
+    assert "KeyError" in text and "line 2: return df['no such column']" in text
+    assert "Traceback" not in text
 
 
 def test_request_tensor_and_several_datasets_on_one_domain(world: dict, kernel: SyftKernel) -> None:
