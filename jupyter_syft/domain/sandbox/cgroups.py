@@ -136,4 +136,3 @@ def remove_stale() -> None:
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 with contextlib.suppress(OSError):  # not empty: something still runs there
                     folder.rmdir()
-
