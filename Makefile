@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_he_domain.py
 	$(BIN)/python benchmarks/bench_secagg_domains.py
 	$(BIN)/python benchmarks/bench_federated.py
+	$(BIN)/python benchmarks/bench_environments.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jupyter_syft.domain.environments import PYPI
 from jupyter_syft.foreground import run_until_signalled
 from jupyter_syft.network.cli import add_network_commands, run_network_command
 
@@ -28,17 +29,24 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--max-result-mb", type=int, default=2048, help="largest result")
     start.add_argument("--network", metavar="MULTIADDR", help="join this network node")
     start.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats")
-    rekey = domain_commands.add_parser(
-        "rekey-audit",
-        help="key the audit chain of a store from before keyed auditing (node stopped, once)",
-    )
-    rekey.add_argument("--data-dir", required=True, type=Path, help="the domain's data dir")
     start.add_argument(
         "--sandbox",
         choices=["on", "off"],
         default="on",
         help="confine every job (default); off runs them unconfined, with a loud warning",
     )
+    start.add_argument(
+        "--package-index",
+        default=PYPI,
+        metavar="URL|DIR",
+        help="where requests' declared requirements come from: an index URL (default PyPI) "
+        "or a folder of wheels (then no index is asked)",
+    )
+    rekey = domain_commands.add_parser(
+        "rekey-audit",
+        help="key the audit chain of a store from before keyed auditing (node stopped, once)",
+    )
+    rekey.add_argument("--data-dir", required=True, type=Path, help="the domain's data dir")
 
     add_network_commands(commands)
 
@@ -100,6 +108,7 @@ def _rekey_audit(data_dir: Path) -> int:
 
 
 def _domain_start(args: argparse.Namespace) -> int:
+    from jupyter_syft.domain.executor import SandboxUnavailable
     from jupyter_syft.domain.node import DomainConfig, run_domain
     from jupyter_syft.domain.service import Limits
     from jupyter_syft.domain.store import StoreError
@@ -124,6 +133,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         limits,
         args.network,
         args.heartbeat,
+        package_index=args.package_index,
         sandbox=args.sandbox,
     )
 
@@ -132,7 +142,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         config,
         admin,
         what="domain",
-        expected=(P2PError, StoreError, IdentityError, OSError),
+        expected=(P2PError, StoreError, IdentityError, OSError, SandboxUnavailable),
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jupyter_syft.client.connection import NodeConnection
-from jupyter_syft.client.domain import RemoteRequest, function_source
+from jupyter_syft.client.domain import RemoteRequest, function_source, requirement_list
 from jupyter_syft.errors import InvalidError
 from jupyter_syft.privacy.model_state import ModelStateError, check_model
 from jupyter_syft.wire import messages as m
@@ -145,6 +145,7 @@ class DPQueries:
         batch_size: int = 64,
         learning_rate: float = 0.5,
         max_grad_norm: float = 1.0,
+        requirements: Iterable[str] = (),
     ) -> DPTrainingRequest:
         """Ask to train the torch model `model()` returns with DP-SGD (Opacus) to (ε, δ).
 
@@ -153,7 +154,8 @@ class DPQueries:
         `label` (class indices for "cross_entropy", numbers for "mse"). The owner reviews the
         request; (ε, δ) is charged when they approve, before training starts. Only the
         trained parameters come back: a model with buffers (BatchNorm's included) or other
-        state is refused, here and by the domain.
+        state is refused, here and by the domain. `requirements`: packages the model code
+        needs beyond the domain's own (see `DomainClient.request`).
         """
         source = function_source(model)
         try:
@@ -175,7 +177,8 @@ class DPQueries:
             max_grad_norm,
         )
         connection = self._dataset._connection
-        info = connection.call(m.SubmitDPTraining(self._dataset.name, spec))
+        call = m.SubmitDPTraining(self._dataset.name, spec, requirement_list(requirements))
+        info = connection.call(call)
         return DPTrainingRequest(connection, info)  # type: ignore[arg-type]
 
     def _numeric(

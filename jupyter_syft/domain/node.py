@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from jupyter_syft.crypto.seal import ResultSeal
+from jupyter_syft.domain.environments import PYPI, BuildError, Environments
 from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
 from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.service import DomainService, Limits, result_vector
@@ -40,6 +41,7 @@ class DomainConfig:
     network: str | None = None  # a network node's multiaddr: join it and stay findable
     heartbeat_s: float = 10.0
     sandbox: str = "on"  # "off": jobs run unconfined (see jupyter_syft.domain.sandbox)
+    package_index: str = PYPI  # where declared requirements come from: a URL or a wheel folder
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
@@ -73,6 +75,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             on_approved=jobs_in.send,
             sandbox=executor.sandbox.summary,
             identity=node_identity,
+            environments=Environments(store.paths.environments, config.package_index),
         )
         membership = None
         handle = service.handle
@@ -86,7 +89,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             async with trio.open_nursery() as nursery:
                 # Workers preload torch and Opacus (~4 s): warm up while the node already
                 # answers; a job that comes first waits for the same forkserver.
-                nursery.start_soon(trio.to_thread.run_sync, executor.warm)
+                nursery.start_soon(_warm, executor, service)
                 for _ in range(config.workers):
                     nursery.start_soon(_job_worker, jobs_out.clone(), service, executor)
                 for request_id in store.requeue_interrupted():
@@ -106,6 +109,14 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         store.close()
 
 
+async def _warm(executor: Executor, service: DomainService) -> None:
+    await trio.to_thread.run_sync(executor.warm)
+    service.warming_up = False
+    for status in ("approved", "running"):
+        for info in service.store.requests(None, status):
+            service.notify(info.request_id)  # long-polls see the note go
+
+
 async def _job_worker(
     jobs: trio.MemoryReceiveChannel[str], service: DomainService, executor: Executor
 ) -> None:
@@ -118,8 +129,20 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
     info = store.request(request_id)
     if info is None or info.status != "approved" or info.policy == "federated":
         return  # a federated plan runs no job itself: its rounds do
+    environment, building = "", False
+    if info.requirements:
+        assert service.environments is not None  # requirements are refused without it
+        cached = service.environments.cached(info.requirements)  # a hit costs nothing more
+        if cached is not None:
+            environment = os.path.realpath(cached.site_packages)  # the path the job sees
+        else:
+            building = True
+            built = await _build_environment(request_id, info.requirements, service)
+            if built is None:
+                return  # the request failed, saying why, or another worker took it
+            environment = built
     try:
-        store.start_run(request_id)
+        store.start_run(request_id, built=building)
     except StoreError:
         return
     service.notify(request_id)
@@ -154,13 +177,16 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         memory_bytes=limits.job_memory_bytes,
         max_result_bytes=limits.max_result_bytes,
         privacy=info.privacy,
+        environment=environment,
     )
     if info.plan_round is not None:
         found = store.federated_plan(info.plan_round[0])
         assert found is not None  # a round is recorded only with its plan
         job.federated = found[1]
         job.weights_path = str(store.paths.round_weights(request_id))
-    outcome = await trio.to_thread.run_sync(executor.run, job, abandon_on_cancel=True)
+    # A plan's rounds reuse one warm, confined worker (Executor.run's keep_for).
+    keep_for = info.plan_round[0] if info.plan_round is not None else ""
+    outcome = await trio.to_thread.run_sync(executor.run, job, keep_for, abandon_on_cancel=True)
     if outcome.ok and aggregate:
         contexts = ResultSeal(request_id, service.peer_id, info.requester)
         try:  # check now, so a wrong result fails the request instead of the aggregation
@@ -181,6 +207,35 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         error_full = outcome.error_full or outcome.error
         store.fail_run(request_id, outcome.error, error_full, outcome.log)
     service.notify(request_id)
+
+
+async def _build_environment(
+    request_id: str, requirements: list[str], service: DomainService
+) -> str | None:
+    """The site-packages folder of the request's declared environment, from the cache or built
+    now (status "building" meanwhile); None if the build failed (the request says why) or the
+    request is not approved any more."""
+    store = service.store
+    assert service.environments is not None  # requirements are refused without it
+    try:
+        store.start_build(request_id)
+    except StoreError:
+        return None
+    service.notify(request_id)
+    try:
+        environment = await service.environments.prepare(requirements)
+    except BuildError as exc:
+        store.fail_build(request_id, str(exc))
+        service.notify(request_id)
+        return None
+    if environment.built:
+        detail = {
+            "requirements": requirements,
+            "packages": environment.packages,
+            "seconds": round(environment.seconds, 3),
+        }
+        store.audit("node", "environment_built", environment.lock_hash, json.dumps(detail))
+    return os.path.realpath(environment.site_packages)  # the path the job's view shows
 
 
 def _warn_sandbox_off(name: str) -> None:

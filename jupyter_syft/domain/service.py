@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,13 @@ from jupyter_syft.crypto.seal import (
 )
 from jupyter_syft.crypto.secagg import MAX_ABS, SecAggClient, SecAggError
 from jupyter_syft.crypto.secagg_messages import BadFrame, open_frame
+from jupyter_syft.domain.environments import (
+    Environments,
+    RequirementError,
+    check_allowed,
+    check_requirements,
+    check_requirements_policy,
+)
 from jupyter_syft.domain.executor import MANIFEST_FILE, PART_FILE, CodeError, check_code
 from jupyter_syft.domain.models import (
     DIGEST,
@@ -72,6 +79,9 @@ class Refused(Exception):
     def __init__(self, code: m.ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+WARMING_UP_NOTE = "the domain's job workers are warming up (torch, Opacus: a few seconds)"
 
 
 @dataclass
@@ -115,11 +125,15 @@ class DomainService:
     sandbox: str  # the job sandbox's level, as NodeInfo shows it
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     identity: Identity | None = None  # the node's key: signs its secure-aggregation frames
+    environments: Environments | None = None  # builds what requests declare; None: refused
     _aggregations: dict[str, AggregationState] = field(default_factory=dict)
     _uploads: dict[str, PendingUpload] = field(default_factory=dict)
     _changed: dict[str, trio.Event] = field(default_factory=dict)
     _he: HEServing = field(default_factory=HEServing)
     _releasing: set[str] = field(default_factory=set)  # held results being re-sealed now
+    # True until the executor's workers have preloaded torch and Opacus (~4 s after start):
+    # requests waiting to run meanwhile say so (RequestInfo.note) instead of looking hung.
+    warming_up: bool = True
 
     # ---- entry point ------------------------------------------------------------------------
 
@@ -192,7 +206,9 @@ class DomainService:
             check_code(call.code, call.function_name)
         except CodeError as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.store.add_request(sender, call)
+        requirements = self._requirements(call.requirements, call.inputs.values())
+        checked = msgspec.structs.replace(call, requirements=requirements)
+        return self.store.add_request(sender, checked)
 
     async def _GetRequest(self, sender: str, role: str, call: m.GetRequest) -> m.RequestInfo:
         info = self._request_for(sender, role, call.request_id)
@@ -457,6 +473,8 @@ class DomainService:
     def _disclosed(self, info: m.RequestInfo, sender: str, role: str) -> m.RequestInfo:
         """`info` with the job's full error and log opened: for admins, and for its
         requester once released (the stored copies stay sealed)."""
+        if self.warming_up and info.status in ("approved", "running"):
+            info = msgspec.structs.replace(info, note=WARMING_UP_NOTE)
         found = self.store.job_output(info.request_id)
         if found is None:
             return info
@@ -488,6 +506,7 @@ class DomainService:
     ) -> m.RequestInfo:
         self._require_member(sender, role)
         info = self._table(call.dataset)
+        requirements = self._requirements(call.requirements, [call.dataset])
         spec = call.training
         if len(spec.code.encode()) > MAX_CODE_BYTES:
             raise Refused("invalid", f"code is larger than {MAX_CODE_BYTES} bytes")
@@ -498,7 +517,7 @@ class DomainService:
         except (CodeError, TrainingError) as exc:
             raise Refused("invalid", str(exc)) from exc
         return self.store.add_dp_request(
-            sender, call.dataset, spec, spec.code, spec.function_name, auto_approve=False
+            sender, call.dataset, spec, spec.code, spec.function_name, False, requirements
         )
 
     async def _GetBudget(self, sender: str, role: str, call: m.GetBudget) -> m.BudgetList:
@@ -531,10 +550,13 @@ class DomainService:
     async def _SetPolicy(self, sender: str, role: str, call: m.SetPolicy) -> m.PolicyInfo:
         self._require_admin(sender, role)
         self._dataset(call.dataset)
+        requirements = None
         try:
             if call.max_query_epsilon is not None:
                 check_policy(call.max_query_epsilon)
-        except PolicyError as exc:
+            if call.requirements is not None:
+                requirements = check_requirements_policy(call.requirements)
+        except (PolicyError, RequirementError) as exc:
             raise Refused("invalid", str(exc)) from exc
         return self.store.set_policy(
             sender,
@@ -543,6 +565,7 @@ class DomainService:
             call.max_query_epsilon,
             call.errors,
             call.release,
+            requirements,
         )
 
     # ---- federated learning (see jupyter_syft.federated) ------------------------------------
@@ -553,6 +576,7 @@ class DomainService:
         """A plan waits for the owner's review, once; with DP all its rounds must fit now."""
         self._require_member(sender, role)
         info = self._table(call.dataset)
+        requirements = self._requirements(call.requirements, [call.dataset])
         plan = call.plan
         if len(plan.code.encode()) > MAX_CODE_BYTES:
             raise Refused("invalid", f"code is larger than {MAX_CODE_BYTES} bytes")
@@ -563,7 +587,7 @@ class DomainService:
                 await trio.to_thread.run_sync(noise_multiplier, dp, info.rows)
         except (CodeError, PlanError, TrainingError) as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.store.add_federated_plan(sender, call.dataset, plan, dp)
+        return self.store.add_federated_plan(sender, call.dataset, plan, dp, requirements)
 
     async def _FederatedRound(
         self, sender: str, role: str, call: m.FederatedRound
@@ -605,6 +629,21 @@ class DomainService:
     def _require_member(self, sender: str, role: str) -> None:
         if not role:
             raise Refused("not_authorised", f"{sender} is not a user of this domain")
+
+    def _requirements(self, requirements: list[str], datasets: Iterable[str]) -> list[str]:
+        """Declared requirements, checked and in canonical form; refused (saying what is
+        wrong) if one is not allowed here or by the policy of a dataset the request reads."""
+        if not requirements:
+            return []
+        if self.environments is None:
+            raise Refused("invalid", f"domain {self.name!r} does not build environments")
+        try:
+            checked = check_requirements(requirements)
+            for dataset in datasets:
+                check_allowed(checked, self.store.policy(dataset).requirements, dataset)
+        except RequirementError as exc:
+            raise Refused("invalid", str(exc)) from exc
+        return checked
 
     def _require_admin(self, sender: str, role: str) -> None:
         if role != "admin":

@@ -17,7 +17,7 @@ budget, or has its plan revoked by its owner, is left out for good.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +26,12 @@ import numpy as np
 import torch
 
 from jupyter_syft.client.aggregate import secure_sum
-from jupyter_syft.client.domain import DomainClient, RemoteRequest, function_source
+from jupyter_syft.client.domain import (
+    DomainClient,
+    RemoteRequest,
+    function_source,
+    requirement_list,
+)
 from jupyter_syft.errors import BudgetExhausted, ConflictError, InvalidError, SyftError
 from jupyter_syft.federated.history import History, LiveView, RoundRecord
 from jupyter_syft.federated.weights import (
@@ -77,6 +82,7 @@ def train(
     round_timeout: float = 600.0,
     on_round: Callable[[int], None] | None = None,
     show: bool = True,
+    requirements: Iterable[str] = (),
 ) -> tuple[Any, History]:
     """Train `model` on `dataset` across `domains`; return the trained model and its history.
 
@@ -85,6 +91,8 @@ def train(
     `validation=(X, y)`, data the scientist holds, is scored after each round. With
     `feature_bounds`, domains scale each feature to [0, 1] and the returned model does the
     same to its inputs. `on_round(r)` is called before round r starts (tests, progress).
+    `requirements`: packages the model code needs beyond the domains' own (see
+    `DomainClient.request`); each owner reviews them with the plan.
     """
     if on_failure not in ("continue", "stop"):
         raise InvalidError(f"on_failure must be 'continue' or 'stop', not {on_failure!r}")
@@ -125,7 +133,8 @@ def train(
         rounds_planned=rounds, secure=secure_aggregation, epsilon=plan.epsilon, loss=loss
     )
     view = LiveView(history, show)
-    trainer = _Trainer(list(domains), dataset, plan, history, view, max_dropouts)
+    needs = requirement_list(requirements)
+    trainer = _Trainer(list(domains), dataset, plan, history, view, max_dropouts, needs)
     minimum = MIN_SECURE_DOMAINS if secure_aggregation else 1
     scorer = _Scorer(validation, features, plan.feature_bounds, loss) if validation else None
     try:
@@ -180,6 +189,7 @@ class _Trainer:
         history: History,
         view: LiveView,
         max_dropouts: int,
+        requirements: list[str],
     ) -> None:
         self.dataset = dataset
         self.plan = plan
@@ -191,10 +201,11 @@ class _Trainer:
         self._domains = domains
         self._failures_in_a_row: dict[str, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=len(domains))
+        self.requirements = requirements
 
     def submit_plans(self, approval_timeout: float) -> None:
         """Send the plan to every domain and wait until each owner has decided."""
-        call = m.SubmitFederatedPlan(self.dataset, self.plan)
+        call = m.SubmitFederatedPlan(self.dataset, self.plan, self.requirements)
         for domain in self._domains:
             try:
                 info = domain._connection.call(call)

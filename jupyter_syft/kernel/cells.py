@@ -12,6 +12,7 @@ import io
 import keyword
 import math
 import re
+import shlex
 import tokenize
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ FUNCTION_NAME = "notebook_cell"
 _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<name>\S+)\s*$")
 _USAGE = (
     "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--timeout S] "
-    "[--dp-epsilon E] [--aggregate sum|mean]"
+    '[--dp-epsilon E] [--aggregate sum|mean] [--requirements "PACKAGE==VERSION ..."]'
 )
 AGGREGATE_OPS = ("sum", "mean")
 
@@ -48,6 +49,7 @@ class CellLine:
     timeout: float | None = None
     dp_epsilon: float | None = None  # the cell is a DP query paying this epsilon
     aggregate: str | None = None  # "sum" / "mean": securely aggregated across domains
+    requirements: tuple[str, ...] = ()  # packages the request's job needs beyond the domain's
 
     @property
     def every_domain(self) -> bool:
@@ -56,8 +58,11 @@ class CellLine:
 
 def parse_line(line: str) -> CellLine:
     """Parse `%%mock` / `%%request` arguments (both take the same line, so a cell can switch
-    between them by its first word alone)."""
-    words = line.split()
+    between them by its first word alone; `%%mock` runs with this kernel's packages)."""
+    try:
+        words = shlex.split(line)  # --requirements "a==1 b" is one value
+    except ValueError as exc:
+        raise CellError(f"cannot read the line: {exc}") from None
     first_option = next((i for i, w in enumerate(words) if w.startswith("--")), len(words))
     sources = tuple(_parse_source(part) for part in " ".join(words[:first_option]).split(","))
     options = parse_options(words[first_option:])
@@ -72,6 +77,8 @@ def parse_line(line: str) -> CellLine:
             f"{', '.join(map(str, sources))}"
         )
     one = len(sources) == 1 and sources[0].domain != ALL_DOMAINS
+    if options.get("dp_epsilon") is not None and options.get("requirements"):
+        raise CellError("--requirements is for code: a DP query runs the domain's own")
     if options.get("dp_epsilon") is not None and not one:
         raise CellError("--dp-epsilon takes one dataset on a named domain: DOMAIN/DATASET as NAME")
     return CellLine(sources, **options)
@@ -82,6 +89,8 @@ def _aggregate_line(sources: tuple[Source, ...], options: dict) -> CellLine:
     one NAME, on several domains."""
     if options.get("dp_epsilon") is not None:
         raise CellError("--aggregate and --dp-epsilon cannot be combined")
+    if options.get("requirements"):
+        raise CellError("--aggregate runs with the domains' own packages: no --requirements")
     usage = "--aggregate takes */DATASET as NAME, or DOMAIN/DATASET as NAME on several domains"
     if len({(s.dataset, s.name) for s in sources}) != 1:
         raise CellError(f"{usage}: one dataset and one NAME")
@@ -105,8 +114,8 @@ def _parse_source(text: str) -> Source:
 
 
 def parse_options(words: list[str]) -> dict:
-    """`--out VAR`, `--timeout S`, `--dp-epsilon E` and `--aggregate OP`, as keyword
-    arguments of CellLine."""
+    """`--out VAR`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP` and `--requirements
+    "A==1 B"` (space-separated), as keyword arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
@@ -135,6 +144,10 @@ def parse_options(words: list[str]) -> dict:
             if value not in AGGREGATE_OPS:
                 raise CellError(f"--aggregate {value}: expected sum or mean")
             options["aggregate"] = value
+        elif option == "--requirements":
+            if not value.split():
+                raise CellError('--requirements needs packages, e.g. --requirements "humanize"')
+            options["requirements"] = tuple(value.split())
         else:
             raise CellError(f"unknown option {option}; expected {_USAGE}")
     return options

@@ -276,7 +276,7 @@ class SyftMagics(Magics):
         for plan in plans:
             datasets = {name: d.name for name, d in plan.inputs.items()}
             try:
-                request = plan.domain.submit(code, FUNCTION_NAME, datasets)
+                request = plan.domain.submit(code, FUNCTION_NAME, datasets, parsed.requirements)
                 targets.append(Target(plan.domain.name, datasets, request))
             except (SyftError, *connection_errors()) as exc:
                 if len(plans) == 1:

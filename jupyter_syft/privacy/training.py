@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jupyter_syft.errors import DisclosableError
 from jupyter_syft.privacy.budget import (
     BudgetValueError,
     add_remove_target,
@@ -67,7 +68,7 @@ QUIET = (
 )
 
 
-class TrainingError(ValueError):
+class TrainingError(DisclosableError):
     """A DP training request the node refuses, or a run whose result is withheld."""
 
 
