@@ -57,13 +57,18 @@ def review(i: int) -> dict[str, Any]:
         "requester": "12D3KooW" + "x" * 44,
         "requester_name": f"scientist {i} {HOSTILE}",
         "code": "def analysis(df):\n    # " + HOSTILE + "\n" + "    x = df.mean()\n" * 10,
+        "requirements": [],
+        "scientist_error": "",
+        "error_full": "",
+        "log": "",
+        "released": False,
     }
 
 
 def state() -> dict[str, Any]:
     domains = [
         {"name": f"hospital-{i}", "peer_id": "", "online": True, "datasets": 200,
-         "roles": ["admin"], "error": ""} for i in range(5)
+         "roles": ["admin"], "error": "", "sandbox": "on: landlock 7"} for i in range(5)
     ]  # fmt: skip
     return {
         "me": ["12D3KooW" + "y" * 44],
@@ -72,8 +77,10 @@ def state() -> dict[str, Any]:
         "domains": domains,
         "requests": [],
         "approvals": {
-            "domains": [{"name": d["name"], "online": True} for d in domains],
+            "domains": [{"name": d["name"], "online": True, "sandbox": d["sandbox"]}
+                        for d in domains],
             "pending": [review(i) for i in range(PENDING)],
+            "held": [],
             "history": [],
         },
     }  # fmt: skip

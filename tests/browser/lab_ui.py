@@ -51,7 +51,12 @@ def start(page: Any, lab: JupyterProcess, workspace: str = "") -> None:
     where = f"/lab/workspaces/{workspace}?reset&" if workspace else "/lab?"
     page.goto(f"{lab.url}{where}token={lab.token}")
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started")
-    page.evaluate("() => window.jupyterapp.restored.then(() => true)")  # layout restored
+    # Layout restored. Polled, not awaited: an awaited promise that the page drops while
+    # restoring is reported by Chromium as "garbage collected" instead of resolving.
+    page.evaluate(
+        "() => { window.jupyterapp.restored.then(() => { window.syftRestored = true; }); }"
+    )
+    page.wait_for_function("() => window.syftRestored === true", timeout=60_000)
 
 
 def open_notebook(page: Any, path: str, kernel: str = "") -> str:

@@ -82,7 +82,7 @@ def test_approve_in_widget_result_appears_in_scientist_notebook(page, lab) -> No
     card.get_by_role("button", name="Approve").click()
     expect(card).to_have_count(0)  # decided: it moved to the history
     expect(page.locator(f"#{owner}")).to_contain_text("approved")
-    page.shots("owner-widget-decided", show=page.locator(f"#{owner} .widget-accordion"))
+    page.shots("owner-widget-decided", show=page.locator(f"#{owner} .widget-accordion").first)
 
     open_notebook(page, "scientist.ipynb")
     output = cell.locator(".jp-OutputArea")
