@@ -26,6 +26,7 @@ from rich.table import Table
 from sklearn.datasets import load_diabetes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_foundation import median_time
 from nodes import Approver, DomainProcess, person, start_all
 from wheels import wheel_bytes, wheel_name
 
@@ -58,15 +59,6 @@ def diabetes_model():
 
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-
-
-def median_time(action: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def run(

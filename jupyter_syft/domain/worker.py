@@ -364,9 +364,11 @@ def _job_process(
             try:
                 if setup_error:
                     raise JobError(setup_error)
-                report = _run(
-                    job, fds, sock, log_write, confinement, rules, uid, entered, order.keep
-                )
+                if len(fds) != len(job.inputs) + bool(job.weights_path):
+                    raise JobError("the worker was handed the wrong number of inputs")
+                if not entered:  # a kept worker's next round is confined and limited already
+                    _enter(job, fds, sock, log_write, confinement, rules, uid, order.keep)
+                report = _run(job, fds, sock)
             except JobError as e:
                 report = JobReport(
                     ok=False, error=_truncate(e.public), error_full=_truncate(e.full)
@@ -401,25 +403,10 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None
     sock.sendall(payload)
 
 
-def _run(
-    job: JobSpec,
-    fds: list[int],
-    sock: socket.socket,
-    log_write: int,
-    confinement: Confinement | None,
-    rules: syscalls.Filter | None,
-    uid: int,
-    entered: bool,
-    keep: bool,
-) -> JobReport:
-    """Run one job; `entered`: a kept worker's next round, already confined and limited;
-    `keep`: rounds may follow in this process."""
-    if len(fds) != len(job.inputs) + bool(job.weights_path):
-        raise JobError("the worker was handed the wrong number of inputs")
+def _run(job: JobSpec, fds: list[int], sock: socket.socket) -> JobReport:
+    """Run one job in the (entered) job process and stream its result."""
     inputs = dict(zip(job.inputs, fds, strict=False))
     weights = fds[-1] if job.weights_path else None
-    if not entered:
-        _enter(job, fds, sock, log_write, confinement, rules, uid, keep)
     import torch
 
     torch.seed()  # from the OS, for every job and round: see the module notes
