@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_secagg_domains.py
 	$(BIN)/python benchmarks/bench_federated.py
 	$(BIN)/python benchmarks/bench_environments.py
+	$(BIN)/python benchmarks/bench_sandbox.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
 
