@@ -45,7 +45,7 @@ from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.identity import Identity
 from jupyter_syft.p2p import P2PHost
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import sign_network_call, sign_record
+from jupyter_syft.wire.network_messages import sign_record
 
 console = Console(width=150)
 WORDS = [
@@ -259,12 +259,12 @@ class Member:
         self.host: P2PHost | None = None
         self.app_bytes = 0
 
-    async def call(self, call: nm.Call) -> nm.Reply:
+    async def call(self, call: nm.Call) -> nm.Struct:
         assert self.host is not None
-        frame = sign_network_call(self.identity, self.network_peer, call)
+        frame = nm.NETWORK.sign_call(self.identity, self.network_peer, call)
         reply = await self.host.request(self.network, nm.NETWORK_PROTOCOL, frame)
         self.app_bytes += len(frame) + len(reply) + 8  # two 4-byte length prefixes
-        decoded = nm.decode_reply(reply)
+        decoded = nm.DOMAIN.decode_reply(reply)
         assert isinstance(decoded, nm.Membership), decoded
         return decoded
 

@@ -108,9 +108,9 @@ def _rekey_audit(data_dir: Path) -> int:
 
 
 def _domain_start(args: argparse.Namespace) -> int:
+    from jupyter_syft.domain.core import Limits
     from jupyter_syft.domain.executor import SandboxUnavailable
     from jupyter_syft.domain.node import DomainConfig, run_domain
-    from jupyter_syft.domain.service import Limits
     from jupyter_syft.domain.store import StoreError
     from jupyter_syft.identity import IdentityError, user_identity
     from jupyter_syft.p2p import P2PError

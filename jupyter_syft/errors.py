@@ -32,7 +32,18 @@ class BudgetExhausted(ConflictError):
 
 
 class NodeError(SyftError):
-    """The node failed while handling the call."""
+    """The node failed while handling the call (its log has the incident id)."""
+
+
+class Unreachable(SyftError):
+    """The node could not be reached, or the link to it broke: it is down or offline.
+
+    Every transport failure is one (`jupyter_syft.p2p.P2PError`, a Flight connection that
+    fails), so "offline" has one definition: `except Unreachable`."""
+
+
+class RateLimitedError(SyftError):
+    """The node refused the call because this peer sent too many; retry later."""
 
 
 class RequestDenied(SyftError):
@@ -69,6 +80,7 @@ BY_CODE: dict[str, type[SyftError]] = {
     "invalid": InvalidError,
     "conflict": ConflictError,
     "budget_exhausted": BudgetExhausted,
+    "rate_limited": RateLimitedError,
     "internal": NodeError,
 }
 

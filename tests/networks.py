@@ -10,7 +10,7 @@ from nodes import NodeProcess
 from jupyter_syft.identity import Identity
 from jupyter_syft.p2p import P2PThread
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import sign_network_call, sign_record
+from jupyter_syft.wire.network_messages import sign_record
 
 
 class NetworkProcess(NodeProcess):
@@ -65,22 +65,22 @@ class SimulatedDomain:
         return sign_record(self.identity, record)
 
     def frame(self, network: str, call: nm.Call) -> bytes:
-        return sign_network_call(self.identity, network.rsplit("/", 1)[-1], call)
+        return nm.NETWORK.sign_call(self.identity, network.rsplit("/", 1)[-1], call)
 
-    def send(self, network: str, frame: bytes) -> nm.Reply:
-        return nm.decode_reply(self.peer.request(network, nm.NETWORK_PROTOCOL, frame))
+    def send(self, network: str, frame: bytes) -> nm.Struct:
+        return nm.DOMAIN.decode_reply(self.peer.request(network, nm.NETWORK_PROTOCOL, frame))
 
-    def call(self, network: str, call: nm.Call) -> nm.Reply:
+    def call(self, network: str, call: nm.Call) -> nm.Struct:
         return self.send(network, self.frame(network, call))
 
-    def join(self, network: str, datasets: list[nm.DatasetMeta] = ()) -> nm.Reply:  # type: ignore[assignment]
+    def join(self, network: str, datasets: list[nm.DatasetMeta] = ()) -> nm.Struct:  # type: ignore[assignment]
         join = nm.Join(self.name, self.address_record(), self.announcement(list(datasets)))
         return self.call(network, join)
 
-    def announce(self, network: str, datasets: list[nm.DatasetMeta]) -> nm.Reply:
+    def announce(self, network: str, datasets: list[nm.DatasetMeta]) -> nm.Struct:
         return self.call(network, nm.Announce(self.announcement(datasets)))
 
-    def heartbeat(self, network: str) -> nm.Reply:
+    def heartbeat(self, network: str) -> nm.Struct:
         return self.call(network, nm.Heartbeat(self.seq))
 
 

@@ -31,7 +31,7 @@ from jupyter_syft.errors import (
     RequestFailed,
 )
 from jupyter_syft.wire import messages as m
-from jupyter_syft.wire.signing import sign_call
+from jupyter_syft.wire.rpc import signed_part
 
 PRIVATE = pd.DataFrame({"age": np.arange(1000) % 80 + 18, "bmi": np.linspace(18.0, 40.0, 1000)})
 MOCK = pd.DataFrame({"age": np.full(50, 40), "bmi": np.full(50, 25.0)})
@@ -281,10 +281,10 @@ def test_private_data_never_leaves_before_approval(world: dict) -> None:
 # ---- bad input: a clear error, nothing changes, the node keeps serving (invariant 5) -------
 
 
-def raw_call(world: dict, frame: bytes) -> m.Reply:
+def raw_call(world: dict, frame: bytes) -> m.Struct:
     connection: NodeConnection = world["alice"]._connection
     raw = shared_peer(connection.identity).request(connection.multiaddr, m.DOMAIN_PROTOCOL, frame)
-    return m.decode_reply(raw)
+    return m.DOMAIN.decode_reply(raw)
 
 
 def signed(world: dict, call_body: dict, who: str = "alice") -> bytes:
@@ -297,7 +297,8 @@ def signed(world: dict, call_body: dict, who: str = "alice") -> bytes:
         "call": call_body,
     }
     body = msgspec.msgpack.encode(envelope)
-    return msgspec.msgpack.encode({"body": body, "signature": identity.sign(body)})
+    signature = identity.sign(signed_part(m.CALL_CONTEXT, body))
+    return msgspec.msgpack.encode({"body": body, "signature": signature})
 
 
 @pytest.mark.parametrize(
@@ -324,12 +325,12 @@ def test_wrong_signature_and_impostor(world: dict) -> None:
     before = snapshot(world["admin"])
     alice = world["identities"]["alice"]
     call = m.SubmitRequest("def f(df):\n    return 1\n", "f", {"df": "patients"})
-    frame = msgspec.msgpack.decode(sign_call(alice, world["admin"].peer_id, call))
+    frame = msgspec.msgpack.decode(m.DOMAIN.sign_call(alice, world["admin"].peer_id, call))
     frame["signature"] = bytes(64)
     reply = raw_call(world, msgspec.msgpack.encode(frame))
     assert isinstance(reply, m.Error) and "signature does not verify" in reply.message
     # Signed by the stranger but sent over alice's connection: the sender must be the peer.
-    impostor = sign_call(world["identities"]["stranger"], world["admin"].peer_id, call)
+    impostor = m.DOMAIN.sign_call(world["identities"]["stranger"], world["admin"].peer_id, call)
     reply = raw_call(world, impostor)
     assert isinstance(reply, m.Error) and "does not match the connected peer" in reply.message
     assert snapshot(world["admin"]) == before
@@ -338,13 +339,13 @@ def test_wrong_signature_and_impostor(world: dict) -> None:
 def test_replayed_and_misaddressed_calls(world: dict) -> None:
     alice = world["identities"]["alice"]
     call = m.SubmitRequest("def f(df):\n    return 1\n", "f", {"df": "patients"})
-    frame = sign_call(alice, world["admin"].peer_id, call)
+    frame = m.DOMAIN.sign_call(alice, world["admin"].peer_id, call)
     first = raw_call(world, frame)
     assert isinstance(first, m.RequestInfo)
     before = snapshot(world["admin"])
     replay = raw_call(world, frame)
     assert isinstance(replay, m.Error) and "replayed" in replay.message
-    other_node = sign_call(alice, world["identities"]["stranger"].peer_id, call)
+    other_node = m.DOMAIN.sign_call(alice, world["identities"]["stranger"].peer_id, call)
     reply = raw_call(world, other_node)
     assert isinstance(reply, m.Error) and "another node" in reply.message
     assert snapshot(world["admin"]) == before
@@ -365,7 +366,7 @@ def test_oversized_frame(world: dict) -> None:
             return await stream.read_frame()
 
     before = snapshot(world["admin"])
-    reply = m.decode_reply(trio.run(send_oversized))
+    reply = m.DOMAIN.decode_reply(trio.run(send_oversized))
     assert isinstance(reply, m.Error) and reply.code == "bad_message"
     assert "exceeds" in reply.message
     assert snapshot(world["admin"]) == before

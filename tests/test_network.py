@@ -35,7 +35,8 @@ from jupyter_syft.network.limits import MAX_FRAME_BYTES
 from jupyter_syft.p2p import P2PError, P2PHost
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import RECORD_CONTEXT, sign_network_call
+from jupyter_syft.wire.network_messages import RECORD_CONTEXT
+from jupyter_syft.wire.rpc import signed_part
 
 OFFLINE_AFTER = "1.5"
 HEARTBEAT = "0.3"
@@ -205,11 +206,11 @@ def test_non_members_impostors_and_forgeries_are_refused(world: dict, simulated:
     body = nm.encode(
         nm.Announcement(member.peer_id, "clinic-m", member.next_seq(), time.time(), [])
     )
-    forged = nm.SignedRecord(body, impostor.identity.sign(RECORD_CONTEXT + body))
+    forged = nm.SignedRecord(body, impostor.identity.sign(signed_part(RECORD_CONTEXT, body)))
     reply = member.call(address, nm.Announce(forged))
     assert isinstance(reply, nm.Error) and reply.code == "bad_message"
     # A call signed by the impostor but sent over the member's connection: refused too.
-    frame = sign_network_call(impostor.identity, address.rsplit("/", 1)[-1], nm.Heartbeat(1))
+    frame = nm.NETWORK.sign_call(impostor.identity, address.rsplit("/", 1)[-1], nm.Heartbeat(1))
     reply = member.send(address, frame)
     assert isinstance(reply, nm.Error) and "connected peer" in reply.message
     assert names(net.search("asthma")) == {("clinic-m", "asthma")}
@@ -297,7 +298,7 @@ def test_gossip_is_a_fast_path_that_is_checked(tmp_path: Path, simulated: list) 
     async def publish() -> None:
         relay = Identity.generate()  # any peer may relay: the record's signature is what counts
         async with P2PHost(relay, None) as host, Gossip(host) as gossip:
-            hello = sign_network_call(relay, address.rsplit("/", 1)[-1], nm.Hello())
+            hello = nm.NETWORK.sign_call(relay, address.rsplit("/", 1)[-1], nm.Hello())
             await host.request(address, nm.NETWORK_PROTOCOL, hello)
             await trio.sleep(0.5)  # the gossip streams and subscriptions settle
             await gossip.publish(
@@ -465,7 +466,7 @@ def test_dht_keeps_and_replicates_only_valid_newest_records() -> None:
     """Address records travel between DHT servers; forged and older ones are refused."""
     from jupyter_syft.network.addresses import AddressValidator, address_key
     from jupyter_syft.p2p.dht import Dht
-    from jupyter_syft.wire.network_signing import sign_record
+    from jupyter_syft.wire.network_messages import sign_record
 
     domain, impostor = Identity.generate(), Identity.generate()
     key = address_key(domain.peer_id)

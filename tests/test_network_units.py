@@ -19,8 +19,8 @@ from jupyter_syft.network.ratelimit import RateLimiter
 from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import RECORD_CONTEXT, open_record, sign_record
-from jupyter_syft.wire.signing import BadMessage
+from jupyter_syft.wire.network_messages import RECORD_CONTEXT, open_record, sign_record
+from jupyter_syft.wire.rpc import BadMessage, signed_part
 
 
 def announcement(identity: Identity, name: str, seq: int, *datasets: nm.DatasetMeta):
@@ -79,7 +79,7 @@ def test_records_verify_against_their_own_peer() -> None:
     record, signed = announcement(alice, "a", 1)
     assert open_record(signed, nm.Announcement) == record
     # Mallory re-signs Alice's record: it no longer verifies against Alice's peer ID.
-    forged = nm.SignedRecord(signed.body, mallory.sign(RECORD_CONTEXT + signed.body))
+    forged = nm.SignedRecord(signed.body, mallory.sign(signed_part(RECORD_CONTEXT, signed.body)))
     with pytest.raises(BadMessage, match="forged"):
         open_record(forged, nm.Announcement)
     with pytest.raises(BadMessage, match="expected a AddressRecord"):

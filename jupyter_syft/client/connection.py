@@ -14,11 +14,11 @@ import pyarrow as pa
 from jupyter_syft.client.flight_client import FlightDataClient
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.crypto.seal import Opener
-from jupyter_syft.errors import BY_CODE, InvalidError, NodeError
+from jupyter_syft.errors import InvalidError
 from jupyter_syft.identity import Identity, user_identity
 from jupyter_syft.p2p import P2PThread
 from jupyter_syft.wire import messages as m
-from jupyter_syft.wire.signing import sign_call
+from jupyter_syft.wire.rpc import Call, R
 
 _peers: dict[str, P2PThread] = {}
 _peers_lock = threading.Lock()
@@ -59,19 +59,15 @@ class NodeConnection:
         self.node_peer_id = peer_id_of(multiaddr)
         self.identity = identity or user_identity()
         self._peer = shared_peer(self.identity)
-        self.info: m.NodeInfo = self.call(m.Hello())  # type: ignore[assignment]
+        self.info = self.call(m.Hello())
         self._flight: FlightDataClient | None = None
 
-    def call(self, call: m.Call, timeout: float = 60.0) -> m.Reply:
-        frame = sign_call(self.identity, self.node_peer_id, call)
+    def call(self, call: Call[R], timeout: float = 60.0) -> R:
+        """The node's reply to `call`; an error reply raises its SyftError, a broken link
+        `Unreachable`."""
+        frame = m.DOMAIN.sign_call(self.identity, self.node_peer_id, call)
         raw = self._peer.request(self.multiaddr, m.DOMAIN_PROTOCOL, frame, timeout=timeout)
-        try:
-            reply = m.decode_reply(raw)
-        except Exception as exc:
-            raise NodeError(f"the node sent a reply that is not a valid message: {exc}") from exc
-        if isinstance(reply, m.Error):
-            raise BY_CODE[reply.code](reply.message)
-        return reply
+        return m.DOMAIN.read_reply(call, raw)
 
     @property
     def flight(self) -> FlightDataClient:

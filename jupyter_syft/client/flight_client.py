@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from jupyter_syft.errors import SyftError, Unreachable
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire.tickets import sign_ticket
 
@@ -24,8 +25,16 @@ BATCH_BYTES = 4 << 20
 Progress = Callable[[int], None]
 
 
-class DataTransferError(Exception):
+class DataTransferError(SyftError):
     """A download or upload failed or was refused; the message carries the server's reason."""
+
+
+def _failed(what: str, location: str, exc: flight.FlightError) -> SyftError:
+    """An unreachable data plane is `Unreachable` (offline); any other failure says why."""
+    message = f"{what} {location} failed; {_reason(exc)}"
+    if isinstance(exc, flight.FlightUnavailableError):
+        return Unreachable(message)
+    return DataTransferError(message)
 
 
 class FlightDataClient:
@@ -53,9 +62,7 @@ class FlightDataClient:
                 progress(chunk.data.nbytes)
             return pa.Table.from_batches(batches, schema=reader.schema)
         except flight.FlightError as exc:
-            raise DataTransferError(
-                f"download from {self._location} failed; {_reason(exc)}"
-            ) from exc
+            raise _failed("download from", self._location, exc) from exc
 
     def get_file(
         self, token: bytes, write: Callable[[memoryview], object], progress: Progress | None = None
@@ -78,9 +85,7 @@ class FlightDataClient:
                 if progress is not None:
                     progress(int(last - first))
         except flight.FlightError as exc:
-            raise DataTransferError(
-                f"download from {self._location} failed; {_reason(exc)}"
-            ) from exc
+            raise _failed("download from", self._location, exc) from exc
 
     def put(self, token: bytes, table: pa.Table, progress: Progress | None = None) -> None:
         """Upload `table` to the path a `put` token grants, in batches of ~BATCH_BYTES."""
@@ -94,7 +99,7 @@ class FlightDataClient:
                     if progress is not None:
                         progress(batch.nbytes)
         except flight.FlightError as exc:
-            raise DataTransferError(f"upload to {self._location} failed; {_reason(exc)}") from exc
+            raise _failed("upload to", self._location, exc) from exc
 
     def close(self) -> None:
         self._client.close()

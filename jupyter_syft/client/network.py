@@ -15,28 +15,15 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-import msgspec
-
 from jupyter_syft.client.connection import NodeConnection, peer_id_of, shared_peer
 from jupyter_syft.client.domain import DomainClient
-from jupyter_syft.errors import BY_CODE, NodeError, NotFoundError, SyftError
+from jupyter_syft.errors import NodeError, NotFoundError
 from jupyter_syft.identity import Identity, user_identity
 from jupyter_syft.network.addresses import open_address
 from jupyter_syft.network.limits import MetadataError
 from jupyter_syft.p2p import P2PError
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import sign_network_call
-from jupyter_syft.wire.signing import BadMessage
-
-
-class RateLimitedError(SyftError):
-    """The network node refused the call because this peer sent too many; retry later."""
-
-
-def _error(reply: nm.Error) -> SyftError:
-    if reply.code == "rate_limited":
-        return RateLimitedError(reply.message)
-    return BY_CODE[reply.code](reply.message)
+from jupyter_syft.wire.rpc import BadMessage, Call, R
 
 
 class NetworkConnection:
@@ -50,18 +37,12 @@ class NetworkConnection:
         self.node_peer_id = peer_id_of(multiaddr)
         self.identity = identity or user_identity()
         self._peer = shared_peer(self.identity)
-        self.info: nm.NetworkInfo = self.call(nm.Hello())  # type: ignore[assignment]
+        self.info = self.call(nm.Hello())
 
-    def call(self, call: nm.Call, timeout: float = 30.0) -> nm.Reply:
-        frame = sign_network_call(self.identity, self.node_peer_id, call)
+    def call(self, call: Call[R], timeout: float = 30.0) -> R:
+        frame = nm.NETWORK.sign_call(self.identity, self.node_peer_id, call)
         raw = self._peer.request(self.multiaddr, nm.NETWORK_PROTOCOL, frame, timeout=timeout)
-        try:
-            reply = nm.decode_reply(raw)
-        except msgspec.DecodeError as exc:
-            raise NodeError(f"the network sent a reply that is not a valid message: {exc}") from exc
-        if isinstance(reply, nm.Error):
-            raise _error(reply)
-        return reply
+        return nm.NETWORK.read_reply(call, raw)
 
 
 @dataclass(frozen=True)

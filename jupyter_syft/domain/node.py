@@ -18,10 +18,12 @@ from pathlib import Path
 import trio
 
 from jupyter_syft.crypto.seal import ResultSeal
+from jupyter_syft.domain.core import DomainCore, Limits
 from jupyter_syft.domain.environments import PYPI, BuildError, Environments
 from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
 from jupyter_syft.domain.flight_server import FlightDataServer
-from jupyter_syft.domain.service import DomainService, Limits, result_vector
+from jupyter_syft.domain.router import domain_router
+from jupyter_syft.domain.secagg.handlers import result_vector
 from jupyter_syft.domain.store import Store, StoreError
 from jupyter_syft.identity import Identity, load_or_create
 from jupyter_syft.network.member import NetworkMembership
@@ -63,7 +65,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         else:
             print(f"domain {config.name}: sandbox {executor.sandbox.summary}", file=sys.stderr)
         jobs_in, jobs_out = trio.open_memory_channel[str](math.inf)
-        service = DomainService(
+        core = DomainCore(
             name=config.name,
             peer_id=node_identity.peer_id,
             store=store,
@@ -77,21 +79,22 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             identity=node_identity,
             environments=Environments(store.paths.environments, config.package_index),
         )
+        router = domain_router(core)  # StartupError if a call has no handler
         membership = None
-        handle = service.handle
+        handle = router.handle
         if config.network:
             membership = NetworkMembership(
                 config.network, node_identity, config.name, store.datasets, config.heartbeat_s
             )
-            handle = membership.watch(service.handle)  # re-announce when datasets change
+            handle = membership.watch(router.handle)  # re-announce when datasets change
         async with P2PHost(node_identity, config.listen) as host:
-            host.set_handler(DOMAIN_PROTOCOL, handle, service.bad_frame_reply)
+            host.set_handler(DOMAIN_PROTOCOL, handle, router.bad_frame_reply)
             async with trio.open_nursery() as nursery:
                 # Workers preload torch and Opacus (~4 s): warm up while the node already
                 # answers; a job that comes first waits for the same forkserver.
-                nursery.start_soon(_warm, executor, service)
+                nursery.start_soon(_warm, executor, core)
                 for _ in range(config.workers):
-                    nursery.start_soon(_job_worker, jobs_out.clone(), service, executor)
+                    nursery.start_soon(_job_worker, jobs_out.clone(), core, executor)
                 for request_id in store.requeue_interrupted():
                     await jobs_in.send(request_id)
                 address = host.multiaddrs[0]
@@ -109,35 +112,35 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         store.close()
 
 
-async def _warm(executor: Executor, service: DomainService) -> None:
+async def _warm(executor: Executor, core: DomainCore) -> None:
     await trio.to_thread.run_sync(executor.warm)
-    service.warming_up = False
+    core.warming_up = False
     for status in ("approved", "running"):
-        for info in service.store.requests(None, status):
-            service.notify(info.request_id)  # long-polls see the note go
+        for info in core.store.requests(None, status):
+            core.notify(info.request_id)  # long-polls see the note go
 
 
 async def _job_worker(
-    jobs: trio.MemoryReceiveChannel[str], service: DomainService, executor: Executor
+    jobs: trio.MemoryReceiveChannel[str], core: DomainCore, executor: Executor
 ) -> None:
     async for request_id in jobs:
-        await _run_job(request_id, service, executor)
+        await _run_job(request_id, core, executor)
 
 
-async def _run_job(request_id: str, service: DomainService, executor: Executor) -> None:
-    store = service.store
+async def _run_job(request_id: str, core: DomainCore, executor: Executor) -> None:
+    store = core.store
     info = store.request(request_id)
     if info is None or info.status != "approved" or info.policy == "federated":
         return  # a federated plan runs no job itself: its rounds do
     environment, building = "", False
     if info.requirements:
-        assert service.environments is not None  # requirements are refused without it
-        cached = service.environments.cached(info.requirements)  # a hit costs nothing more
+        assert core.environments is not None  # requirements are refused without it
+        cached = core.environments.cached(info.requirements)  # a hit costs nothing more
         if cached is not None:
             environment = os.path.realpath(cached.site_packages)  # the path the job sees
         else:
             building = True
-            built = await _build_environment(request_id, info.requirements, service)
+            built = await _build_environment(request_id, info.requirements, core)
             if built is None:
                 return  # the request failed, saying why, or another worker took it
             environment = built
@@ -145,7 +148,7 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         store.start_run(request_id, built=building)
     except StoreError:
         return
-    service.notify(request_id)
+    core.notify(request_id)
     output_dir = store.paths.result_dir(request_id)
     shutil.rmtree(output_dir, ignore_errors=True)
     inputs = {}
@@ -153,7 +156,7 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         dataset_info = store.dataset(dataset)
         kind = dataset_info.kind if dataset_info else "table"
         inputs[argument] = InputSpec(path=str(store.private_path(dataset)), kind=kind)
-    limits = service.limits
+    limits = core.limits
     # An aggregate-only result is sealed to this node: only secure aggregation here reads it.
     aggregate = info.policy == "aggregate"
     # Under release="after_review" the result is sealed to this node too, until its owner
@@ -170,9 +173,9 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         function_name=info.function_name,
         inputs=inputs,
         output_dir=str(output_dir),
-        domain_peer_id=service.peer_id,
+        domain_peer_id=core.peer_id,
         requester=info.requester,
-        seal_to=service.peer_id if aggregate or held else info.requester,
+        seal_to=core.peer_id if aggregate or held else info.requester,
         timeout_s=limits.job_timeout_s,
         memory_bytes=limits.job_memory_bytes,
         max_result_bytes=limits.max_result_bytes,
@@ -188,10 +191,10 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
     keep_for = info.plan_round[0] if info.plan_round is not None else ""
     outcome = await trio.to_thread.run_sync(executor.run, job, keep_for, abandon_on_cancel=True)
     if outcome.ok and aggregate:
-        contexts = ResultSeal(request_id, service.peer_id, info.requester)
+        contexts = ResultSeal(request_id, core.peer_id, info.requester)
         try:  # check now, so a wrong result fails the request instead of the aggregation
             await trio.to_thread.run_sync(
-                result_vector, output_dir, outcome.part_count, service.identity, contexts
+                result_vector, output_dir, outcome.part_count, core.identity, contexts
             )
         except Exception as exc:  # whatever the code returned, it is not a vector
             outcome.ok = False
@@ -206,27 +209,27 @@ async def _run_job(request_id: str, service: DomainService, executor: Executor) 
         # Errors the executor writes itself (timeouts, crashes) hold no data: both texts alike.
         error_full = outcome.error_full or outcome.error
         store.fail_run(request_id, outcome.error, error_full, outcome.log)
-    service.notify(request_id)
+    core.notify(request_id)
 
 
 async def _build_environment(
-    request_id: str, requirements: list[str], service: DomainService
+    request_id: str, requirements: list[str], core: DomainCore
 ) -> str | None:
     """The site-packages folder of the request's declared environment, from the cache or built
     now (status "building" meanwhile); None if the build failed (the request says why) or the
     request is not approved any more."""
-    store = service.store
-    assert service.environments is not None  # requirements are refused without it
+    store = core.store
+    assert core.environments is not None  # requirements are refused without it
     try:
         store.start_build(request_id)
     except StoreError:
         return None
-    service.notify(request_id)
+    core.notify(request_id)
     try:
-        environment = await service.environments.prepare(requirements)
+        environment = await core.environments.prepare(requirements)
     except BuildError as exc:
         store.fail_build(request_id, str(exc))
-        service.notify(request_id)
+        core.notify(request_id)
         return None
     if environment.built:
         detail = {

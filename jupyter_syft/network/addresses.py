@@ -15,8 +15,8 @@ from libp2p.records.validator import Validator
 
 from jupyter_syft.network.limits import MetadataError, check_address_record
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import open_record
-from jupyter_syft.wire.signing import BadMessage
+from jupyter_syft.wire.network_messages import open_record
+from jupyter_syft.wire.rpc import BadMessage
 
 MAX_RECORD_BYTES = 4096
 

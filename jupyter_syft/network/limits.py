@@ -13,6 +13,7 @@ import re
 from multiaddr import Multiaddr
 
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.rpc import Refused
 
 MAX_FRAME_BYTES = 512 * 1024  # a network-protocol frame; larger ones are refused unread
 MAX_DATASETS = 500
@@ -31,8 +32,11 @@ NAME = re.compile(r"\w[\w .-]{0,63}")
 _TAG = re.compile(r"[\w.-]{1,32}")
 
 
-class MetadataError(Exception):
+class MetadataError(Refused):
     """A record or call exceeds a cap or is malformed; the message says which field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid", message)
 
 
 def check_name(what: str, name: str) -> None:

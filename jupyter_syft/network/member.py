@@ -16,16 +16,17 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
 import trio
 
+from jupyter_syft.errors import NotAuthorisedError, SyftError, Unreachable
 from jupyter_syft.identity import Identity
 from jupyter_syft.network.limits import MAX_DATASETS, fit_dataset
-from jupyter_syft.p2p import P2PError, P2PHost
+from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import sign_network_call, sign_record
+from jupyter_syft.wire.network_messages import sign_record
+from jupyter_syft.wire.rpc import Call, R
 
 log = logging.getLogger(__name__)
 
@@ -133,22 +134,18 @@ class NetworkMembership:
                 reply = await self._call(host, nm.Heartbeat(self._seq))
             # Compared with the latest sequence number: the catalogue may have changed while
             # the call was on its way, and that change must not wait for the next heartbeat.
-            if (
-                isinstance(reply, nm.Membership)
-                and reply.status in ("member", "pending")
-                and reply.have_seq < self._seq
-            ):
+            if reply.status in ("member", "pending") and reply.have_seq < self._seq:
                 reply = await self._call(host, nm.Announce(self._announcement))
-        except (P2PError, msgspec.DecodeError) as exc:
+        except Unreachable as exc:
             self._problem(f"network {self.network} unreachable: {exc}")
             return
-        if isinstance(reply, nm.Error):
-            self._problem(f"network {self.network} refused {self.name}: {reply.message}")
-            if reply.code == "not_authorised":
+        except SyftError as exc:
+            self._problem(f"network {self.network} refused {self.name}: {exc}")
+            if isinstance(exc, NotAuthorisedError):
                 self.status = ""  # ask to join again next beat: the policy may have changed
             return
         self._last_problem = ""
-        if isinstance(reply, nm.Membership) and reply.status != self.status:
+        if reply.status != self.status:
             log.info("domain %s on network %s: %s", self.name, self.network, reply.status)
             self.status = reply.status
 
@@ -158,7 +155,7 @@ class NetworkMembership:
             log.warning("%s", message)
         self._last_problem = message
 
-    async def _call(self, host: P2PHost, call: nm.Call) -> nm.Reply:
-        frame = sign_network_call(self.identity, self.network_peer_id, call)
+    async def _call(self, host: P2PHost, call: Call[R]) -> R:
+        frame = nm.NETWORK.sign_call(self.identity, self.network_peer_id, call)
         raw = await host.request(self.network, nm.NETWORK_PROTOCOL, frame, timeout=10.0)
-        return nm.decode_reply(raw)
+        return nm.NETWORK.read_reply(call, raw)

@@ -26,7 +26,7 @@ from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.dht import Dht
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.signing import BadMessage
+from jupyter_syft.wire.rpc import BadMessage
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,10 @@ async def run_network(
                 config, identity, admin, store, host, dht, start_soon=nursery.start_soon
             )
             host.set_handler(
-                nm.NETWORK_PROTOCOL, service.handle, service.bad_frame_reply, MAX_FRAME_BYTES
+                nm.NETWORK_PROTOCOL,
+                service.router.handle,
+                service.router.bad_frame_reply,
+                MAX_FRAME_BYTES,
             )
             await service.republish_addresses()
             nursery.start_soon(_consume_gossip, service, gossip)

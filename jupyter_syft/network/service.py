@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import msgspec
 import trio
 
+from jupyter_syft.errors import SyftError
 from jupyter_syft.identity import Identity
 from jupyter_syft.network.addresses import address_key, open_address
 from jupyter_syft.network.config import NetworkConfig
@@ -40,16 +41,23 @@ from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.p2p import P2PError, P2PHost
 from jupyter_syft.p2p.dht import Dht
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_signing import open_network_call, open_record, sign_network_call
-from jupyter_syft.wire.signing import BadMessage, ReplayGuard
+from jupyter_syft.wire.network_messages import open_record
+from jupyter_syft.wire.rpc import (
+    BadMessage,
+    Call,
+    Caller,
+    R,
+    Refused,
+    ReplayGuard,
+    Router,
+    handles,
+)
 
 log = logging.getLogger(__name__)
 
 
-class Refused(Exception):
-    def __init__(self, code: nm.NetworkErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+OPERATOR = frozenset({"operator"})
+ANYONE = frozenset({"", "pending", "member", "removed"}) | OPERATOR
 
 
 def _peer_of(multiaddr: str) -> str:
@@ -76,6 +84,22 @@ class NetworkService:
         # Keyed by the peer a gossiped record claims, before its signature is checked: a
         # forger can only use up that peer's gossip allowance, never its direct one above.
         self._gossip = RateLimiter(self.config.announce_per_s, self.config.announce_burst)
+        self.router = Router(
+            nm.NETWORK,
+            [self],
+            self.peer_id,
+            self.role_of,
+            self.guard,
+            admit=lambda peer: peer in self.peer_networks or self._calls.allow(peer),
+            deny=lambda caller, call: f"{caller.peer_id} is not this network's operator",
+        )
+
+    def role_of(self, peer_id: str) -> str:
+        """ "operator", a member's status (member, pending, removed), or "" for a stranger."""
+        if peer_id == self.operator:
+            return "operator"
+        member = self.store.member(peer_id)
+        return member.status if member else ""
 
     @property
     def peer_id(self) -> str:
@@ -83,30 +107,6 @@ class NetworkService:
 
     def online_since(self) -> float:
         return time.time() - self.config.offline_after_s
-
-    # ---- entry points -----------------------------------------------------------------------
-
-    async def handle(self, remote_peer: str, frame: bytes) -> bytes:
-        if remote_peer not in self.peer_networks and not self._calls.allow(remote_peer):
-            return nm.encode(nm.Error("rate_limited", "too many calls; slow down"))
-        try:
-            envelope = open_network_call(frame, remote_peer, self.peer_id, self.guard)
-        except BadMessage as exc:
-            return nm.encode(nm.Error("bad_message", str(exc)))
-        handler = getattr(self, "_" + type(envelope.call).__name__)
-        try:
-            reply = await handler(envelope.sender, envelope.call)
-        except Refused as exc:
-            return nm.encode(nm.Error(exc.code, str(exc)))
-        except BadMessage as exc:
-            return nm.encode(nm.Error("bad_message", str(exc)))
-        except MetadataError as exc:
-            return nm.encode(nm.Error("invalid", str(exc)))
-        return nm.encode(reply)
-
-    @staticmethod
-    def bad_frame_reply(reason: str) -> bytes:
-        return nm.encode(nm.Error("bad_message", reason))
 
     def accept_gossip(self, data: bytes) -> bool:
         """Gossip validator: relay and deliver only well-formed, signed, capped announcements."""
@@ -136,17 +136,18 @@ class NetworkService:
 
     # ---- anyone -----------------------------------------------------------------------------
 
-    async def _Hello(self, sender: str, call: nm.Hello) -> nm.NetworkInfo:
-        if sender == self.operator:
-            status = "operator"
-        else:
-            member = self.store.member(sender)
-            status = member.status if member else "unknown"
+    @handles(nm.Hello, allow=ANYONE)
+    async def hello(self, caller: Caller, call: nm.Hello) -> nm.NetworkInfo:
         return nm.NetworkInfo(
-            self.config.name, self.peer_id, self.config.join_policy, status, self.config.peers
+            self.config.name,
+            self.peer_id,
+            self.config.join_policy,
+            caller.role or "unknown",
+            self.config.peers,
         )
 
-    async def _Search(self, sender: str, call: nm.Search) -> nm.SearchResults:
+    @handles(nm.Search, allow=ANYONE)
+    async def search(self, caller: Caller, call: nm.Search) -> nm.SearchResults:
         if len(call.text) > MAX_QUERY:
             raise Refused("invalid", f"a search is at most {MAX_QUERY} characters")
         limit = max(1, min(call.limit, MAX_SEARCH_LIMIT))
@@ -157,24 +158,24 @@ class NetworkService:
         if call.federated:
             remote = nm.Search(call.text, limit, call.include_offline, federated=False)
             for reply in await self._ask_peers(remote, unreachable):
-                if isinstance(reply, nm.SearchResults):
-                    hits.extend(reply.hits)
+                hits.extend(reply.hits)
         best: dict[tuple[str, str], nm.Hit] = {}
         for hit in sorted(hits, key=lambda h: h.score, reverse=True):
             best.setdefault((hit.domain_peer_id, hit.dataset), hit)
         return nm.SearchResults(list(best.values())[:limit], unreachable)
 
-    async def _ListDomains(self, sender: str, call: nm.ListDomains) -> nm.DomainList:
+    @handles(nm.ListDomains, allow=ANYONE)
+    async def list_domains(self, caller: Caller, call: nm.ListDomains) -> nm.DomainList:
         domains = self.store.domains(self.online_since())
         unreachable: list[str] = []
         if call.federated:
             for reply in await self._ask_peers(nm.ListDomains(federated=False), unreachable):
-                if isinstance(reply, nm.DomainList):
-                    known = {d.peer_id for d in domains}
-                    domains.extend(d for d in reply.domains if d.peer_id not in known)
+                known = {d.peer_id for d in domains}
+                domains.extend(d for d in reply.domains if d.peer_id not in known)
         return nm.DomainList(domains, unreachable)
 
-    async def _Locate(self, sender: str, call: nm.Locate) -> nm.LocateResult:
+    @handles(nm.Locate, allow=ANYONE)
+    async def locate(self, caller: Caller, call: nm.Locate) -> nm.LocateResult:
         """Members named `call.name` (or with that peer ID), addresses from the DHT.
 
         A federated lookup asks peer networks for the names they know, then still takes the
@@ -187,33 +188,35 @@ class NetworkService:
         ]
         if not found and call.federated:
             for reply in await self._ask_peers(nm.Locate(call.name, federated=False), []):
-                if isinstance(reply, nm.LocateResult):
-                    for entry in reply.found:
-                        address = await self._address(entry.peer_id) or entry.address
-                        found.append(msgspec.structs.replace(entry, address=address))
+                for entry in reply.found:
+                    address = await self._address(entry.peer_id) or entry.address
+                    found.append(msgspec.structs.replace(entry, address=address))
         return nm.LocateResult(found)
 
     # ---- domains ----------------------------------------------------------------------------
 
-    async def _Join(self, sender: str, call: nm.Join) -> nm.Membership:
+    @handles(nm.Join, allow=ANYONE)
+    async def join(self, caller: Caller, call: nm.Join) -> nm.Membership:
         address = open_address(call.address)
         announcement = open_record(call.announcement, nm.Announcement)
-        if address.peer_id != sender or announcement.peer_id != sender:
+        if address.peer_id != caller.peer_id or announcement.peer_id != caller.peer_id:
             raise Refused("invalid", "a domain joins only with records about itself")
         check_name("domain name", call.name)
         check_announcement(announcement)
         if announcement.name != call.name:
             raise Refused("invalid", "the announcement names another domain")
-        current = self.store.member(sender)
+        current = self.store.member(caller.peer_id)
         try:
-            status = self.config.policy.status_on_join(sender, current.status if current else None)
+            status = self.config.policy.status_on_join(
+                caller.peer_id, current.status if current else None
+            )
         except JoinRefused as exc:
             raise Refused("not_authorised", str(exc)) from exc
         if status == "member":
-            self._check_name_free(call.name, sender)
+            self._check_name_free(call.name, caller.peer_id)
         try:
             have_seq = self.store.save_join(
-                sender,
+                caller.peer_id,
                 call.name,
                 status,
                 (address.seq, nm.encode(call.address)),
@@ -223,42 +226,44 @@ class NetworkService:
         except sqlite3.IntegrityError as exc:  # the name was taken meanwhile
             raise Refused("conflict", f"the name {call.name!r} is taken") from exc
         if status == "member":
-            self._publish_address(sender, nm.encode(call.address))
-        log.info("%s joined as %s (%s)", call.name, status, sender)
+            self._publish_address(caller.peer_id, nm.encode(call.address))
+        log.info("%s joined as %s (%s)", call.name, status, caller.peer_id)
         return nm.Membership(status, have_seq)
 
-    async def _Announce(self, sender: str, call: nm.Announce) -> nm.Membership:
-        if not self._announces.allow(sender):
+    @handles(nm.Announce, allow=ANYONE)
+    async def announce(self, caller: Caller, call: nm.Announce) -> nm.Membership:
+        if not self._announces.allow(caller.peer_id):
             raise Refused("rate_limited", "too many announcements; slow down")
         announcement = open_record(call.announcement, nm.Announcement)
-        if announcement.peer_id != sender:
+        if announcement.peer_id != caller.peer_id:
             raise Refused("invalid", "a domain announces only its own datasets")
         check_announcement(announcement)
-        member = self.store.member(sender)
+        member = self.store.member(caller.peer_id)
         if member is None or member.status == "removed":
-            raise Refused("not_authorised", f"{sender} is not a member of this network")
+            raise Refused("not_authorised", f"{caller.peer_id} is not a member of this network")
         if announcement.name != member.name:
             raise Refused("invalid", f"this domain joined as {member.name!r}; join again to rename")
         try:
             self.store.apply_announcement(
-                sender, announcement, nm.encode(call.announcement), time.time()
+                caller.peer_id, announcement, nm.encode(call.announcement), time.time()
             )
         except StaleRecord as exc:
             raise Refused("conflict", f"stale or replayed announcement: {exc}") from exc
         return nm.Membership(member.status, announcement.seq)  # type: ignore[arg-type]
 
-    async def _Heartbeat(self, sender: str, call: nm.Heartbeat) -> nm.Membership:
-        member = self.store.member(sender)
+    @handles(nm.Heartbeat, allow=ANYONE)
+    async def heartbeat(self, caller: Caller, call: nm.Heartbeat) -> nm.Membership:
+        member = self.store.member(caller.peer_id)
         if member is None:
             return nm.Membership("unknown", 0)
         if member.status != "removed":
-            self.store.touch(sender, time.time())
+            self.store.touch(caller.peer_id, time.time())
         return nm.Membership(member.status, member.seq)  # type: ignore[arg-type]
 
     # ---- the operator -----------------------------------------------------------------------
 
-    async def _Approve(self, sender: str, call: nm.Approve) -> nm.Done:
-        self._require_operator(sender)
+    @handles(nm.Approve, allow=OPERATOR)
+    async def approve(self, caller: Caller, call: nm.Approve) -> nm.Done:
         member = self.store.member(call.peer_id)
         if member is None:
             raise Refused("not_found", f"no join request from {call.peer_id}")
@@ -267,21 +272,17 @@ class NetworkService:
         self._publish_address(call.peer_id, member.address)
         return nm.Done()
 
-    async def _Remove(self, sender: str, call: nm.Remove) -> nm.Done:
-        self._require_operator(sender)
+    @handles(nm.Remove, allow=OPERATOR)
+    async def remove(self, caller: Caller, call: nm.Remove) -> nm.Done:
         if self.store.set_status(call.peer_id, "removed") is None:
             raise Refused("not_found", f"{call.peer_id} is not a member")
         return nm.Done()
 
-    async def _ListMembers(self, sender: str, call: nm.ListMembers) -> nm.MemberList:
-        self._require_operator(sender)
+    @handles(nm.ListMembers, allow=OPERATOR)
+    async def list_members(self, caller: Caller, call: nm.ListMembers) -> nm.MemberList:
         return nm.MemberList(self.store.members())
 
     # ---- helpers ----------------------------------------------------------------------------
-
-    def _require_operator(self, sender: str) -> None:
-        if sender != self.operator:
-            raise Refused("not_authorised", f"{sender} is not this network's operator")
 
     def _check_name_free(self, name: str, peer_id: str) -> None:
         """One name, one domain: a second peer claiming a member's name is an impostor."""
@@ -314,20 +315,19 @@ class NetworkService:
         raw = await self.dht.fetch(address_key(peer_id), servers, self.config.peer_timeout_s)
         return None if raw is None else nm.decode_signed_record(raw)
 
-    async def ask(self, multiaddr: str, call: nm.Call, timeout: float) -> nm.Reply:
-        frame = sign_network_call(self.identity, _peer_of(multiaddr), call)
-        return nm.decode_reply(
-            await self.host.request(multiaddr, nm.NETWORK_PROTOCOL, frame, timeout=timeout)
-        )
+    async def ask(self, multiaddr: str, call: Call[R], timeout: float) -> R:
+        frame = nm.NETWORK.sign_call(self.identity, _peer_of(multiaddr), call)
+        raw = await self.host.request(multiaddr, nm.NETWORK_PROTOCOL, frame, timeout=timeout)
+        return nm.NETWORK.read_reply(call, raw)
 
-    async def _ask_peers(self, call: nm.Call, unreachable: list[str]) -> list[nm.Reply]:
+    async def _ask_peers(self, call: Call[R], unreachable: list[str]) -> list[R]:
         """Ask every peer network at once; those that fail or time out go to `unreachable`."""
-        replies: list[nm.Reply] = []
+        replies: list[R] = []
 
         async def ask_one(multiaddr: str) -> None:
             try:
                 replies.append(await self.ask(multiaddr, call, self.config.peer_timeout_s))
-            except (P2PError, msgspec.DecodeError) as exc:
+            except (P2PError, SyftError) as exc:
                 log.info("peer network %s did not answer: %s", multiaddr, exc)
                 unreachable.append(multiaddr)
 
@@ -345,7 +345,7 @@ class NetworkService:
                 try:
                     await self.ask(multiaddr, nm.Hello(), self.config.peer_timeout_s)
                     await self.dht.add_server(_peer_of(multiaddr))
-                except (P2PError, msgspec.DecodeError) as exc:
+                except (P2PError, SyftError) as exc:
                     log.info("peer network %s is unreachable: %s", multiaddr, exc)
                     continue
                 self.start_soon(self.republish_addresses)

@@ -42,6 +42,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
+from jupyter_syft.errors import Unreachable
 from jupyter_syft.identity import Identity
 from jupyter_syft.p2p.framing import MAX_FRAME_BYTES, FrameError, read_frame, write_frame
 
@@ -56,7 +57,7 @@ _STREAM_ERRORS = (IOException, MuxedStreamError, MuxedConnError, FrameError, EOF
 _MAX_IDLE_STREAMS = 32
 
 
-class P2PError(Exception):
+class P2PError(Unreachable):
     """A request could not be completed: dial failed, timed out, or the stream broke."""
 
 

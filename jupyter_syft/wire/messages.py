@@ -1,18 +1,21 @@
-"""Every message of the domain protocol, in one place.
+"""Every message of the domain protocol, in one place; `DOMAIN` is the protocol value.
 
-A client frame is a `SignedCall`: the msgpack bytes of a `Call` and the sender's Ed25519
-signature over them. The node answers with a `Reply`. Types are msgspec structs, decoded
-strictly: an unknown call, a missing field or a wrong type is refused before any handler runs,
-and nothing a peer sends is ever unpickled.
+Calls travel signed (`jupyter_syft.wire.rpc`: envelope, checks, handler table); each call
+class names its reply. Types are msgspec structs, decoded strictly: an unknown call, a missing
+field or a wrong type is refused before any handler runs, and nothing a peer sends is ever
+unpickled.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
+from jupyter_syft.wire.rpc import Call, Done, Error, ErrorCode, Protocol, Struct, encode
+
+__all__ = ["Call", "Done", "Error", "ErrorCode", "Struct", "encode"]
 
 DOMAIN_PROTOCOL = "/jupyter-syft/domain/1"
+CALL_CONTEXT = b"jupyter-syft/domain-call/2\n"
 
 RequestStatus = Literal[
     "pending",
@@ -32,19 +35,6 @@ ReleasePolicy = Literal["on_approval", "after_review"]  # when a result reaches 
 # Which requirements a request on a dataset may declare: any, none, or these package names.
 RequirementsPolicy = Literal["any", "none"] | list[str]
 Role = Literal["admin", "data_scientist"]
-ErrorCode = Literal[
-    "bad_message",  # the frame is not a well-formed, correctly signed, fresh call
-    "not_authorised",  # the sender's role does not allow this call
-    "not_found",  # unknown dataset, request or upload
-    "invalid",  # well-formed but wrong: bad code, schema mismatch, bad name...
-    "conflict",  # the state does not allow it (already decided, no result yet...)
-    "budget_exhausted",  # the privacy budget left cannot pay for this; nothing was charged
-    "internal",  # the node failed; the message says how
-]
-
-
-class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Base of all wire structs: unknown fields are an error, not silently dropped."""
 
 
 # ---- differential privacy (see jupyter_syft.privacy) ------------------------------------
@@ -85,19 +75,19 @@ class DPTraining(Struct, tag="dp_training"):
 # ---- calls (client -> node) -------------------------------------------------------------
 
 
-class Hello(Struct, tag="hello"):
+class Hello(Call["NodeInfo"], tag="hello"):
     """First call of a session: who the node is and how to reach its data plane."""
 
 
-class ListDatasets(Struct, tag="list_datasets"):
+class ListDatasets(Call["DatasetList"], tag="list_datasets"):
     pass
 
 
-class GetMock(Struct, tag="get_mock"):
+class GetMock(Call["ArrowData"], tag="get_mock"):
     dataset: str
 
 
-class SubmitRequest(Struct, tag="submit_request"):
+class SubmitRequest(Call["RequestInfo"], tag="submit_request"):
     code: str  # source text defining `function_name`
     function_name: str
     inputs: dict[str, str]  # argument name -> dataset name
@@ -108,67 +98,67 @@ class SubmitRequest(Struct, tag="submit_request"):
     requirements: list[str] = []
 
 
-class GetRequest(Struct, tag="get_request"):
+class GetRequest(Call["RequestInfo"], tag="get_request"):
     request_id: str
     wait_s: float = 0.0  # long-poll: answer when the status differs from `known_status`
     known_status: str = ""
 
 
-class ListRequests(Struct, tag="list_requests"):
+class ListRequests(Call["RequestList"], tag="list_requests"):
     status: str = ""  # "" = all
 
 
-class FetchResult(Struct, tag="fetch_result"):
+class FetchResult(Call["ResultData"], tag="fetch_result"):
     request_id: str
 
 
-class Decide(Struct, tag="decide"):
+class Decide(Call["RequestInfo"], tag="decide"):
     request_id: str
     approve: bool
     reason: str = ""
 
 
-class AddUser(Struct, tag="add_user"):
+class AddUser(Call["Done"], tag="add_user"):
     peer_id: str
     role: Role
     name: str = ""
 
 
-class ListUsers(Struct, tag="list_users"):
+class ListUsers(Call["UserList"], tag="list_users"):
     pass
 
 
-class BeginUpload(Struct, tag="begin_upload"):
+class BeginUpload(Call["UploadTickets"], tag="begin_upload"):
     dataset: str
     description: str = ""
     public: bool = False
 
 
-class CommitUpload(Struct, tag="commit_upload"):
+class CommitUpload(Call["DatasetInfo"], tag="commit_upload"):
     upload_id: str
 
 
-class ReadAudit(Struct, tag="read_audit"):
+class ReadAudit(Call["AuditLog"], tag="read_audit"):
     limit: int = 100
 
 
-class SubmitDPQuery(Struct, tag="submit_dp_query"):
+class SubmitDPQuery(Call["RequestInfo"], tag="submit_dp_query"):
     dataset: str
     query: DPQuery
 
 
-class SubmitDPTraining(Struct, tag="submit_dp_training"):
+class SubmitDPTraining(Call["RequestInfo"], tag="submit_dp_training"):
     dataset: str
     training: DPTraining
     requirements: list[str] = []  # as in SubmitRequest
 
 
-class GetBudget(Struct, tag="get_budget"):
+class GetBudget(Call["BudgetList"], tag="get_budget"):
     dataset: str = ""  # "" = every dataset the caller has a budget on
     peer_id: str = ""  # admin only: whose budget ("" = the caller's)
 
 
-class SetBudget(Struct, tag="set_budget"):
+class SetBudget(Call["BudgetInfo"], tag="set_budget"):
     """Set (not add to) a scientist's total budget on a dataset."""
 
     peer_id: str
@@ -177,11 +167,11 @@ class SetBudget(Struct, tag="set_budget"):
     delta: float = 0.0
 
 
-class GetPolicy(Struct, tag="get_policy"):
+class GetPolicy(Call["PolicyInfo"], tag="get_policy"):
     dataset: str
 
 
-class SetPolicy(Struct, tag="set_policy"):
+class SetPolicy(Call["PolicyInfo"], tag="set_policy"):
     """Change the dataset's policy: a field left None keeps its current value."""
 
     dataset: str
@@ -194,26 +184,26 @@ class SetPolicy(Struct, tag="set_policy"):
     requirements: RequirementsPolicy | None = None  # what requests may declare
 
 
-class SecAggStep(Struct, tag="secagg_step"):
+class SecAggStep(Call["SecAggFrame"], tag="secagg_step"):
     """One secure-aggregation round for an aggregate-only request: the requester's frame in."""
 
     request_id: str
     frame: bytes  # a signed jupyter_syft.crypto.secagg_messages frame from the requester
 
 
-class ReleaseError(Struct, tag="release_error"):
+class ReleaseError(Call["RequestInfo"], tag="release_error"):
     """Admin: let the scientist read a failed job's full error and its log (audited)."""
 
     request_id: str
 
 
-class PreviewResult(Struct, tag="preview_result"):
+class PreviewResult(Call["ResultData"], tag="preview_result"):
     """Admin: a result awaiting release, re-sealed to the caller so they can look at it."""
 
     request_id: str
 
 
-class DecideResult(Struct, tag="decide_result"):
+class DecideResult(Call["RequestInfo"], tag="decide_result"):
     """Admin: release a result awaiting release to its requester, or withhold it (reason)."""
 
     request_id: str
@@ -249,13 +239,13 @@ class FederatedPlan(Struct, tag="federated_plan"):
     max_grad_norm: float = 1.0
 
 
-class SubmitFederatedPlan(Struct, tag="submit_federated_plan"):
+class SubmitFederatedPlan(Call["RequestInfo"], tag="submit_federated_plan"):
     dataset: str
     plan: FederatedPlan
     requirements: list[str] = []  # as in SubmitRequest; every round runs with them
 
 
-class FederatedRound(Struct, tag="federated_round"):
+class FederatedRound(Call["RequestInfo"], tag="federated_round"):
     """Run round `round` of an approved plan from `weights`; answered with the round's request."""
 
     plan_id: str
@@ -266,7 +256,7 @@ class FederatedRound(Struct, tag="federated_round"):
 # ---- homomorphic inference (see jupyter_syft.crypto.he, jupyter_syft.domain.models) -------
 
 
-class CreateModel(Struct, tag="create_model"):
+class CreateModel(Call["ModelInfo"], tag="create_model"):
     """Publish a model for encrypted inference; its weights never leave the domain."""
 
     name: str
@@ -275,27 +265,27 @@ class CreateModel(Struct, tag="create_model"):
     max_samples: int = 0  # per scientist, samples predicted in all; 0 = no limit
 
 
-class ListModels(Struct, tag="list_models"):
+class ListModels(Call["ModelList"], tag="list_models"):
     pass
 
 
-class BeginContextUpload(Struct, tag="begin_context_upload"):
+class BeginContextUpload(Call["ContextTicket"], tag="begin_context_upload"):
     """Offer a public CKKS context; the node answers with a Flight `put` ticket if it lacks it."""
 
     digest: str  # SHA-256 of the serialised public context, hex
     nbytes: int
 
 
-class CommitContextUpload(Struct, tag="commit_context_upload"):
+class CommitContextUpload(Call["Done"], tag="commit_context_upload"):
     upload_id: str
 
 
-class PredictEncrypted(Struct, tag="predict_encrypted"):
+class PredictEncrypted(Call["EncryptedPrediction"], tag="predict_encrypted"):
     model: str
     query: bytes  # a jupyter_syft.crypto.he EncryptedQuery, msgpack
 
 
-class GetModelUsage(Struct, tag="get_model_usage"):
+class GetModelUsage(Call["ModelUsageList"], tag="get_model_usage"):
     """Admin: how many predictions each scientist made with a model."""
 
     model: str
@@ -340,7 +330,7 @@ class ModelUsageList(Struct, tag="model_usage_list"):
     usage: list[ModelUsage]
 
 
-Call = (
+Calls = (
     Hello
     | ListDatasets
     | GetMock
@@ -373,21 +363,6 @@ Call = (
     | PreviewResult
     | DecideResult
 )
-
-
-class CallEnvelope(Struct):
-    """What the sender signs: the call plus who, to whom, when, and a one-time nonce."""
-
-    sender: str  # peer id; must equal the Noise-authenticated remote peer
-    node: str  # the node's peer id: a call signed for one node is refused by another
-    issued_at: float  # unix seconds
-    nonce: bytes  # 16 random bytes; a repeated nonce is a replay
-    call: Call
-
-
-class SignedCall(Struct):
-    body: bytes  # msgpack of a CallEnvelope
-    signature: bytes
 
 
 # ---- replies (node -> client) -------------------------------------------------------------
@@ -544,16 +519,7 @@ class SecAggFrame(Struct, tag="secagg_frame"):
     nbytes: int = 0
 
 
-class Done(Struct, tag="done"):
-    pass
-
-
-class Error(Struct, tag="error"):
-    code: ErrorCode
-    message: str
-
-
-Reply = (
+Replies = (
     NodeInfo
     | DatasetInfo
     | DatasetList
@@ -569,7 +535,6 @@ Reply = (
     | PolicyInfo
     | SecAggFrame
     | Done
-    | Error
     | ModelInfo
     | ModelList
     | ContextTicket
@@ -577,23 +542,4 @@ Reply = (
     | ModelUsageList
 )
 
-_encoder = msgspec.msgpack.Encoder()
-_envelope_decoder = msgspec.msgpack.Decoder(CallEnvelope)
-_signed_decoder = msgspec.msgpack.Decoder(SignedCall)
-_reply_decoder = msgspec.msgpack.Decoder(Reply)
-
-
-def encode(message: msgspec.Struct) -> bytes:
-    return _encoder.encode(message)
-
-
-def decode_signed_call(frame: bytes) -> SignedCall:
-    return _signed_decoder.decode(frame)
-
-
-def decode_envelope(body: bytes) -> CallEnvelope:
-    return _envelope_decoder.decode(body)
-
-
-def decode_reply(frame: bytes) -> Reply:
-    return _reply_decoder.decode(frame)
+DOMAIN = Protocol(DOMAIN_PROTOCOL, CALL_CONTEXT, Calls, Replies)

@@ -1,42 +1,48 @@
 """Every message of the network protocol, and the signed records domains publish.
 
 Two kinds of signed things travel here:
-- **calls** (`SignedNetworkCall`): one peer asks a network node something, exactly like the
-  domain protocol (sender, addressee, time, nonce; see `wire.network_signing`);
-- **records** (`SignedRecord`): statements a domain makes about itself, its addresses
-  (`AddressRecord`) and its catalogue (`Announcement`). A record carries no addressee, so it
-  can be relayed (gossip, the DHT, a peer network) and still be checked by anyone against the
-  domain's peer ID; its `seq` only grows, so an old record cannot replace a newer one.
+- **calls** (`NETWORK`): one peer asks a network node something, exactly like the domain
+  protocol (sender, addressee, time, nonce; see `wire.rpc`);
+- **records** (`SignedRecord`, `sign_record`, `open_record`): statements a domain makes
+  about itself, its addresses (`AddressRecord`) and its catalogue (`Announcement`). A record
+  carries no addressee, so it can be relayed (gossip, the DHT, a peer network) and still be
+  checked by anyone against the domain's peer ID; its `seq` only grows, so an old record
+  cannot replace a newer one.
 
 Types are msgspec structs decoded strictly; nothing a peer sends is ever unpickled.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
+from jupyter_syft.identity import Identity
+from jupyter_syft.wire.rpc import (
+    BadMessage,
+    Call,
+    Done,
+    Error,
+    Protocol,
+    Signed,
+    Struct,
+    encode,
+    sign,
+    verifies,
+)
+
+__all__ = ["Call", "Done", "Error", "Struct", "encode"]
+
 NETWORK_PROTOCOL = "/jupyter-syft/network/1"
+CALL_CONTEXT = b"jupyter-syft/network-call/2\n"
+RECORD_CONTEXT = b"jupyter-syft/record/2\n"
 ANNOUNCE_TOPIC = "/jupyter-syft/announce/1"
 # The DHT namespace of domains' signed address records: key = /jupyter-syft-addr/<peer id>.
 ADDRESS_NAMESPACE = "jupyter-syft-addr"
 
 JoinPolicy = Literal["open", "allowlist", "manual"]
 MemberStatus = Literal["member", "pending", "removed", "unknown"]
-NetworkErrorCode = Literal[
-    "bad_message",  # not a well-formed, correctly signed, fresh call or record
-    "not_authorised",  # not a member, removed, or not the operator
-    "not_found",  # no such member or domain
-    "invalid",  # well-formed but refused: oversize metadata, bad name, wrong signer...
-    "conflict",  # the state does not allow it (name taken, stale sequence number)
-    "rate_limited",  # too many messages from this peer; retry later
-    "internal",  # the node failed; the message says how
-]
-
-
-class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Base of all wire structs: unknown fields are an error, not silently dropped."""
 
 
 # ---- records a domain signs about itself -------------------------------------------------
@@ -72,19 +78,18 @@ class AddressRecord(Struct, tag="address_record"):
 Record = Announcement | AddressRecord
 
 
-class SignedRecord(Struct):
-    body: bytes  # msgpack of a Record
-    signature: bytes  # over RECORD_CONTEXT + body
+# A Record's msgpack, signed by the peer it describes over RECORD_CONTEXT.
+SignedRecord = Signed
 
 
 # ---- calls (peer -> network node) --------------------------------------------------------
 
 
-class Hello(Struct, tag="hello"):
+class Hello(Call["NetworkInfo"], tag="hello"):
     pass
 
 
-class Join(Struct, tag="join"):
+class Join(Call["Membership"], tag="join"):
     """A domain asks to join, with its addresses and catalogue (indexed once accepted)."""
 
     name: str
@@ -92,45 +97,45 @@ class Join(Struct, tag="join"):
     announcement: SignedRecord
 
 
-class Announce(Struct, tag="announce"):
+class Announce(Call["Membership"], tag="announce"):
     announcement: SignedRecord
 
 
-class Heartbeat(Struct, tag="heartbeat"):
+class Heartbeat(Call["Membership"], tag="heartbeat"):
     seq: int  # the sequence number of the domain's latest announcement
 
 
-class Search(Struct, tag="search"):
+class Search(Call["SearchResults"], tag="search"):
     text: str
     limit: int = 20
     include_offline: bool = False
     federated: bool = True  # False: this node's members only (what peer networks send)
 
 
-class ListDomains(Struct, tag="list_domains"):
+class ListDomains(Call["DomainList"], tag="list_domains"):
     federated: bool = True
 
 
-class Locate(Struct, tag="locate"):
+class Locate(Call["LocateResult"], tag="locate"):
     """Find a domain by name or peer ID; the answer carries its signed address record."""
 
     name: str
     federated: bool = True
 
 
-class Approve(Struct, tag="approve"):
+class Approve(Call["Done"], tag="approve"):
     peer_id: str
 
 
-class Remove(Struct, tag="remove"):
+class Remove(Call["Done"], tag="remove"):
     peer_id: str
 
 
-class ListMembers(Struct, tag="list_members"):
+class ListMembers(Call["MemberList"], tag="list_members"):
     pass
 
 
-Call = (
+Calls = (
     Hello
     | Join
     | Announce
@@ -142,21 +147,6 @@ Call = (
     | Remove
     | ListMembers
 )
-
-
-class NetworkEnvelope(Struct):
-    """What the sender signs: the call plus who, to whom, when, and a one-time nonce."""
-
-    sender: str
-    node: str
-    issued_at: float
-    nonce: bytes
-    call: Call
-
-
-class SignedNetworkCall(Struct):
-    body: bytes  # msgpack of a NetworkEnvelope
-    signature: bytes  # over CALL_CONTEXT + body
 
 
 # ---- replies (network node -> peer) ------------------------------------------------------
@@ -234,46 +224,45 @@ class MemberList(Struct, tag="member_list"):
     members: list[MemberInfo]
 
 
-class Done(Struct, tag="done"):
-    pass
+Replies = NetworkInfo | Membership | SearchResults | DomainList | LocateResult | MemberList | Done
 
+NETWORK = Protocol(NETWORK_PROTOCOL, CALL_CONTEXT, Calls, Replies)
 
-class Error(Struct, tag="error"):
-    code: NetworkErrorCode
-    message: str
-
-
-Reply = (
-    NetworkInfo | Membership | SearchResults | DomainList | LocateResult | MemberList | Done | Error
-)
-
-_encoder = msgspec.msgpack.Encoder()
-_envelope_decoder = msgspec.msgpack.Decoder(NetworkEnvelope)
-_signed_call_decoder = msgspec.msgpack.Decoder(SignedNetworkCall)
 _record_decoder = msgspec.msgpack.Decoder(Record)
 _signed_record_decoder = msgspec.msgpack.Decoder(SignedRecord)
-_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+R = TypeVar("R", Announcement, AddressRecord)
 
 
-def encode(message: msgspec.Struct) -> bytes:
-    return _encoder.encode(message)
-
-
-def decode_signed_call(frame: bytes) -> SignedNetworkCall:
-    return _signed_call_decoder.decode(frame)
-
-
-def decode_envelope(body: bytes) -> NetworkEnvelope:
-    return _envelope_decoder.decode(body)
-
-
-def decode_record(body: bytes) -> Record:
-    return _record_decoder.decode(body)
+def sign_record(identity: Identity, record: Record) -> SignedRecord:
+    if record.peer_id != identity.peer_id:
+        raise ValueError("a record is signed by the peer it describes")
+    return sign(identity, RECORD_CONTEXT, msgspec.msgpack.encode(record))
 
 
 def decode_signed_record(data: bytes) -> SignedRecord:
-    return _signed_record_decoder.decode(data)
+    try:
+        return _signed_record_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"not a signed record: {exc}") from exc
 
 
-def decode_reply(frame: bytes) -> Reply:
-    return _reply_decoder.decode(frame)
+def open_record(signed: SignedRecord, kind: type[R]) -> R:
+    """The record of type `kind` inside `signed`, if its own peer ID signed it."""
+    try:
+        record = _record_decoder.decode(signed.body)
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"not a record: {exc}") from exc
+    if not isinstance(record, kind):
+        raise BadMessage(f"expected a {kind.__name__}, got a {type(record).__name__}")
+    if not verifies(signed, RECORD_CONTEXT, record.peer_id):
+        raise BadMessage(f"{kind.__name__} is not signed by {record.peer_id} (forged)")
+    return record
+
+
+def decode_record(body: bytes) -> Record:
+    """The record in `body`, unverified (for what is already checked or only routed)."""
+    try:
+        return _record_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadMessage(f"not a record: {exc}") from exc

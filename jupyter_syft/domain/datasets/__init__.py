@@ -1,0 +1,1 @@
+"""Datasets: a feature of the domain node (handlers and tables)."""

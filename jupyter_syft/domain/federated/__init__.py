@@ -1,0 +1,1 @@
+"""Federated learning: a feature of the domain node (handlers and tables)."""

@@ -1,0 +1,1 @@
+"""Homomorphic inference: a feature of the domain node (handlers and tables)."""

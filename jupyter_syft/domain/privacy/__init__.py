@@ -1,0 +1,1 @@
+"""Differential privacy: a feature of the domain node (handlers and tables)."""

@@ -1,0 +1,1 @@
+"""Requests: a feature of the domain node (handlers and tables)."""

@@ -1,0 +1,1 @@
+"""Secure aggregation: a feature of the domain node (handlers and tables)."""
