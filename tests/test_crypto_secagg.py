@@ -24,6 +24,7 @@ from jupyter_syft.crypto.secagg import (
     SecAggServer,
 )
 from jupyter_syft.identity import Identity
+from jupyter_syft.wire.rpc import Signed
 
 # Identities are slow-ish to make (peer IDs): a pool shared by all sessions in this module.
 POOL = [Identity.generate() for _ in range(6)]
@@ -214,8 +215,8 @@ def test_forged_and_malformed_frames_are_refused() -> None:
     session = start(3, 16)
     peer = session.peers[0]
     frame = session.clients[peer].advertise_keys()
-    signed = msgspec.msgpack.decode(frame, type=m.SignedMessage)
-    forged = m.encode(m.SignedMessage(signed.body, bytes(64)))
+    signed = msgspec.msgpack.decode(frame, type=Signed)
+    forged = m.encode(Signed(signed.body, bytes(64)))
     with pytest.raises(SecAggError, match="valid signature"):
         session.server.receive(forged)
     with pytest.raises(SecAggError, match="malformed"):

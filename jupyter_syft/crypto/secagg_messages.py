@@ -1,10 +1,11 @@
 """Messages of secure aggregation (protocol and threat model: `jupyter_syft.crypto.secagg`).
 
-Every message travels as a `SignedMessage`: the msgpack bytes of an `Envelope` (session id,
-round, sender, recipient, message) and the sender's Ed25519 signature over a context string and
-those bytes. Signatures matter here beyond the channel's own authentication because the server
-relays clients' key advertisements and consistency checks to the other clients, who must know
-the server did not forge or alter them. Decoding is strict (unknown fields and wrong types are
+Every message travels as a signed frame of the one RPC layer (`jupyter_syft.wire.rpc.Signed`):
+the msgpack bytes of an `Envelope` (session id, round, sender, recipient, message) and the
+sender's Ed25519 signature over this protocol's context string and the bytes' SHA-256.
+Signatures matter here beyond the channel's own authentication because the server relays
+clients' key advertisements and consistency checks to the other clients, who must know the
+server did not forge or alter them. Decoding is strict (unknown fields and wrong types are
 refused) and nothing is ever unpickled.
 
 Each round is a server message followed by each client's reply, both carrying the round number:
@@ -19,18 +20,14 @@ Each round is a server message followed by each client's reply, both carrying th
 
 from __future__ import annotations
 
-import hashlib
-
 import msgspec
 
-from jupyter_syft.identity import Identity, verify_signature
+from jupyter_syft.identity import Identity
+from jupyter_syft.wire import rpc
+from jupyter_syft.wire.rpc import Signed, Struct
 
 SECAGG_PROTOCOL = "/jupyter-syft/secagg/1"
 SIGNATURE_CONTEXT = b"jupyter-syft/secagg/2\n"
-
-
-class Struct(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Base of all secagg structs: unknown fields are an error, not silently dropped."""
 
 
 class Setup(Struct, tag="setup"):
@@ -124,17 +121,12 @@ class Envelope(Struct):
     message: Message
 
 
-class SignedMessage(Struct):
-    body: bytes  # msgpack of an Envelope
-    signature: bytes
-
-
 class BadFrame(Exception):
     """A frame is malformed or its signature does not verify."""
 
 
 _encoder = msgspec.msgpack.Encoder()
-_signed_decoder = msgspec.msgpack.Decoder(SignedMessage)
+_signed_decoder = msgspec.msgpack.Decoder(Signed)
 _envelope_decoder = msgspec.msgpack.Decoder(Envelope)
 _bundle_decoder = msgspec.msgpack.Decoder(ShareBundle)
 
@@ -146,8 +138,7 @@ def encode(value: msgspec.Struct | list) -> bytes:
 def sign(identity: Identity, session: str, recipient: str, message: Message) -> bytes:
     """A signed frame carrying `message` in its round, from `identity` to `recipient`."""
     envelope = Envelope(session, ROUND_OF[type(message)], identity.peer_id, recipient, message)
-    body = encode(envelope)
-    return encode(SignedMessage(body, identity.sign(_signed_part(body))))
+    return encode(rpc.sign(identity, SIGNATURE_CONTEXT, encode(envelope)))
 
 
 def open_frame(frame: bytes) -> Envelope:
@@ -157,17 +148,9 @@ def open_frame(frame: bytes) -> Envelope:
         envelope = _envelope_decoder.decode(signed.body)
     except msgspec.DecodeError as exc:
         raise BadFrame(f"malformed secure-aggregation message: {exc}") from exc
-    if not verify_signature(envelope.sender, _signed_part(signed.body), signed.signature):
+    if not rpc.verifies(signed, SIGNATURE_CONTEXT, envelope.sender):
         raise BadFrame(f"message does not carry a valid signature of {envelope.sender}")
     return envelope
-
-
-def _signed_part(body: bytes) -> bytes:
-    """What a signature covers: the context and SHA-256 of the body (hash-then-sign, as
-    Ed25519ph). A masked input is 8 MB; Ed25519 alone reads it twice to sign and once to
-    verify, after a copy to prepend the context: hashing once cuts a frame's signing cost
-    from ~32 ms to ~8 ms. Forging still needs a SHA-256 collision."""
-    return SIGNATURE_CONTEXT + hashlib.sha256(body).digest()
 
 
 def decode_bundle(data: bytes) -> ShareBundle:
