@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         help="confine every job (default); off runs them unconfined, with a loud warning",
     )
     start.add_argument(
+        "--executor",
+        default="local",
+        metavar="NAME",
+        help="what runs approved jobs: local (default: sandboxed processes on this machine)",
+    )
+    start.add_argument(
         "--package-index",
         default=PYPI,
         metavar="URL|DIR",
@@ -110,11 +116,16 @@ def _rekey_audit(data_dir: Path) -> int:
 def _domain_start(args: argparse.Namespace) -> int:
     from jupyter_syft.domain.core import Limits
     from jupyter_syft.domain.executor import SandboxUnavailable
+    from jupyter_syft.domain.jobs import BACKENDS
     from jupyter_syft.domain.node import DomainConfig, run_domain
     from jupyter_syft.domain.store import StoreError
     from jupyter_syft.identity import IdentityError, user_identity
     from jupyter_syft.p2p import P2PError
 
+    if args.executor not in BACKENDS:
+        known = ", ".join(sorted(BACKENDS))
+        print(f"jupyter-syft: no executor {args.executor!r}; known: {known}", file=sys.stderr)
+        return 2
     try:
         admin = user_identity()
     except IdentityError as exc:
@@ -135,6 +146,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         args.heartbeat,
         package_index=args.package_index,
         sandbox=args.sandbox,
+        executor=args.executor,
     )
 
     return run_until_signalled(

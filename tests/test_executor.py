@@ -18,14 +18,8 @@ import pytest
 import torch
 
 from jupyter_syft.crypto.seal import ResultSeal, open_sealed
-from jupyter_syft.domain.executor import (
-    CodeError,
-    Executor,
-    InputSpec,
-    JobOutcome,
-    JobSpec,
-    check_code,
-)
+from jupyter_syft.domain.executor import Executor
+from jupyter_syft.domain.jobs import CodeError, InputSpec, JobOutcome, JobSpec, check_code
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire.values import (
     data_to_table,

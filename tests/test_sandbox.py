@@ -21,7 +21,8 @@ from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.crypto.seal import ResultSeal, open_sealed
 from jupyter_syft.domain.core import WARMING_UP_NOTE
-from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
+from jupyter_syft.domain.executor import Executor
+from jupyter_syft.domain.jobs import InputSpec, JobSpec
 from jupyter_syft.domain.sandbox import landlock, probe
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m

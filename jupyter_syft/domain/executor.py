@@ -20,7 +20,6 @@ behind. The forkserver starts with a clean environment: a job that reads its own
 
 from __future__ import annotations
 
-import ast
 import glob
 import multiprocessing
 import os
@@ -31,13 +30,27 @@ from collections.abc import Callable
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from types import CodeType
 
 import msgspec
 
+from jupyter_syft.domain import worker
+from jupyter_syft.domain.jobs import (
+    MANIFEST_FILE,
+    MAX_OUTCOME_BYTES,
+    PART_FILE,
+    BackendOptions,
+    CodeError,
+    ExecutorBackend,
+    JobOrder,
+    JobOutcome,
+    JobSpec,
+    check_code,
+    crash_message,
+    register_backend,
+)
 from jupyter_syft.domain.sandbox import SandboxStatus, cgroups, confinement, probe
 from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment
-from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan
+from jupyter_syft.wire.messages import DPQuery
 
 PRELOAD = [
     "torch",
@@ -55,10 +68,6 @@ PRELOAD = [
     # with its imports (trio: ~0.1 s) already loaded here, that costs nothing.
     "jupyter_syft.cli",
 ]
-MANIFEST_FILE = "manifest.sealed"
-PART_FILE = "part-{}.sealed"
-MAX_OUTCOME_BYTES = 2**22
-MAX_LOG_BYTES = 2**20
 KEEP_S = 120.0  # how long a kept worker waits for the next round of its plan
 MAX_KEPT = 4  # kept workers at most (each holds a process's memory)
 EXIT_GRACE_S = 5.0  # how long a worker that reported may take to exit before it is killed
@@ -71,93 +80,7 @@ class SandboxUnavailable(RuntimeError):
     """The sandbox is on but a layer is missing here: no job may run."""
 
 
-class CodeError(ValueError):
-    """Submitted code does not compile or does not define the function to call."""
-
-    def __init__(self, message: str, line: int | None = None, column: int | None = None):
-        super().__init__(message)
-        self.line = line
-        self.column = column
-
-
-class InputSpec(msgspec.Struct):
-    path: str  # an Arrow IPC file written by write_ipc_file
-    kind: str  # "table" or "tensor"
-
-
-class JobSpec(msgspec.Struct):
-    request_id: str
-    code: str
-    function_name: str
-    inputs: dict[str, InputSpec]  # argument name -> asset
-    output_dir: str  # receives part-0.sealed, part-1.sealed, ... and manifest.sealed
-    # Each piece is sealed to `seal_to` (the requester, or the domain itself for an
-    # aggregate-only result) under a context naming the request, the domain and the requester.
-    domain_peer_id: str
-    requester: str
-    seal_to: str
-    timeout_s: float = 60.0
-    memory_bytes: int = 4 * 2**30
-    max_result_bytes: int = 1 * 2**30
-    # A DP query runs no code (`code` only describes it); DP training calls `function_name`
-    # for its model. Either reads its one input as a table.
-    privacy: DPQuery | DPTraining | None = None
-    # A federated round: the plan, and the global weights (safetensors) it starts from.
-    federated: FederatedPlan | None = None
-    weights_path: str = ""
-    # A declared environment: the site-packages folder of its build, put first on sys.path
-    # and shown read-only to the job ("" = the domain's own packages only).
-    environment: str = ""
-
-
-class JobOrder(msgspec.Struct):
-    """What the executor sends a worker: a job, and whether to stay for another (run(keep_for))."""
-
-    job: JobSpec
-    keep: bool = False
-
-
-class JobOutcome(msgspec.Struct):
-    ok: bool
-    # What the scientist may see of a failure: one line with the exception type, then the
-    # frames of their own code (line numbers and source lines), never exception messages,
-    # values or the owner's paths (they could carry private data).
-    error: str = ""
-    # The whole text (messages, values, traceback): the node seals it to itself at rest and
-    # shows it to the owner, who may release it to the scientist.
-    error_full: str = ""
-    # The job's stdout and stderr, interleaved, capped at MAX_LOG_BYTES: sealed like
-    # error_full, never written to the node's log.
-    log: bytes = b""
-    part_count: int = 0
-    result_bytes: int = 0  # bytes of the result files written
-    seconds: float = 0.0
-
-
-def compile_code(code: str, function_name: str, filename: str = "<code>") -> CodeType:
-    """Compile `code`, checking that it defines `function_name` with a top-level def."""
-    try:
-        tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST)
-        compiled = compile(tree, filename, "exec")  # some errors only show here
-    except SyntaxError as e:
-        raise CodeError(
-            f"syntax error at line {e.lineno}, column {e.offset}: {e.msg}", e.lineno, e.offset
-        ) from e
-    except ValueError as e:  # e.g. a null byte in the source
-        raise CodeError(f"invalid code: {e}") from e
-    if not any(
-        isinstance(node, ast.FunctionDef) and node.name == function_name for node in tree.body
-    ):
-        raise CodeError(f"the code defines no top-level function {function_name!r}")
-    return compiled
-
-
-def check_code(code: str, function_name: str) -> None:
-    """Raise CodeError if the code cannot run: checked before a request is accepted."""
-    compile_code(code, function_name)
-
-
-class Executor:
+class Executor(ExecutorBackend):
     """Runs jobs in worker processes; run() is blocking and may be called from many threads.
 
     `sandbox="on"` (the default) confines every job; a machine without every layer raises
@@ -174,8 +97,6 @@ class Executor:
         max_processes: int = 64,
         cpus: float | None = None,
     ) -> None:
-        from jupyter_syft.domain import worker  # not at the top: worker imports this module
-
         self.sandbox: SandboxStatus = probe("on" if sandbox == "on" else "off")
         if self.sandbox.missing:
             raise SandboxUnavailable(
@@ -189,7 +110,6 @@ class Executor:
             self._confinement = confinement(
                 data_dir, scratch_mb, max_processes, cpus or os.cpu_count() or 1
             )
-        self._worker = worker
         self._context = multiprocessing.get_context("forkserver")
         if preload:
             self._context.set_forkserver_preload(PRELOAD)
@@ -207,7 +127,7 @@ class Executor:
     def warm(self) -> None:
         """Start the forkserver and its imports (~4 s) now, so the first job is fast."""
         with self._warming:
-            process = self._start(self._worker.warm_up, (self._confinement,))
+            process = self._start(worker.warm_up, (self._confinement,))
             if process is None:
                 raise RuntimeError("the executor is closed")
             code = self._reap(process, None)
@@ -280,7 +200,7 @@ class Executor:
         if self._confinement is not None:
             assert process.pid is not None
             cgroups.limit(
-                self._worker.cgroup_name(process.pid),
+                worker.cgroup_name(process.pid),
                 memory=job.memory_bytes + CGROUP_MEMORY_MARGIN,
                 processes=self._confinement.max_processes,
                 cpus=self._confinement.cpus,
@@ -351,7 +271,7 @@ class Executor:
         """A worker process waiting for its job on a pipe, or None once closed."""
         ours, theirs = self._context.Pipe(duplex=True)
         try:
-            process = self._start(self._worker.main, (theirs, self._confinement))
+            process = self._start(worker.main, (theirs, self._confinement))
         finally:
             theirs.close()
         if process is None:
@@ -402,7 +322,7 @@ class Executor:
             wait([process.sentinel])
         if self._confinement is not None:
             assert process.pid is not None  # every job process left behind goes here
-            cgroups.kill_and_remove(self._worker.cgroup_name(process.pid))
+            cgroups.kill_and_remove(worker.cgroup_name(process.pid))
         with self._lock:
             process.join()
             self._running.discard(process)
@@ -414,22 +334,6 @@ class Executor:
         if self._closed:
             return "the executor was closed while the job was running"
         return crash_message(code)
-
-
-def crash_message(code: int) -> str:
-    """What a worker's exit code says about how it ended."""
-    if code >= 0:
-        return f"worker crashed (exit code {code})"
-    if -code == signal.SIGKILL:
-        return (
-            "worker was killed (signal 9 SIGKILL), most likely for using more memory than "
-            "the job may"
-        )
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:  # real-time signals have no name
-        name = "unnamed"
-    return f"worker crashed (signal {-code} {name})"
 
 
 def _start_forkserver_with_clean_environment() -> None:
@@ -464,3 +368,12 @@ def _remove_result_files(output_dir: str, remove_dir: bool) -> None:
     if remove_dir:
         with suppress(OSError):
             os.rmdir(output_dir)
+
+
+BACKEND = "local"
+
+
+@register_backend(BACKEND)
+def local_pool(options: BackendOptions) -> ExecutorBackend:
+    """The embedded default: sandboxed worker processes on this machine."""
+    return Executor(sandbox=options.sandbox, data_dir=options.data_dir)

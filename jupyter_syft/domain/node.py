@@ -18,10 +18,11 @@ from pathlib import Path
 import trio
 
 from jupyter_syft.crypto.seal import ResultSeal
+from jupyter_syft.domain import executor as local_executor
 from jupyter_syft.domain.core import DomainCore, Limits
 from jupyter_syft.domain.environments import PYPI, BuildError, Environments
-from jupyter_syft.domain.executor import Executor, InputSpec, JobSpec
 from jupyter_syft.domain.flight_server import FlightDataServer
+from jupyter_syft.domain.jobs import BACKENDS, BackendOptions, ExecutorBackend, InputSpec, JobSpec
 from jupyter_syft.domain.router import domain_router
 from jupyter_syft.domain.secagg.handlers import result_vector
 from jupyter_syft.domain.store import Store, StoreError
@@ -44,13 +45,15 @@ class DomainConfig:
     heartbeat_s: float = 10.0
     sandbox: str = "on"  # "off": jobs run unconfined (see jupyter_syft.domain.sandbox)
     package_index: str = PYPI  # where declared requirements come from: a URL or a wheel folder
+    # Which ExecutorBackend runs approved jobs (jupyter_syft.domain.jobs.BACKENDS).
+    executor: str = local_executor.BACKEND
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
     """Serve until cancelled. `admin` becomes the admin when this call creates the data dir."""
     store = Store(config.data_dir)
     flight: FlightDataServer | None = None
-    executor: Executor | None = None
+    executor: ExecutorBackend | None = None
     try:
         store.initialise(config.name, admin.peer_id)
         node_identity = load_or_create(store.paths.node_key)
@@ -58,7 +61,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         issuer = TicketIssuer()
         flight = FlightDataServer(config.data_dir, tls, issuer)
         flight.start()
-        executor = Executor(sandbox=config.sandbox, data_dir=str(config.data_dir))
+        executor = BACKENDS[config.executor](BackendOptions(config.sandbox, str(config.data_dir)))
         if executor.sandbox.mode == "off":
             _warn_sandbox_off(config.name)
             store.audit("node", "sandbox_off", config.name, "started with --sandbox off")
@@ -112,7 +115,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         store.close()
 
 
-async def _warm(executor: Executor, core: DomainCore) -> None:
+async def _warm(executor: ExecutorBackend, core: DomainCore) -> None:
     await trio.to_thread.run_sync(executor.warm)
     core.warming_up = False
     for status in ("approved", "running"):
@@ -121,13 +124,13 @@ async def _warm(executor: Executor, core: DomainCore) -> None:
 
 
 async def _job_worker(
-    jobs: trio.MemoryReceiveChannel[str], core: DomainCore, executor: Executor
+    jobs: trio.MemoryReceiveChannel[str], core: DomainCore, executor: ExecutorBackend
 ) -> None:
     async for request_id in jobs:
         await _run_job(request_id, core, executor)
 
 
-async def _run_job(request_id: str, core: DomainCore, executor: Executor) -> None:
+async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend) -> None:
     store = core.store
     info = store.request(request_id)
     if info is None or info.status != "approved" or info.policy == "federated":
@@ -187,7 +190,7 @@ async def _run_job(request_id: str, core: DomainCore, executor: Executor) -> Non
         assert found is not None  # a round is recorded only with its plan
         job.federated = found[1]
         job.weights_path = str(store.paths.round_weights(request_id))
-    # A plan's rounds reuse one warm, confined worker (Executor.run's keep_for).
+    # A plan's rounds reuse one warm, confined worker (ExecutorBackend.run's keep_for).
     keep_for = info.plan_round[0] if info.plan_round is not None else ""
     outcome = await trio.to_thread.run_sync(executor.run, job, keep_for, abandon_on_cancel=True)
     if outcome.ok and aggregate:

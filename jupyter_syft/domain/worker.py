@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from jupyter_syft.crypto.seal import ResultSeal, SealingWriter, x25519_public_key
-from jupyter_syft.domain.executor import (
+from jupyter_syft.domain.jobs import (
     MANIFEST_FILE,
     MAX_LOG_BYTES,
     PART_FILE,

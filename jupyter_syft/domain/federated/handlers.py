@@ -13,7 +13,7 @@ from jupyter_syft.domain.core import (
     MEMBERS,
     DomainCore,
 )
-from jupyter_syft.domain.executor import CodeError, check_code
+from jupyter_syft.domain.jobs import CodeError, check_code
 from jupyter_syft.federated.plan import MAX_WEIGHTS_BYTES, PlanError, check_plan, round_spec
 from jupyter_syft.federated.weights import from_safetensors
 from jupyter_syft.privacy.training import TrainingError, noise_multiplier

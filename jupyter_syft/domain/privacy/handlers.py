@@ -16,7 +16,7 @@ from jupyter_syft.domain.environments import (
     RequirementError,
     check_requirements_policy,
 )
-from jupyter_syft.domain.executor import CodeError, check_code
+from jupyter_syft.domain.jobs import CodeError, check_code
 from jupyter_syft.privacy.budget import BudgetValueError, delta_units, epsilon_units
 from jupyter_syft.privacy.policy import PolicyError, auto_approves, check_policy
 from jupyter_syft.privacy.queries import QueryError, check_query, describe_query

@@ -26,7 +26,7 @@ from jupyter_syft.domain.core import (
     MEMBERS,
     DomainCore,
 )
-from jupyter_syft.domain.executor import MANIFEST_FILE, PART_FILE, CodeError, check_code
+from jupyter_syft.domain.jobs import MANIFEST_FILE, PART_FILE, CodeError, check_code
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire.rpc import Caller, Refused, handles

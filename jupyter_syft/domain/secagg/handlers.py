@@ -23,7 +23,7 @@ from jupyter_syft.domain.core import (
     INLINE_BYTES,
     DomainCore,
 )
-from jupyter_syft.domain.executor import MANIFEST_FILE, PART_FILE
+from jupyter_syft.domain.jobs import MANIFEST_FILE, PART_FILE
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
