@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
@@ -41,10 +41,10 @@ class ReviewRequest(RemoteRequest):
         return dict(self.info.inputs)
 
     def approve(self) -> None:
-        self.info = self._connection.call(m.Decide(self.id, approve=True))  # type: ignore[assignment]
+        self.info = self._connection.call(m.Decide(self.id, approve=True))
 
     def deny(self, reason: str) -> None:
-        self.info = self._connection.call(m.Decide(self.id, approve=False, reason=reason))  # type: ignore[assignment]
+        self.info = self._connection.call(m.Decide(self.id, approve=False, reason=reason))
 
     @property
     def error(self) -> str:
@@ -58,22 +58,22 @@ class ReviewRequest(RemoteRequest):
 
     def release_error(self) -> None:
         """Let the scientist read this failed job's full error and its log (audited)."""
-        self.info = self._connection.call(m.ReleaseError(self.id))  # type: ignore[assignment]
+        self.info = self._connection.call(m.ReleaseError(self.id))
 
     def result_preview(self) -> Any:
         """The result of a request awaiting your release, opened here with your key; the
         scientist gets it only once you `release_result()`."""
         data = self._connection.call(m.PreviewResult(self.id))
-        return self._open(data)  # type: ignore[arg-type]
+        return self._open(data)
 
     def release_result(self) -> None:
         """Send the held result to the scientist (re-sealed to their key by the domain)."""
-        self.info = self._connection.call(m.DecideResult(self.id, release=True))  # type: ignore[assignment]
+        self.info = self._connection.call(m.DecideResult(self.id, release=True))
 
     def withhold_result(self, reason: str) -> None:
         """Keep the held result from the scientist for good; they see `reason`."""
         call = m.DecideResult(self.id, release=False, reason=reason)
-        self.info = self._connection.call(call)  # type: ignore[assignment]
+        self.info = self._connection.call(call)
 
     def _repr_html_(self) -> str:
         cost = ""
@@ -129,7 +129,7 @@ class AdminClient(DomainClient):
         with transfer_progress(f"uploading {name}", private_table.nbytes) as bar:
             flight.put(tickets.private_ticket, private_table, bar)
         flight.put(tickets.mock_ticket, mock_table)
-        return self._connection.call(m.CommitUpload(tickets.upload_id))  # type: ignore[return-value]
+        return self._connection.call(m.CommitUpload(tickets.upload_id))
 
     def create_model(
         self, name: str, model: Any, description: str = "", max_samples: int = 0
@@ -151,19 +151,19 @@ class AdminClient(DomainClient):
         if hasattr(model, "forward"):
             _check_square_activation(model, checked)
         call = m.CreateModel(name, weights, description, max_samples)
-        return self._connection.call(call)  # type: ignore[return-value]
+        return self._connection.call(call)
 
     def model_usage(self, name: str) -> list[m.ModelUsage]:
         """Predictions made with model `name`, per scientist: calls, samples, last time."""
-        return self._connection.call(m.GetModelUsage(name)).usage  # type: ignore[union-attr]
+        return self._connection.call(m.GetModelUsage(name)).usage
 
-    def add_user(self, peer_id: str, role: str = "data_scientist", name: str = "") -> None:
+    def add_user(self, peer_id: str, role: m.Role = "data_scientist", name: str = "") -> None:
         if role not in ("admin", "data_scientist"):
             raise InvalidError(f"role must be 'admin' or 'data_scientist', not {role!r}")
-        self._connection.call(m.AddUser(peer_id, role, name))  # type: ignore[arg-type]
+        self._connection.call(m.AddUser(peer_id, role, name))
 
     def users(self) -> list[m.UserInfo]:
-        return self._connection.call(m.ListUsers()).users  # type: ignore[union-attr]
+        return self._connection.call(m.ListUsers()).users
 
     def set_budget(self, peer_id: str, dataset: str, epsilon: float, delta: float = 0.0) -> Budget:
         """Set (not add to) `peer_id`'s total privacy budget on `dataset`.
@@ -172,26 +172,26 @@ class AdminClient(DomainClient):
         is in jupyter_syft.privacy.budget. A budget cannot go below what is already spent.
         """
         info = self._connection.call(m.SetBudget(peer_id, dataset, epsilon, delta))
-        return Budget(info)  # type: ignore[arg-type]
+        return Budget(info)
 
     def budget(self, dataset: str | Dataset, peer_id: str = "") -> Budget:
         """A user's budget on `dataset` with every charge (yours if `peer_id` is empty)."""
         name = dataset.name if isinstance(dataset, Dataset) else dataset
-        [info] = self._connection.call(m.GetBudget(name, peer_id)).budgets  # type: ignore[union-attr]
+        [info] = self._connection.call(m.GetBudget(name, peer_id)).budgets
         return Budget(info)
 
     def budgets(self, peer_id: str = "") -> Budgets:
         """A user's budgets, by dataset (yours if `peer_id` is empty)."""
-        return Budgets(self._connection.call(m.GetBudget("", peer_id)).budgets)  # type: ignore[union-attr]
+        return Budgets(self._connection.call(m.GetBudget("", peer_id)).budgets)
 
     def set_policy(
         self,
         dataset: str | Dataset,
         auto_approve: bool | None = None,
         max_query_epsilon: float | None = None,
-        errors: str | None = None,
-        release: str | None = None,
-        requirements: str | Iterable[str] | None = None,
+        errors: m.ErrorPolicy | None = None,
+        release: m.ReleasePolicy | None = None,
+        requirements: Literal["any", "none"] | Iterable[str] | None = None,
     ) -> m.PolicyInfo:
         """Change `dataset`'s policy; what you leave out stays as it is.
 
@@ -215,11 +215,13 @@ class AdminClient(DomainClient):
                 f"requirements must be 'any', 'none' or a list of package names, not "
                 f"{requirements!r}"
             )
-        allowed = requirements
-        if requirements is not None and not isinstance(requirements, str):
+        allowed: m.RequirementsPolicy | None = None
+        if isinstance(requirements, str):
+            allowed = requirements
+        elif requirements is not None:
             allowed = [str(package) for package in requirements]
-        call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed)  # type: ignore[arg-type]
-        return self._connection.call(call)  # type: ignore[return-value]
+        call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed)
+        return self._connection.call(call)
 
     def review(self) -> Any:
         """The approval panel (an ipywidget) for this domain's requests; updates itself."""
@@ -229,7 +231,7 @@ class AdminClient(DomainClient):
 
     def audit_log(self, limit: int = 100) -> m.AuditLog:
         """The latest entries and whether the whole hash chain verifies."""
-        return self._connection.call(m.ReadAudit(limit))  # type: ignore[return-value]
+        return self._connection.call(m.ReadAudit(limit))
 
 
 def _check_square_activation(module: Any, checked: Any) -> None:

@@ -92,7 +92,7 @@ def aggregate(
     for domain in domains:
         call = m.SubmitRequest(code, fn.__name__, {argument: dataset_name}, policy="aggregate")
         info = domain._connection.call(call)
-        requests[domain.name] = domain.request_type(domain._connection, info)  # type: ignore[arg-type]
+        requests[domain.name] = domain.request_type(domain._connection, info)
     ready: list[DomainClient] = []
     for domain in domains:
         request = requests[domain.name]
@@ -152,15 +152,13 @@ def secure_sum(
     def step(peer: str, frame: bytes) -> bytes:
         domain, request_id = parties[peer]
         reply = domain._connection.call(m.SecAggStep(request_id, frame), timeout=step_timeout)
-        if not isinstance(reply, m.SecAggFrame):
-            raise InvalidError(f"unexpected reply {type(reply).__name__}")
         if not reply.ticket:
             return reply.frame
-        frame = bytearray()  # a large masked input, over the bulk data plane
-        domain._connection.flight.get_file(reply.ticket, frame.extend)
-        if len(frame) != reply.nbytes:
-            raise InvalidError(f"expected a {reply.nbytes}-byte frame, received {len(frame)}")
-        return bytes(frame)
+        received = bytearray()  # a large masked input, over the bulk data plane
+        domain._connection.flight.get_file(reply.ticket, received.extend)
+        if len(received) != reply.nbytes:
+            raise InvalidError(f"expected a {reply.nbytes}-byte frame, received {len(received)}")
+        return bytes(received)
 
     # Each round's frames go to all domains at once: the domains mask and send in parallel,
     # so a round takes as long as its slowest domain rather than the sum of them all.

@@ -154,7 +154,7 @@ class RemoteRequest:
 
     def refresh(self, wait_s: float = 0.0) -> m.RequestInfo:
         call = m.GetRequest(self.id, wait_s=wait_s, known_status=self.info.status)
-        self.info = self._connection.call(call, timeout=wait_s + 30)  # type: ignore[assignment]
+        self.info = self._connection.call(call, timeout=wait_s + 30)
         return self.info
 
     def wait(self, timeout: float | None = None) -> m.RequestInfo:
@@ -189,7 +189,7 @@ class RemoteRequest:
                 "only they can open it"
             )
         data = self._connection.call(m.FetchResult(self.id))
-        self._result = self._open(data)  # type: ignore[arg-type]
+        self._result = self._open(data)
         self._has_result = True
         return self._result
 
@@ -280,7 +280,7 @@ class DomainClient:
     @property
     def datasets(self) -> DatasetMap:
         listing = self._connection.call(m.ListDatasets())
-        found = [Dataset(self._connection, d) for d in listing.datasets]  # type: ignore[union-attr]
+        found = [Dataset(self._connection, d) for d in listing.datasets]
         return DatasetMap(found, self.name)
 
     @property
@@ -323,34 +323,34 @@ class DomainClient:
             code, function_name, names, requirements=requirement_list(requirements)
         )
         info = self._connection.call(call)
-        return self.request_type(self._connection, info)  # type: ignore[arg-type]
+        return self.request_type(self._connection, info)
 
     def requests(self, status: str = "") -> list[RemoteRequest]:
         """Your requests on this domain (all requests, for its admin)."""
         listing = self._connection.call(m.ListRequests(status))
-        return [self.request_type(self._connection, r) for r in listing.requests]  # type: ignore[union-attr]
+        return [self.request_type(self._connection, r) for r in listing.requests]
 
     def get_request(self, request_id: str) -> RemoteRequest:
         info = self._connection.call(m.GetRequest(request_id))
-        return self.request_type(self._connection, info)  # type: ignore[arg-type]
+        return self.request_type(self._connection, info)
 
     def budget(self, dataset: str | Dataset) -> Budget:
         """Your privacy budget on `dataset`: granted, spent, left (zero if none was granted)."""
         from jupyter_syft.client.privacy import Budget
 
         name = dataset.name if isinstance(dataset, Dataset) else dataset
-        [info] = self._connection.call(m.GetBudget(name)).budgets  # type: ignore[union-attr]
+        [info] = self._connection.call(m.GetBudget(name)).budgets
         return Budget(info)
 
     def budgets(self) -> Budgets:
         """Your privacy budgets on this domain, by dataset."""
         from jupyter_syft.client.privacy import Budgets
 
-        return Budgets(self._connection.call(m.GetBudget()).budgets)  # type: ignore[union-attr]
+        return Budgets(self._connection.call(m.GetBudget()).budgets)
 
     def policy(self, dataset: str) -> m.PolicyInfo:
         """The owner's DP policy on `dataset`: auto-approval and the per-query epsilon cap."""
-        return self._connection.call(m.GetPolicy(dataset))  # type: ignore[return-value]
+        return self._connection.call(m.GetPolicy(dataset))
 
     def __repr__(self) -> str:
         sandbox = "sandbox OFF" if self.sandbox == "off" else f"sandbox {self.sandbox}"

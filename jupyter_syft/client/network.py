@@ -159,14 +159,13 @@ class NetworkClient:
         if len({f.peer_id for f in reply.found}) > 1:
             ids = ", ".join(f.peer_id for f in reply.found)
             raise NotFoundError(f"several domains are called {name!r}; use a peer ID: {ids}")
-        located = reply.found[0]
-        if located.address is None:
-            raise NotFoundError(f"no address for domain {name!r} was found in the DHT")
-        return DomainClient(self._dial(located))
+        return DomainClient(self._dial(reply.found[0]))
 
     def _dial(self, located: nm.Located) -> NodeConnection:
+        if located.address is None:
+            raise NotFoundError(f"no address for domain {located.name!r} was found in the DHT")
         try:
-            record = open_address(located.address)  # type: ignore[arg-type]
+            record = open_address(located.address)
         except (BadMessage, MetadataError) as exc:
             raise NodeError(f"the address record of {located.name!r} is invalid: {exc}") from exc
         if record.peer_id != located.peer_id:
@@ -184,7 +183,7 @@ class NetworkClient:
 
     def members(self) -> list[nm.MemberInfo]:
         """Every peer that asked to join, with its status (operator only)."""
-        return self._connection.call(nm.ListMembers()).members  # type: ignore[union-attr]
+        return self._connection.call(nm.ListMembers()).members
 
     def approve(self, peer_id: str) -> None:
         self._connection.call(nm.Approve(peer_id))

@@ -87,12 +87,14 @@ class SecureAggregation:
             elif envelope.round == 1:
                 reply = state.client.share_keys(call.frame)
             elif envelope.round == 2:
-                vector, state.vector = state.vector, None  # masked once, even if replayed now
-                if vector is None:
+                unmasked, state.vector = state.vector, None  # masked once, even if replayed now
+                if unmasked is None:
                     raise Refused("invalid", "this domain already sent its masked input")
                 # Masking and signing a long vector takes ~0.1 s per million entries: off the
                 # event loop, so the node keeps answering meanwhile.
-                reply = await trio.to_thread.run_sync(state.client.masked_input, call.frame, vector)
+                reply = await trio.to_thread.run_sync(
+                    state.client.masked_input, call.frame, unmasked
+                )
                 self.core.store.audit(caller.peer_id, "secagg_masked_input", call.request_id)
             elif envelope.round == 3:
                 self._masked_input_file(call.request_id).unlink(missing_ok=True)  # fetched
