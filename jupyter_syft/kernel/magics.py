@@ -8,13 +8,14 @@ raised as IPython's UsageError: the cell shows one clear line and no traceback, 
 from __future__ import annotations
 
 import ast
+import contextlib
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
-from jupyter_syft.errors import NotAuthorisedError, SyftError
+from jupyter_syft.errors import NotAuthorisedError, SyftError, Unreachable
 from jupyter_syft.kernel import display as show
 from jupyter_syft.kernel import dp
 from jupyter_syft.kernel.aggregate import AggregateCell
@@ -28,7 +29,7 @@ from jupyter_syft.kernel.cells import (
     parse_options,
     split_last_expression,
 )
-from jupyter_syft.kernel.session import SyftSession, connection_errors, reason
+from jupyter_syft.kernel.session import SyftSession, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
 
 SYFT_USAGE = """\
@@ -80,7 +81,7 @@ class SyftMagics(Magics):
         for name, client in sorted(self.session.domains.items()):
             try:
                 found = client.budgets()
-            except connection_errors():
+            except Unreachable:
                 offline.append(name)
                 continue
             except SyftError as exc:
@@ -116,7 +117,7 @@ class SyftMagics(Magics):
             try:
                 found, state = sorted(self.session.listing(name, fresh=True)), "online"
                 client.hello()  # its sandbox level now: the owner may have restarted it
-            except (UsageError, *connection_errors()):
+            except (UsageError, Unreachable):
                 found, state = [], "offline"
             sandbox = show.sandbox_cell(client.sandbox)
             role = client.role or "stranger"
@@ -171,7 +172,7 @@ class SyftMagics(Magics):
         for name, client in sorted(self.session.domains.items()):
             try:
                 found = client.requests()
-            except connection_errors():
+            except Unreachable:
                 rows.append(["-", name, "", "offline", "", ""])
                 continue
             for request in sorted(found, key=lambda r: r.info.submitted_at, reverse=True):
@@ -278,7 +279,7 @@ class SyftMagics(Magics):
             try:
                 request = plan.domain.submit(code, FUNCTION_NAME, datasets, parsed.requirements)
                 targets.append(Target(plan.domain.name, datasets, request))
-            except (SyftError, *connection_errors()) as exc:
+            except SyftError as exc:
                 if len(plans) == 1:
                     raise UsageError(_submit_error(plan.domain.name, exc)) from None
                 error = _submit_error(plan.domain.name, exc)
@@ -308,14 +309,12 @@ class SyftMagics(Magics):
         exec(compile(body, filename, "exec"), namespace)
         try:
             request = eval(compile(last, filename, "eval"), namespace)
-        except (SyftError, *connection_errors()) as exc:
+        except SyftError as exc:
             raise UsageError(_dp_error(domain, exc)) from None
         target = Target(domain, {name: dataset.name}, request)
         if request.info.status == "done":  # auto-approved and answered: show it right here
-            try:
+            with contextlib.suppress(SyftError):  # the watcher tries again and says what failed
                 target.value, target.fetched = request.result(), True
-            except (SyftError, *connection_errors()):
-                pass  # the watcher tries again and shows what went wrong
         self.book.watch(Submission(self.shell, parsed, [target]))
 
     def _aggregate_request(self, line: str, parsed: CellLine, cell: str) -> None:
@@ -378,7 +377,7 @@ def _dp_error(domain: str, exc: Exception) -> str:
     """Why a DP query was refused; a refused query charges nothing."""
     from jupyter_syft.errors import BudgetExhausted
 
-    if isinstance(exc, connection_errors()):
+    if isinstance(exc, Unreachable):
         return f"domain {domain!r} is offline or unreachable ({reason(exc)}); nothing was charged"
     if isinstance(exc, BudgetExhausted):
         return (
@@ -401,7 +400,7 @@ def _syntax_error(exc: SyntaxError, outcome: str = "") -> str:
 
 
 def _submit_error(domain: str, exc: Exception) -> str:
-    if isinstance(exc, connection_errors()):
+    if isinstance(exc, Unreachable):
         return f"domain {domain!r} is offline or unreachable ({reason(exc)})"
     if isinstance(exc, NotAuthorisedError):
         return f"domain {domain!r} refused the request: {exc} (give the owner your `%syft whoami`)"

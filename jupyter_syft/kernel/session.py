@@ -19,20 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from jupyter_syft.errors import Unreachable
 from jupyter_syft.kernel.cells import ALL_DOMAINS, Source
 
 if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
 
 NODE_START_TIMEOUT_S = 60.0
-
-
-def connection_errors() -> tuple[type[Exception], ...]:
-    """What a call raises when the domain cannot be reached (it is down, or the link broke)."""
-    from jupyter_syft.client.flight_client import DataTransferError
-    from jupyter_syft.p2p import P2PError
-
-    return P2PError, DataTransferError
 
 
 def reason(exc: Exception) -> str:
@@ -101,7 +94,7 @@ class SyftSession:
 
         try:
             client = jupyter_syft.connect(address)
-        except connection_errors() as exc:
+        except Unreachable as exc:
             raise UsageError(
                 f"cannot reach {address}: it is offline or unreachable ({reason(exc)})"
             ) from None
@@ -174,7 +167,7 @@ class SyftSession:
                 raise UsageError(f"the network knows no domain {name!r}: {exc}") from None
             except SyftError as exc:
                 raise UsageError(str(exc)) from None
-            except connection_errors() as exc:
+            except Unreachable as exc:
                 raise UsageError(
                     f"domain {name!r} is offline or unreachable ({reason(exc)})"
                 ) from None
@@ -200,7 +193,7 @@ class SyftSession:
             domain = self.domain(name)
             try:
                 found = dict(domain.datasets)
-            except connection_errors() as exc:
+            except Unreachable as exc:
                 raise UsageError(
                     f"domain {name!r} is offline or unreachable ({reason(exc)})"
                 ) from None
@@ -219,7 +212,7 @@ class SyftSession:
         """The connected network's domains (DomainSummary), remembered for completion."""
         try:
             domains = list(self.network.domains)
-        except connection_errors() as exc:
+        except Unreachable as exc:
             raise UsageError(f"the network is unreachable ({reason(exc)})") from None
         for domain in domains:
             self._on_network.setdefault(domain.name, set())
@@ -229,7 +222,7 @@ class SyftSession:
         """Search the connected network (SearchHit), remembering the hits for completion."""
         try:
             hits = list(self.network.search(text))
-        except connection_errors() as exc:
+        except Unreachable as exc:
             raise UsageError(f"the network is unreachable ({reason(exc)})") from None
         for hit in hits:
             self._on_network.setdefault(hit.domain, set()).add(hit.dataset)
@@ -295,7 +288,7 @@ class SyftSession:
         for name, domain in sorted(self.domains.items()):
             try:
                 found += [(name, r) for r in domain.requests() if r.id.startswith(prefix)]
-            except connection_errors():
+            except Unreachable:
                 offline.append(name)
         if len(found) == 1:
             return found[0]
@@ -311,7 +304,7 @@ class SyftSession:
         if key not in self._mocks:
             try:
                 self._mocks[key] = dataset.mock
-            except connection_errors() as exc:
+            except Unreachable as exc:
                 raise UsageError(
                     f"domain {domain!r} is offline or unreachable ({reason(exc)})"
                 ) from None

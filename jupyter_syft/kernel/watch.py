@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.display import display
 
+from jupyter_syft.errors import Unreachable
 from jupyter_syft.kernel import display as show
 from jupyter_syft.kernel.cells import CellLine
 from jupyter_syft.kernel.dp import as_dp
-from jupyter_syft.kernel.session import SyftSession, connection_errors, reason
+from jupyter_syft.kernel.session import SyftSession, reason
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -170,7 +171,7 @@ class RequestBook:
                     submission.show(update=True)
             except (RequestDenied, RequestFailed):
                 return  # raced with the status: the next render says which
-            except connection_errors() as exc:
+            except Unreachable as exc:
                 if reason(exc) != target.problem:
                     target.problem = reason(exc)
                     submission.show(update=True)

@@ -17,27 +17,20 @@ from typing import Any
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
-from jupyter_syft.client.flight_client import DataTransferError
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.errors import (
     InvalidError,
-    NodeError,
     NotAuthorisedError,
     NotFoundError,
     SyftError,
+    Unreachable,
 )
 from jupyter_syft.identity import USER_KEY_FILE, Identity, load_or_create
-from jupyter_syft.p2p import P2PError
 from jupyter_syft.wire import messages as m
 
 HISTORY = 50  # decided requests kept in the Approvals history
 PREVIEW_ROWS = 10
 SEARCH_LIMIT = 200  # the network's own cap per search
-OFFLINE = (P2PError, NodeError, DataTransferError)
-
-
-class DomainOffline(SyftError):
-    """A domain (or the network) did not answer: it is down or the link broke."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +69,8 @@ class Backend:
         if net is None:
             try:
                 net = NetworkClient(NetworkConnection(self.sources.network, identity))
-            except OFFLINE as exc:
-                raise DomainOffline(f"the network is unreachable: {exc}") from exc
+            except Unreachable as exc:
+                raise Unreachable(f"the network is unreachable: {exc}") from exc
             with self._lock:
                 self._networks[identity.peer_id] = net
         return net
@@ -96,8 +89,8 @@ class Backend:
                 if net is None:
                     raise NotFoundError(f"no domain {domain!r} is configured")
                 client = net.domain(domain)
-        except OFFLINE as exc:
-            raise DomainOffline(f"domain {domain!r} is offline or unreachable: {exc}") from exc
+        except Unreachable as exc:
+            raise Unreachable(f"domain {domain!r} is offline or unreachable: {exc}") from exc
         if not client.role:
             return client  # not kept: Hello again next time, in case the owner adds you
         if client.role == "admin":
@@ -117,9 +110,9 @@ class Backend:
         client = self._client(identity, domain)
         try:
             return what(client)
-        except OFFLINE as exc:
+        except Unreachable as exc:
             self._forget(domain)
-            raise DomainOffline(f"domain {domain!r} is offline or unreachable: {exc}") from exc
+            raise Unreachable(f"domain {domain!r} is offline or unreachable: {exc}") from exc
 
     def _direct_domains(self) -> list[str]:
         """Names of the domains configured by address (a Hello each, once they answer)."""
@@ -128,7 +121,7 @@ class Backend:
                 continue
             try:
                 client = DomainClient(NodeConnection(address, self.identities[0]))
-            except OFFLINE:
+            except Unreachable:
                 continue
             self._addresses[client.name] = address
         return sorted(self._addresses)
@@ -154,7 +147,7 @@ class Backend:
                         "datasets": d.dataset_count,
                         "last_seen": d.last_seen,
                     }
-            except (DomainOffline, *OFFLINE) as exc:
+            except Unreachable as exc:
                 with self._lock:
                     self._networks.clear()
                 network["error"] = str(exc)
@@ -175,7 +168,7 @@ class Backend:
                     if not client.role:
                         continue  # a stranger here: nothing to list (and no refusals logged)
                     role, found, users = self._call(identity, name, _requests_of)
-                except DomainOffline as exc:
+                except Unreachable as exc:
                     domain.update(online=False, error=str(exc))
                     break
                 domain["roles"].append(role)
@@ -218,8 +211,8 @@ class Backend:
         if net is not None:
             try:
                 found = net.search(text, limit=SEARCH_LIMIT)
-            except OFFLINE as exc:
-                raise DomainOffline(f"the network is unreachable: {exc}") from exc
+            except Unreachable as exc:
+                raise Unreachable(f"the network is unreachable: {exc}") from exc
             unreachable = list(found.unreachable)
             hits = [
                 hit_json(h.domain, h.dataset, h.description, h.rows, h.schema, h.online)
@@ -229,7 +222,7 @@ class Backend:
         for name in self._direct_domains():
             try:
                 listing = self._call(self.identities[0], name, lambda c: list(c.datasets.values()))
-            except (DomainOffline, NotAuthorisedError):
+            except (Unreachable, NotAuthorisedError):
                 unreachable.append(name)
                 continue
             hits.extend(

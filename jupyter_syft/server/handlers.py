@@ -23,15 +23,16 @@ from jupyter_syft.errors import (
     NotAuthorisedError,
     NotFoundError,
     SyftError,
+    Unreachable,
 )
-from jupyter_syft.server.backend import Backend, DomainOffline
+from jupyter_syft.server.backend import Backend
 
 STATUS: list[tuple[type[Exception], int]] = [
     (InvalidError, 400),
     (NotAuthorisedError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
-    (DomainOffline, 503),
+    (Unreachable, 503),
     (SyftError, 502),  # the domain answered with an error of its own
 ]
 

@@ -13,19 +13,16 @@ from typing import Any
 
 from jupyter_syft.client.admin import AdminClient, ReviewRequest
 from jupyter_syft.client.domain import FINAL_STATES, DomainClient, RemoteRequest
-from jupyter_syft.client.flight_client import DataTransferError
 from jupyter_syft.client.network import NetworkClient
 from jupyter_syft.errors import (
     ConflictError,
-    NodeError,
     NotFoundError,
     RequestDenied,
     RequestFailed,
     SyftError,
+    Unreachable,
 )
-from jupyter_syft.p2p import P2PError
 
-OFFLINE = (P2PError, NodeError, DataTransferError)
 SEARCH_LIMIT = 200
 PREVIEW_ROWS = 10
 
@@ -49,7 +46,7 @@ class ReviewModel:
         try:
             found = self.owner.requests()
             names = {u.peer_id: u.name for u in self.owner.users()}
-        except OFFLINE as exc:
+        except Unreachable as exc:
             self.online, self.problem = False, str(exc)
             return
         found.sort(key=lambda r: r.info.submitted_at)
@@ -88,7 +85,7 @@ class ReviewModel:
         """(True, the held result) or (False, why it cannot be shown)."""
         try:
             return True, self.owner.get_request(request_id).result_preview()  # type: ignore[attr-defined]
-        except (*OFFLINE, SyftError) as exc:
+        except SyftError as exc:
             return False, f"cannot show the result: {exc}"
 
     def _act(self, request_id: str, action: Any, done: str) -> None:
@@ -98,7 +95,7 @@ class ReviewModel:
             self.message = f"Request {short}: {done}."
         except (ConflictError, NotFoundError) as exc:
             self.message = f"Request {short}: nothing changed ({exc})."
-        except OFFLINE as exc:
+        except Unreachable as exc:
             self.message = f"The domain is unreachable; nothing changed ({exc})."
         self.refresh()
 
@@ -112,7 +109,7 @@ class ReviewModel:
             self.message = f"Request {short} was already decided; nothing changed ({exc})."
         except NotFoundError as exc:
             self.message = f"Request {short} is not on this domain ({exc})."
-        except OFFLINE as exc:
+        except Unreachable as exc:
             self.message = f"The domain is unreachable; nothing changed ({exc})."
         self.refresh()
 
@@ -146,7 +143,7 @@ class RequestModel:
             elif self.status not in FINAL_STATES:
                 self.request.refresh(wait_s=wait_s)
             self.problem = ""
-        except OFFLINE as exc:
+        except Unreachable as exc:
             self.problem = str(exc)
         except (RequestDenied, RequestFailed):
             pass  # the status says which; shown from the request's info
@@ -186,7 +183,7 @@ class BrowserModel:
         try:
             self.hits = self._search(text)
             self.problem = ""
-        except (*OFFLINE, SyftError) as exc:
+        except SyftError as exc:
             self.hits, self.problem = [], f"search failed: {exc}"
 
     def _search(self, text: str) -> list[Hit]:
@@ -209,7 +206,7 @@ class BrowserModel:
             dataset = domain.datasets[hit.dataset]
             self.preview = Preview(hit, dataset.info.kind, dataset.info.mock_rows, dataset.mock)
             self.problem = ""
-        except (*OFFLINE, SyftError, KeyError) as exc:
+        except (SyftError, KeyError) as exc:
             self.preview, self.problem = None, f"cannot open {hit.domain}/{hit.dataset}: {exc}"
 
     def _domain(self, name: str) -> DomainClient:
