@@ -15,11 +15,11 @@ from jupyter_syft.network.limits import MAX_DESCRIPTION, MetadataError, check_an
 from jupyter_syft.network.member import describe_catalogue
 from jupyter_syft.network.membership import JoinRefused, Policy
 from jupyter_syft.network.query import fts_match
-from jupyter_syft.network.ratelimit import RateLimiter
 from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import network_messages as nm
 from jupyter_syft.wire.network_messages import RECORD_CONTEXT, open_record, sign_record
+from jupyter_syft.wire.ratelimit import RateLimiter
 from jupyter_syft.wire.rpc import BadMessage, signed_part
 
 

@@ -36,12 +36,12 @@ from jupyter_syft.network.limits import (
 )
 from jupyter_syft.network.membership import JoinRefused
 from jupyter_syft.network.query import fts_match
-from jupyter_syft.network.ratelimit import RateLimiter
 from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.p2p import P2PError, P2PHost
 from jupyter_syft.p2p.dht import Dht
 from jupyter_syft.wire import network_messages as nm
 from jupyter_syft.wire.network_messages import open_record
+from jupyter_syft.wire.ratelimit import RateLimiter
 from jupyter_syft.wire.rpc import (
     BadMessage,
     Call,
