@@ -162,6 +162,10 @@ class AdminClient(DomainClient):
             raise InvalidError(f"role must be 'admin' or 'data_scientist', not {role!r}")
         self._connection.call(m.AddUser(peer_id, role, name))
 
+    def remove_user(self, peer_id: str) -> None:
+        """Take `peer_id`'s access away; their requests and audit entries stay."""
+        self._connection.call(m.RemoveUser(peer_id))
+
     def users(self) -> list[m.UserInfo]:
         return self._connection.call(m.ListUsers()).users
 
@@ -217,7 +221,7 @@ class AdminClient(DomainClient):
             )
         allowed: m.RequirementsPolicy | None = None
         if isinstance(requirements, str):
-            allowed = requirements
+            allowed = "any" if requirements == "any" else "none"
         elif requirements is not None:
             allowed = [str(package) for package in requirements]
         call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed)

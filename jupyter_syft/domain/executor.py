@@ -328,6 +328,7 @@ class Executor(ExecutorBackend):
             self._running.discard(process)
             code = process.exitcode
         process.close()
+        assert code is not None  # joined
         return code
 
     def _crash_message(self, code: int) -> str:
@@ -355,7 +356,8 @@ def _start_forkserver_with_clean_environment() -> None:
 def _kill(process: BaseProcess) -> None:
     """Kill a worker and anything it started (it leads its own process group)."""
     with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.pid is not None:
+            os.killpg(process.pid, signal.SIGKILL)
     process.kill()
 
 

@@ -95,7 +95,7 @@ class JobOutcome(msgspec.Struct):
 def compile_code(code: str, function_name: str, filename: str = "<code>") -> CodeType:
     """Compile `code`, checking that it defines `function_name` with a top-level def."""
     try:
-        tree = compile(code, filename, "exec", ast.PyCF_ONLY_AST)
+        tree = ast.parse(code, filename)
         compiled = compile(tree, filename, "exec")  # some errors only show here
     except SyntaxError as e:
         raise CodeError(

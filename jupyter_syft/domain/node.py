@@ -6,6 +6,7 @@ executor, so a crash, a timeout or an out-of-memory job fails that request only.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from jupyter_syft.domain.store import Store, StoreError
 from jupyter_syft.identity import Identity, load_or_create
 from jupyter_syft.network.member import NetworkMembership
 from jupyter_syft.p2p import P2PHost
+from jupyter_syft.p2p.host import Handler
 from jupyter_syft.tls import ensure_tls_cert
 from jupyter_syft.wire.messages import DOMAIN_PROTOCOL
 from jupyter_syft.wire.tickets import TicketIssuer
@@ -84,7 +86,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         )
         router = domain_router(core)  # StartupError if a call has no handler
         membership = None
-        handle = router.handle
+        handle: Handler = router.handle
         if config.network:
             membership = NetworkMembership(
                 config.network, node_identity, config.name, store.datasets, config.heartbeat_s
@@ -192,7 +194,9 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
         job.weights_path = str(store.paths.round_weights(request_id))
     # A plan's rounds reuse one warm, confined worker (ExecutorBackend.run's keep_for).
     keep_for = info.plan_round[0] if info.plan_round is not None else ""
-    outcome = await trio.to_thread.run_sync(executor.run, job, keep_for, abandon_on_cancel=True)
+    run = functools.partial(executor.run, job, keep_for)
+    # mypy 2.4 misreads trio's `*args: Unpack[Ts]` signature as taking no keywords.
+    outcome = await trio.to_thread.run_sync(run, abandon_on_cancel=True)  # type: ignore[call-arg]
     if outcome.ok and aggregate:
         contexts = ResultSeal(request_id, core.peer_id, info.requester)
         try:  # check now, so a wrong result fails the request instead of the aggregation

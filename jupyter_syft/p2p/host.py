@@ -31,6 +31,7 @@ from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStore
 from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.rcmgr import new_resource_manager
 from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
@@ -130,7 +131,9 @@ def _new_libp2p_host(
     assert isinstance(swarm, Swarm)
     swarm.auto_connector = _NoAutoConnect(swarm, swarm.connection_config.auto_connect_interval)
     if max_connections is not None:
-        swarm.peerstore.max_peers = max(swarm.peerstore.max_peers, 2 * max_connections)
+        peerstore = swarm.peerstore
+        assert isinstance(peerstore, PeerStore)
+        peerstore.max_peers = max(peerstore.max_peers, 2 * max_connections)
     return BasicHost(network=swarm), swarm
 
 

@@ -79,7 +79,9 @@ class TicketIssuer:
         self._used: dict[bytes, float] = {}  # nonce -> expiry; forgotten once expired
         self._lock = threading.Lock()
 
-    def issue(self, action: str, path: str, requester: str, max_bytes: int = 0) -> bytes:
+    def issue(
+        self, action: Literal["get", "put"], path: str, requester: str, max_bytes: int = 0
+    ) -> bytes:
         if action not in ("get", "put"):
             raise TicketError(f"malformed: unknown action {action!r}")
         _check_path(path)

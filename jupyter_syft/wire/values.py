@@ -34,7 +34,7 @@ MANIFEST_VERSION = 1
 
 # dtype name -> numpy dtype of the stored values. Arrow's bool is bit-packed and Arrow has no
 # bfloat16, so those keep their raw bytes (uint8, uint16): every dtype then converts without a copy.
-_STORAGE = {
+_STORAGE: dict[str, np.dtype] = {
     "bool": np.dtype(np.uint8),
     "int8": np.dtype(np.int8),
     "int16": np.dtype(np.int16),
@@ -209,9 +209,9 @@ def table_to_data(table: pa.Table, device: str | None = None) -> Any:
             f"for shape {shape}"
         )
     if meta["library"] == "numpy":
-        flat = _flat_numpy(column, _STORAGE[dtype])
-        flat.flags.writeable = False
-        return flat.view(dtype).reshape(shape)
+        array = _flat_numpy(column, _STORAGE[dtype])
+        array.flags.writeable = False
+        return array.view(dtype).reshape(shape)
     import torch  # only here: importing torch costs ~0.8 s
 
     chunks = [chunk for chunk in column.chunks if len(chunk)]
@@ -470,14 +470,14 @@ def _encode(value: Any, tables: list[pa.Table], where: str, depth: int) -> Any:
     if isinstance(value, str):
         return _Str(str(value))
     if isinstance(value, dict):
-        items = {}
+        fields: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise UnsupportedValueError(
                     f"{where}: dict keys must be str, got {_type_name(key)} {key!r}"
                 )
-            items[str(key)] = _encode(item, tables, f"{where}[{key!r}]", depth + 1)
-        return _Dict(items)
+            fields[str(key)] = _encode(item, tables, f"{where}[{key!r}]", depth + 1)
+        return _Dict(fields)
     if isinstance(value, list | tuple):
         items = [_encode(item, tables, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
         return _Tuple(items) if isinstance(value, tuple) else _List(items)
