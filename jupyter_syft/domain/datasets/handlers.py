@@ -4,11 +4,14 @@ domain lets in lists them and reads mocks (a public dataset's mock: strangers to
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
 
 from jupyter_syft.domain.core import (
     ADMIN,
@@ -16,7 +19,6 @@ from jupyter_syft.domain.core import (
     DATASET_NAME,
     UPLOAD_TTL_S,
     DomainCore,
-    describe,
 )
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
@@ -35,11 +37,12 @@ class PendingUpload:
 class Datasets:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
         self._uploads: dict[str, PendingUpload] = {}
 
     @handles(m.ListDatasets, allow=ANYONE)
     async def list_datasets(self, caller: Caller, call: m.ListDatasets) -> m.DatasetList:
-        found = self.core.store.datasets()
+        found = self.store.datasets()
         return m.DatasetList([d for d in found if caller.role or d.public])
 
     @handles(m.GetMock, allow=ANYONE)
@@ -47,8 +50,8 @@ class Datasets:
         info = self.core.dataset(call.dataset)
         if not (caller.role or info.public):
             raise Refused("not_authorised", f"{caller.peer_id} is not a user of this domain")
-        self.core.store.audit(caller.peer_id, "read_mock", call.dataset)
-        return self.core.arrow(self.core.store.mock_path(call.dataset), caller.peer_id)
+        self.store.audit(caller.peer_id, "read_mock", call.dataset)
+        return self.core.arrow(self.store.mock_path(call.dataset), caller.peer_id)
 
     @handles(m.BeginUpload, allow=ADMIN)
     async def begin_upload(self, caller: Caller, call: m.BeginUpload) -> m.UploadTickets:
@@ -57,11 +60,11 @@ class Datasets:
                 "invalid",
                 f"dataset name {call.dataset!r}: use 1-64 letters, digits, '_', '.', '-'",
             )
-        if self.core.store.dataset(call.dataset) is not None:
+        if self.store.dataset(call.dataset) is not None:
             raise Refused("conflict", f"a dataset named {call.dataset!r} already exists")
         self._drop_expired_uploads()
         upload_id = uuid.uuid4().hex
-        (self.core.store.paths.staging / upload_id).mkdir()
+        (self.store.paths.staging / upload_id).mkdir()
         self._uploads[upload_id] = PendingUpload(
             call.dataset, call.description, call.public, caller.peer_id, time.time() + UPLOAD_TTL_S
         )
@@ -79,10 +82,10 @@ class Datasets:
         upload = self._uploads.pop(call.upload_id, None)
         if upload is None or upload.owner != caller.peer_id:
             raise Refused("not_found", f"no upload {call.upload_id} in progress")
-        folder = self.core.store.paths.staging / call.upload_id
+        folder = self.store.paths.staging / call.upload_id
         try:
             info = self._staged_dataset(upload, folder)
-            self.core.store.add_dataset(
+            self.store.add_dataset(
                 caller.peer_id, info, folder / "private.arrow", folder / "mock.arrow"
             )
         finally:
@@ -117,4 +120,14 @@ class Datasets:
         for upload_id, upload in list(self._uploads.items()):
             if upload.expires < now:
                 del self._uploads[upload_id]
-                shutil.rmtree(self.core.store.paths.staging / upload_id, ignore_errors=True)
+                shutil.rmtree(self.store.paths.staging / upload_id, ignore_errors=True)
+
+
+def describe(table: pa.Table) -> tuple[str, dict[str, str], int]:
+    """Kind, a readable schema and the row count of an asset table."""
+    kind = values.table_kind(table.schema)
+    if kind == "tensor":
+        meta = values.tensor_meta(table.schema)
+        shape = meta["shape"]
+        return kind, {"shape": json.dumps(shape), "dtype": meta["dtype"]}, shape[0] if shape else 1
+    return kind, {f.name: str(f.type) for f in table.schema}, table.num_rows

@@ -24,6 +24,7 @@ from jupyter_syft.wire.rpc import Caller, Refused, handles
 class Federated:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
 
     @handles(m.SubmitFederatedPlan, allow=MEMBERS)
     async def submit_federated_plan(
@@ -42,15 +43,13 @@ class Federated:
                 await trio.to_thread.run_sync(noise_multiplier, dp, info.rows)
         except (CodeError, PlanError, TrainingError) as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.core.store.add_federated_plan(
-            caller.peer_id, call.dataset, plan, dp, requirements
-        )
+        return self.store.add_federated_plan(caller.peer_id, call.dataset, plan, dp, requirements)
 
     @handles(m.FederatedRound, allow=MEMBERS)
     async def federated_round(self, caller: Caller, call: m.FederatedRound) -> m.RequestInfo:
         """Start one round of an approved plan: no review (the plan had it), a DP charge."""
         plan_info = self.core.request_for(caller, call.plan_id)
-        found = self.core.store.federated_plan(call.plan_id)
+        found = self.store.federated_plan(call.plan_id)
         if found is None:
             raise Refused("invalid", f"request {call.plan_id} is not a federated plan")
         if plan_info.requester != caller.peer_id:
@@ -64,12 +63,12 @@ class Federated:
         plan = found[1]
         dp = round_spec(plan) if plan.epsilon or plan.delta else None
         request_id = uuid.uuid4().hex
-        path = self.core.store.paths.round_weights(request_id)
+        path = self.store.paths.round_weights(request_id)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(call.weights)
         tmp.replace(path)
         try:
-            info = self.core.store.start_federated_round(
+            info = self.store.start_federated_round(
                 request_id, caller.peer_id, call.plan_id, call.round, dp
             )
         except BaseException:

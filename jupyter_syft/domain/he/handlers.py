@@ -33,6 +33,7 @@ from jupyter_syft.wire.rpc import Caller, Refused, handles
 class EncryptedModels:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
         self._he: HEServing = HEServing()
 
     @handles(m.CreateModel, allow=ADMIN)
@@ -40,7 +41,7 @@ class EncryptedModels:
         """Publishing a model is the owner's approval: members may then query it, audited."""
         if not DATASET_NAME.match(call.name):
             raise Refused("invalid", f"model name {call.name!r}: use 1-64 letters, digits, _.-")
-        if self.core.store.model(call.name) is not None:
+        if self.store.model(call.name) is not None:
             raise Refused("conflict", f"a model named {call.name!r} already exists")
         if call.max_samples < 0:
             raise Refused("invalid", "max_samples must be >= 0 (0 = no limit)")
@@ -59,22 +60,22 @@ class EncryptedModels:
             0,
             time.time(),
         )
-        staged = self.core.store.paths.staging / f"model-{uuid.uuid4().hex}.safetensors"
+        staged = self.store.paths.staging / f"model-{uuid.uuid4().hex}.safetensors"
         staged.write_bytes(call.weights)
         try:
-            self.core.store.add_model(caller.peer_id, info, staged)
+            self.store.add_model(caller.peer_id, info, staged)
         finally:
             staged.unlink(missing_ok=True)
         return info
 
     @handles(m.ListModels, allow=MEMBERS)
     async def list_models(self, caller: Caller, call: m.ListModels) -> m.ModelList:
-        return m.ModelList(self.core.store.models(caller.peer_id))
+        return m.ModelList(self.store.models(caller.peer_id))
 
     @handles(m.GetModelUsage, allow=ADMIN)
     async def get_model_usage(self, caller: Caller, call: m.GetModelUsage) -> m.ModelUsageList:
         self._model(call.model, caller.peer_id)
-        return m.ModelUsageList(call.model, self.core.store.model_usage(call.model))
+        return m.ModelUsageList(call.model, self.store.model_usage(call.model))
 
     @handles(m.BeginContextUpload, allow=MEMBERS)
     async def begin_context_upload(
@@ -89,12 +90,12 @@ class EncryptedModels:
         if self._he.context(call.digest) is not None:
             return m.ContextTicket()
         upload_id = uuid.uuid4().hex
-        path = self.core.store.paths.staging / f"context-{upload_id}.arrow"
+        path = self.store.paths.staging / f"context-{upload_id}.arrow"
         upload = ContextUpload(
             caller.peer_id, call.digest, call.nbytes, path, time.time() + UPLOAD_TTL_S
         )
         self._he.begin_upload(upload_id, upload)
-        relative = path.relative_to(self.core.store.paths.root).as_posix()
+        relative = path.relative_to(self.store.paths.root).as_posix()
         # Arrow counts each batch's offsets too: a little room over the context's own size.
         ticket = self.core.issuer.issue("put", relative, caller.peer_id, call.nbytes + 2**16)
         return m.ContextTicket(upload_id, ticket)
@@ -115,9 +116,7 @@ class EncryptedModels:
         finally:
             upload.path.unlink(missing_ok=True)
         self._he.keep_context(context)
-        self.core.store.audit(
-            caller.peer_id, "he_context", context.digest, f"{upload.nbytes} bytes"
-        )
+        self.store.audit(caller.peer_id, "he_context", context.digest, f"{upload.nbytes} bytes")
         return m.Done()
 
     @handles(m.PredictEncrypted, allow=MEMBERS)
@@ -144,18 +143,18 @@ class EncryptedModels:
                 f"scientist, {info.samples_used} used, this asks for {header.samples}",
             )
         try:
-            model = self._he.model(call.model, self.core.store.paths.model_file(call.model))
+            model = self._he.model(call.model, self.store.paths.model_file(call.model))
             reply = await trio.to_thread.run_sync(model.predict, context, call.query)
         except HEError as exc:
             raise Refused("invalid", str(exc)) from exc
         try:
-            self.core.store.record_prediction(caller.peer_id, call.model, header.samples)
+            self.store.record_prediction(caller.peer_id, call.model, header.samples)
         except StoreError as exc:  # a concurrent prediction took the last of the limit
             raise Refused("budget_exhausted", str(exc)) from exc
         return m.EncryptedPrediction(reply)
 
     def _model(self, name: str, peer_id: str) -> m.ModelInfo:
-        info = self.core.store.model(name, peer_id)
+        info = self.store.model(name, peer_id)
         if info is None:
             raise Refused("not_found", f"no model named {name!r} on domain {self.core.name!r}")
         return info

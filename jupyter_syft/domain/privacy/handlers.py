@@ -28,17 +28,18 @@ from jupyter_syft.wire.rpc import Caller, Refused, handles
 class Privacy:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
 
     @handles(m.SubmitDPQuery, allow=MEMBERS)
     async def submit_d_p_query(self, caller: Caller, call: m.SubmitDPQuery) -> m.RequestInfo:
         info = self.core.table(call.dataset)
         try:
             check_query(call.query, info.schema, info.rows)
-            auto = auto_approves(self.core.store.policy(call.dataset), call.query)
+            auto = auto_approves(self.store.policy(call.dataset), call.query)
         except (QueryError, PolicyError) as exc:
             raise Refused("invalid", str(exc)) from exc
         query = call.query
-        request = self.core.store.add_dp_request(
+        request = self.store.add_dp_request(
             caller.peer_id, call.dataset, query, describe_query(query), f"dp.{query.kind}", auto
         )
         if auto:
@@ -58,7 +59,7 @@ class Privacy:
             await trio.to_thread.run_sync(noise_multiplier, spec, info.rows)
         except (CodeError, TrainingError) as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.core.store.add_dp_request(
+        return self.store.add_dp_request(
             caller.peer_id, call.dataset, spec, spec.code, spec.function_name, False, requirements
         )
 
@@ -69,27 +70,25 @@ class Privacy:
             raise Refused("not_authorised", "only an admin may read another user's budget")
         if call.dataset:
             self.core.dataset(call.dataset)
-            return m.BudgetList([self.core.store.budget(peer_id, call.dataset)])
-        return m.BudgetList(self.core.store.budgets(peer_id))
+            return m.BudgetList([self.store.budget(peer_id, call.dataset)])
+        return m.BudgetList(self.store.budgets(peer_id))
 
     @handles(m.SetBudget, allow=ADMIN)
     async def set_budget(self, caller: Caller, call: m.SetBudget) -> m.BudgetInfo:
         self.core.dataset(call.dataset)
-        if not self.core.store.role_of(call.peer_id):
+        if not self.store.role_of(call.peer_id):
             raise Refused("not_found", f"{call.peer_id} is not a user of this domain: add them")
         try:
             epsilon = epsilon_units(call.epsilon, allow_zero=True)
             delta = delta_units(call.delta)
         except BudgetValueError as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.core.store.set_budget(
-            caller.peer_id, call.peer_id, call.dataset, epsilon, delta
-        )
+        return self.store.set_budget(caller.peer_id, call.peer_id, call.dataset, epsilon, delta)
 
     @handles(m.GetPolicy, allow=MEMBERS)
     async def get_policy(self, caller: Caller, call: m.GetPolicy) -> m.PolicyInfo:
         self.core.dataset(call.dataset)
-        return self.core.store.policy(call.dataset)
+        return self.store.policy(call.dataset)
 
     @handles(m.SetPolicy, allow=ADMIN)
     async def set_policy(self, caller: Caller, call: m.SetPolicy) -> m.PolicyInfo:
@@ -102,7 +101,7 @@ class Privacy:
                 requirements = check_requirements_policy(call.requirements)
         except (PolicyError, RequirementError) as exc:
             raise Refused("invalid", str(exc)) from exc
-        return self.core.store.set_policy(
+        return self.store.set_policy(
             caller.peer_id,
             call.dataset,
             call.auto_approve,

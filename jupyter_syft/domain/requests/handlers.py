@@ -38,6 +38,7 @@ AGGREGATE_ONLY = "an aggregate-only result is released only inside secure aggreg
 class Requests:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
         self._releasing: set[str] = set()  # held results being re-sealed now
 
     @handles(m.SubmitRequest, allow=MEMBERS)
@@ -56,7 +57,7 @@ class Requests:
             raise Refused("invalid", str(exc)) from exc
         requirements = self.core.requirements(call.requirements, call.inputs.values())
         checked = msgspec.structs.replace(call, requirements=requirements)
-        return self.core.store.add_request(caller.peer_id, checked)
+        return self.store.add_request(caller.peer_id, checked)
 
     @handles(m.GetRequest, allow=ANYONE)
     async def get_request(self, caller: Caller, call: m.GetRequest) -> m.RequestInfo:
@@ -69,7 +70,7 @@ class Requests:
     @handles(m.ListRequests, allow=MEMBERS)
     async def list_requests(self, caller: Caller, call: m.ListRequests) -> m.RequestList:
         requester = None if caller.role == "admin" else caller.peer_id
-        found = self.core.store.requests(requester, call.status)
+        found = self.store.requests(requester, call.status)
         return m.RequestList([self.core.disclosed(info, caller) for info in found])
 
     @handles(m.FetchResult, allow=ANYONE)
@@ -79,25 +80,25 @@ class Requests:
             raise Refused("conflict", f"request {call.request_id} is {info.status}, not done")
         if info.policy == "aggregate":
             raise Refused("not_authorised", AGGREGATE_ONLY)
-        folder = self.core.store.paths.result_dir(call.request_id)
+        folder = self.store.paths.result_dir(call.request_id)
         manifest = (folder / MANIFEST_FILE).read_bytes()
-        count = self.core.store.result_parts(call.request_id)
+        count = self.store.result_parts(call.request_id)
         parts = [
             self.core.sealed(folder / PART_FILE.format(i), caller.peer_id) for i in range(count)
         ]
-        self.core.store.audit(caller.peer_id, "fetch_result", call.request_id)
+        self.store.audit(caller.peer_id, "fetch_result", call.request_id)
         return m.ResultData(manifest, parts)
 
     @handles(m.Decide, allow=ADMIN)
     async def decide(self, caller: Caller, call: m.Decide) -> m.RequestInfo:
         current = self.core.request_for(caller, call.request_id)
         if current.policy == "federated" and current.status == "approved" and not call.approve:
-            info = self.core.store.revoke_plan(
+            info = self.store.revoke_plan(
                 caller.peer_id, call.request_id, call.reason
             )  # no more rounds
             self.core.notify(call.request_id)
             return info
-        info = self.core.store.decide(caller.peer_id, call.request_id, call.approve, call.reason)
+        info = self.store.decide(caller.peer_id, call.request_id, call.approve, call.reason)
         self.core.notify(call.request_id)
         if call.approve:
             await self.core.on_approved(call.request_id)
@@ -106,7 +107,7 @@ class Requests:
     @handles(m.ReleaseError, allow=ADMIN)
     async def release_error(self, caller: Caller, call: m.ReleaseError) -> m.RequestInfo:
         self.core.request_for(caller, call.request_id)
-        self.core.store.release_error(caller.peer_id, call.request_id)
+        self.store.release_error(caller.peer_id, call.request_id)
         self.core.notify(call.request_id)
         return self.core.disclosed(self.core.request_for(caller, call.request_id), caller)
 
@@ -116,9 +117,9 @@ class Requests:
         info = self._held(caller, call.request_id)
         folder = self._preview_dir(call.request_id, caller.peer_id)
         shutil.rmtree(folder, ignore_errors=True)
-        parts = self.core.store.result_parts(call.request_id)
+        parts = self.store.result_parts(call.request_id)
         await self._reseal(info, folder, parts, caller.peer_id)
-        self.core.store.audit(caller.peer_id, "preview_result", call.request_id)
+        self.store.audit(caller.peer_id, "preview_result", call.request_id)
         manifest = (folder / MANIFEST_FILE).read_bytes()
         pieces = [
             self.core.sealed(folder / PART_FILE.format(i), caller.peer_id) for i in range(parts)
@@ -131,19 +132,19 @@ class Requests:
         info = self._held(caller, call.request_id)
         if not call.release and not call.reason.strip():
             raise Refused("invalid", "withholding a result needs a reason: the scientist sees it")
-        folder = self.core.store.paths.result_dir(call.request_id)
+        folder = self.store.paths.result_dir(call.request_id)
         self._releasing.add(call.request_id)
         try:
             if call.release:
                 updated = await self._release(info, folder, caller.peer_id, call.reason)
             else:
-                updated = self.core.store.decide_result(
+                updated = self.store.decide_result(
                     caller.peer_id, call.request_id, False, call.reason, _nothing
                 )
                 shutil.rmtree(folder, ignore_errors=True)
         finally:
             self._releasing.discard(call.request_id)
-        for preview in self.core.store.paths.staging.glob(f"preview-{call.request_id}-*"):
+        for preview in self.store.paths.staging.glob(f"preview-{call.request_id}-*"):
             shutil.rmtree(preview, ignore_errors=True)
         self.core.notify(call.request_id)
         return updated
@@ -156,16 +157,14 @@ class Requests:
         staged = folder.with_name(folder.name + ".release")
         held = folder.with_name(folder.name + ".held")
         shutil.rmtree(staged, ignore_errors=True)
-        await self._reseal(
-            info, staged, self.core.store.result_parts(info.request_id), info.requester
-        )
+        await self._reseal(info, staged, self.store.result_parts(info.request_id), info.requester)
 
         def swap() -> None:
             os.replace(folder, held)
             os.replace(staged, folder)
 
         try:
-            updated = self.core.store.decide_result(actor, info.request_id, True, reason, swap)
+            updated = self.store.decide_result(actor, info.request_id, True, reason, swap)
         except BaseException:
             if held.exists():  # swapped, then the commit failed: put the held pieces back
                 shutil.rmtree(folder, ignore_errors=True)
@@ -176,11 +175,11 @@ class Requests:
         return updated
 
     async def _reseal(self, info: m.RequestInfo, target: Path, parts: int, recipient: str) -> None:
-        source = self.core.store.paths.result_dir(info.request_id)
+        source = self.store.paths.result_dir(info.request_id)
         contexts = ResultSeal(info.request_id, self.core.peer_id, info.requester)
         try:
             await trio.to_thread.run_sync(
-                reseal, source, target, parts, self.core.store.identity, contexts, recipient
+                reseal, source, target, parts, self.store.identity, contexts, recipient
             )
         except (SealError, OSError) as exc:
             shutil.rmtree(target, ignore_errors=True)
@@ -198,7 +197,7 @@ class Requests:
 
     def _preview_dir(self, request_id: str, admin: str) -> Path:
         who = hashlib.sha256(admin.encode()).hexdigest()[:16]
-        return self.core.store.paths.staging / f"preview-{request_id}-{who}"
+        return self.store.paths.staging / f"preview-{request_id}-{who}"
 
 
 def reseal(

@@ -41,6 +41,7 @@ class AggregationState:
 class SecureAggregation:
     def __init__(self, core: DomainCore) -> None:
         self.core = core
+        self.store = core.store
         self._aggregations: dict[str, AggregationState] = {}
 
     @handles(m.SecAggStep, allow=ANYONE)
@@ -79,9 +80,7 @@ class SecureAggregation:
                     )
                 reply = client.advertise_keys()
                 self._aggregations[call.request_id] = AggregationState(client, vector)
-                self.core.store.audit(
-                    caller.peer_id, "secagg_join", call.request_id, client.session
-                )
+                self.store.audit(caller.peer_id, "secagg_join", call.request_id, client.session)
             elif state is None:
                 raise Refused("conflict", "no secure aggregation in progress for this request")
             elif envelope.round == 1:
@@ -95,7 +94,7 @@ class SecureAggregation:
                 reply = await trio.to_thread.run_sync(
                     state.client.masked_input, call.frame, unmasked
                 )
-                self.core.store.audit(caller.peer_id, "secagg_masked_input", call.request_id)
+                self.store.audit(caller.peer_id, "secagg_masked_input", call.request_id)
             elif envelope.round == 3:
                 self._masked_input_file(call.request_id).unlink(missing_ok=True)  # fetched
                 reply = state.client.consistency_check(call.frame)
@@ -109,20 +108,20 @@ class SecureAggregation:
         # results (libp2p frames are capped at 16 MiB and move ~5x slower than Flight).
         path = self._masked_input_file(call.request_id)
         path.write_bytes(reply)
-        relative = path.relative_to(self.core.store.paths.root).as_posix()
+        relative = path.relative_to(self.store.paths.root).as_posix()
         ticket = self.core.issuer.issue("get", relative, caller.peer_id)
         return m.SecAggFrame(b"", ticket=ticket, nbytes=len(reply))
 
     def _masked_input_file(self, request_id: str) -> Path:
         """Where a large signed masked input waits for the aggregator to fetch it."""
-        return self.core.store.paths.result_dir(request_id) / "secagg-masked-input.frame"
+        return self.store.paths.result_dir(request_id) / "secagg-masked-input.frame"
 
     def _result_vector(self, info: m.RequestInfo) -> np.ndarray:
         """An aggregate-only result, sealed to this node, opened here and nowhere else."""
         assert self.core.identity is not None  # checked by the caller
-        folder = self.core.store.paths.result_dir(info.request_id)
+        folder = self.store.paths.result_dir(info.request_id)
         contexts = ResultSeal(info.request_id, self.core.peer_id, info.requester)
-        parts = self.core.store.result_parts(info.request_id)
+        parts = self.store.result_parts(info.request_id)
         try:
             return result_vector(folder, parts, self.core.identity, contexts)
         except SealError as exc:
