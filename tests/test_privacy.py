@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from scipy import stats
 
-from jupyter_syft.domain.store import BudgetExceeded, Store, StoreError
+from jupyter_syft.domain.store import BudgetExhausted, Store, StoreError
 from jupyter_syft.privacy import budget
 from jupyter_syft.privacy.queries import QueryError, check_query, plan, run_query
 from jupyter_syft.wire import messages as m
@@ -208,7 +208,7 @@ def test_tenths_fill_a_budget_of_one_exactly(tmp_path: Path) -> None:
         submit(store, "alice", 0.1, auto=True)
     info = store.budget("alice", "d")
     assert (info.epsilon_spent, info.epsilon_left) == (1.0, 0.0)
-    with pytest.raises(BudgetExceeded):
+    with pytest.raises(BudgetExhausted):
         submit(store, "alice", 1e-9, auto=True)
     store.close()
 
@@ -273,7 +273,7 @@ class LedgerMachine(RuleBasedStateMachine):
         units = budget.epsilon_units(epsilon)
         fits = self.spent[peer] + units <= self.granted[peer]
         if not fits:
-            with pytest.raises(BudgetExceeded):
+            with pytest.raises(BudgetExhausted):
                 submit(self.store, peer, epsilon, auto)
             return
         info = submit(self.store, peer, epsilon, auto)
@@ -287,7 +287,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def decide(self, approve: bool, which: int) -> None:
         request_id, peer, units = self.pending.pop(which % len(self.pending))
         if approve and self.spent[peer] + units > self.granted[peer]:
-            with pytest.raises(BudgetExceeded):
+            with pytest.raises(BudgetExhausted):
                 self.store.decide("owner", request_id, True, "")
             assert self.store.request(request_id).status == "pending"
             return
@@ -336,7 +336,7 @@ def test_fifty_connections_racing_for_the_last_units_never_overspend(tmp_path: P
         try:
             submit(store, "alice", 0.01, auto=True)
             outcomes.append("charged")
-        except BudgetExceeded:
+        except BudgetExhausted:
             outcomes.append("refused")
 
     threads = [threading.Thread(target=race, args=(s,)) for s in stores]

@@ -104,7 +104,7 @@ def test_roles_are_checked_before_the_handler_and_refusals_reported() -> None:
         "node",
         lambda peer: "",
         on_refused=lambda caller, call, exc: refused.append((call, exc.code)),
-        deny=lambda caller, call: f"{call}: members only",
+        deny=lambda caller, route: f"{route.call.__name__}: members only",
     )
     reply = _serve(router, Identity.generate(), Ping())
     assert reply == Error("not_authorised", "Ping: members only")

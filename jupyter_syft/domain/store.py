@@ -62,6 +62,7 @@ from jupyter_syft.privacy.budget import delta_units, delta_value, epsilon_units,
 from jupyter_syft.privacy.policy import default_policy
 from jupyter_syft.sqlite_file import SqliteFile
 from jupyter_syft.wire import messages as m
+from jupyter_syft.wire.rpc import Refused
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -154,12 +155,18 @@ AUDIT_KEY_INFO = b"jupyter-syft/audit-chain/1"
 REKEYED = "audit_rekeyed"
 
 
-class StoreError(Exception):
+class StoreError(Refused):
     """A write that the current state does not allow; nothing was changed."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__("conflict", message)
 
-class BudgetExceeded(StoreError):
+
+class BudgetExhausted(StoreError):
     """The privacy budget left cannot pay for a request; nothing was charged."""
+
+    def __init__(self, message: str) -> None:
+        Refused.__init__(self, "budget_exhausted", message)
 
 
 @dataclass(frozen=True)
@@ -323,27 +330,46 @@ class Store(SqliteFile):
 
     # ---- requests -------------------------------------------------------------------------
 
+    def _insert_request(
+        self,
+        db: sqlite3.Connection,
+        request_id: str,
+        requester: str,
+        code: str,
+        function_name: str,
+        inputs: dict[str, str],
+        policy: str,
+        approved_by: str = "",
+        detail: str = "",
+    ) -> None:
+        """The one way a request is recorded (every kind: code, DP, plan, round), with its
+        audit entry; `approved_by` ("policy", "plan") records it approved at once."""
+        now = time.time()
+        db.execute(
+            "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
+            " status, submitted_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request_id,
+                requester,
+                code,
+                function_name,
+                json.dumps(inputs),
+                policy,
+                "approved" if approved_by else "pending",
+                now,
+                now if approved_by else None,
+            ),
+        )
+        self._audit(db, requester, "submit_request", request_id, detail or json.dumps(inputs))
+
     def add_request(self, requester: str, call: m.SubmitRequest) -> m.RequestInfo:
         request_id = uuid.uuid4().hex
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
-                " status, submitted_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
-                (
-                    request_id,
-                    requester,
-                    call.code,
-                    call.function_name,
-                    json.dumps(call.inputs),
-                    call.policy,
-                    time.time(),
-                ),
+            self._insert_request(
+                db, request_id, requester, call.code, call.function_name, call.inputs, call.policy
             )
-            self._audit(db, requester, "submit_request", request_id, json.dumps(call.inputs))
             self._add_requirements(db, request_id, call.requirements)
-        info = self.request(request_id)
-        assert info is not None
-        return info
+        return self._request_or_fail(request_id)
 
     def request(self, request_id: str) -> m.RequestInfo | None:
         row = self._one(REQUESTS + " WHERE id = ?", request_id)
@@ -569,31 +595,20 @@ class Store(SqliteFile):
     ) -> m.RequestInfo:
         """Record a DP request. Auto-approved, it is charged in the same transaction; waiting
         for review, it must fit the budget now (it is charged when approved). Raises
-        BudgetExceeded, with nothing recorded, if it does not fit."""
+        BudgetExhausted, with nothing recorded, if it does not fit."""
         request_id = uuid.uuid4().hex
         epsilon = epsilon_units(spec.epsilon)
         delta = delta_units(spec.delta if isinstance(spec, m.DPTraining) else 0.0)
-        now = time.time()
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
-                " status, submitted_at, decided_at) VALUES (?, ?, ?, ?, ?, 'dp', ?, ?, ?)",
-                (
-                    request_id,
-                    requester,
-                    code,
-                    function_name,
-                    json.dumps({"data": dataset}),
-                    "approved" if auto_approve else "pending",
-                    now,
-                    now if auto_approve else None,
-                ),
+            approved_by = "policy" if auto_approve else ""
+            inputs = {"data": dataset}
+            self._insert_request(
+                db, request_id, requester, code, function_name, inputs, "dp", approved_by
             )
             db.execute(
                 "INSERT INTO dp_requests VALUES (?, ?, ?, ?, ?)",
                 (request_id, dataset, m.encode(spec), epsilon, delta),
             )
-            self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
             self._add_requirements(db, request_id, requirements or [])
             if auto_approve:
                 self._audit(db, "policy", "approved", request_id, "DP query within policy")
@@ -751,20 +766,20 @@ class Store(SqliteFile):
     def _check_fits(
         self, db: sqlite3.Connection, peer_id: str, dataset: str, epsilon: int, delta: int
     ) -> tuple[int, int]:
-        """What is left after this charge; BudgetExceeded if it does not fit."""
+        """What is left after this charge; BudgetExhausted if it does not fit."""
         row = db.execute(
             "SELECT epsilon_units, delta_units FROM budgets WHERE peer_id = ? AND dataset = ?",
             (peer_id, dataset),
         ).fetchone()
         if row is None:
-            raise BudgetExceeded(
+            raise BudgetExhausted(
                 f"no privacy budget on {dataset!r} for {peer_id}: ask the owner to grant one"
             )
         spent_epsilon, spent_delta = self._spent(db, peer_id, dataset)
         left_epsilon = row["epsilon_units"] - spent_epsilon - epsilon
         left_delta = row["delta_units"] - spent_delta - delta
         if left_epsilon < 0 or left_delta < 0:
-            raise BudgetExceeded(
+            raise BudgetExhausted(
                 f"privacy budget exhausted on {dataset!r}: this needs epsilon "
                 f"{epsilon_value(epsilon):g}, delta {delta_value(delta):g}; left: epsilon "
                 f"{epsilon_value(row['epsilon_units'] - spent_epsilon):g}, delta "
@@ -883,26 +898,17 @@ class Store(SqliteFile):
         requirements: list[str] | None = None,
     ) -> m.RequestInfo:
         """Record a plan for review. With DP, all its rounds must fit the budget now (each round
-        is charged when it runs); BudgetExceeded, with nothing recorded, if they do not."""
+        is charged when it runs); BudgetExhausted, with nothing recorded, if they do not."""
         request_id = uuid.uuid4().hex
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
-                " status, submitted_at) VALUES (?, ?, ?, ?, ?, 'federated', 'pending', ?)",
-                (
-                    request_id,
-                    requester,
-                    plan.code,
-                    plan.function_name,
-                    json.dumps({"data": dataset}),
-                    time.time(),
-                ),
+            inputs = {"data": dataset}
+            self._insert_request(
+                db, request_id, requester, plan.code, plan.function_name, inputs, "federated"
             )
             db.execute(
                 "INSERT INTO federated_plans VALUES (?, ?, ?)",
                 (request_id, dataset, m.encode(plan)),
             )
-            self._audit(db, requester, "submit_request", request_id, json.dumps({"data": dataset}))
             self._add_requirements(db, request_id, requirements or [])
             if round_spec is not None:
                 epsilon = epsilon_units(round_spec.epsilon) * plan.rounds
@@ -925,7 +931,7 @@ class Store(SqliteFile):
     ) -> m.RequestInfo:
         """Record round `round_number` of an approved plan as a request of its own, approved by
         the plan and (with DP) charged to the budget, all at once; StoreError or
-        BudgetExceeded, with nothing recorded, if the plan does not allow it."""
+        BudgetExhausted, with nothing recorded, if the plan does not allow it."""
         found = self.federated_plan(plan_id)
         plan_info = self.request(plan_id)
         if found is None or plan_info is None or plan_info.requester != requester:
@@ -943,19 +949,18 @@ class Store(SqliteFile):
                 raise StoreError(f"round {round_number} of this plan must come after {last}")
             if not 0 <= round_number < plan.rounds:
                 raise StoreError(f"the plan has rounds 0 to {plan.rounds - 1}, not {round_number}")
-            db.execute(
-                "INSERT INTO requests (id, requester, code, function_name, inputs_json, policy,"
-                " status, submitted_at, decided_at) VALUES (?, ?, ?, ?, ?, ?, 'approved', ?, ?)",
-                (
-                    request_id,
-                    requester,
-                    plan.code,
-                    plan.function_name,
-                    json.dumps({"data": dataset}),
-                    "aggregate" if plan.secure_aggregation else "raw",
-                    now,
-                    now,
-                ),
+            detail = json.dumps({"plan": plan_id, "round": round_number})
+            policy = "aggregate" if plan.secure_aggregation else "raw"
+            self._insert_request(
+                db,
+                request_id,
+                requester,
+                plan.code,
+                plan.function_name,
+                {"data": dataset},
+                policy,
+                approved_by="plan",
+                detail=detail,
             )
             db.execute(
                 "INSERT INTO federated_rounds VALUES (?, ?, ?)", (request_id, plan_id, round_number)
@@ -965,8 +970,6 @@ class Store(SqliteFile):
                 " FROM request_requirements WHERE request_id = ?",
                 (request_id, plan_id),
             )
-            detail = json.dumps({"plan": plan_id, "round": round_number})
-            self._audit(db, requester, "submit_request", request_id, detail)
             self._audit(db, "plan", "approved", request_id, detail)
             if round_spec is not None:
                 db.execute(

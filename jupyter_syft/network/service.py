@@ -91,7 +91,7 @@ class NetworkService:
             self.role_of,
             self.guard,
             admit=lambda peer: peer in self.peer_networks or self._calls.allow(peer),
-            deny=lambda caller, call: f"{caller.peer_id} is not this network's operator",
+            deny=lambda caller, route: f"{caller.peer_id} is not this network's operator",
         )
 
     def role_of(self, peer_id: str) -> str:

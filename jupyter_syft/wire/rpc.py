@@ -317,7 +317,7 @@ class Router:
         guard: ReplayGuard | None = None,
         admit: Callable[[str], bool] = lambda peer: True,
         on_refused: Callable[[Caller, str, Refused], None] = lambda caller, call, exc: None,
-        deny: Callable[[Caller, str], str] = lambda caller, call: f"{call} is not allowed",
+        deny: Callable[[Caller, Route], str] = lambda caller, route: "not allowed",
     ) -> None:
         self.protocol = protocol
         self.node_peer_id = node_peer_id
@@ -325,7 +325,7 @@ class Router:
         self.guard = guard or ReplayGuard()
         self.admit = admit  # per-peer rate limit, before any other work
         self.on_refused = on_refused  # e.g. audit refused calls
-        self.deny = deny  # the message of a role refusal: caller, call name -> text
+        self.deny = deny  # the message of a role refusal: (caller, route) -> text
         self.routes: dict[type[Struct], Route] = {}
         for feature in features:
             for name in dir(type(feature)):
@@ -356,7 +356,7 @@ class Router:
         caller = Caller(opened.sender, self.role_of(opened.sender))
         try:
             if caller.role not in route.allow:
-                raise Refused("not_authorised", self.deny(caller, name))
+                raise Refused("not_authorised", self.deny(caller, route))
             reply = await route.handler(caller, opened.call)
         except BadMessage as exc:  # e.g. a record inside the call that does not verify
             return self.error_frame("bad_message", str(exc))
