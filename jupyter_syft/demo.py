@@ -31,6 +31,7 @@ from rich.table import Table
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
+from jupyter_syft.demo_file import demo_path
 from jupyter_syft.errors import RequestDenied, SyftError
 from jupyter_syft.identity import USER_KEY_FILE, load_or_create
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from jupyter_syft.client.domain import DomainClient
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
-DEMO_ENV = "JUPYTER_SYFT_DEMO"
-DEMO_FILE = Path("demo-data") / "demo.json"
 # Public, plausible clinical ranges of the table's raw columns, written here rather than read
 # from anyone's data: the domains clamp and scale each feature to [0, 1] by them, and the
 # trained model does the same to its inputs.
@@ -66,11 +65,6 @@ FEDERATED: dict[str, Any] = {
     "optimizer": "adam",
 }
 console = Console()
-
-
-def demo_path() -> Path:
-    """Where the running demo is described: $JUPYTER_SYFT_DEMO, else ./demo-data/demo.json."""
-    return Path(os.environ.get(DEMO_ENV) or DEMO_FILE)
 
 
 def demo_domains() -> dict[str, DomainClient]:
@@ -164,7 +158,7 @@ def train_central(frame: pd.DataFrame) -> torch.nn.Module:
     holds)."""
     import pyarrow as pa
 
-    from jupyter_syft.federated.client import BoundedInput
+    from jupyter_syft.client.federated import BoundedInput
     from jupyter_syft.federated.local import train_round
     from jupyter_syft.federated.weights import to_safetensors
     from jupyter_syft.wire import messages as m

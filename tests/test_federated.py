@@ -16,8 +16,8 @@ import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
+from jupyter_syft.client.federated import DP, FederatedError
 from jupyter_syft.errors import BudgetExhausted, ConflictError, InvalidError
-from jupyter_syft.federated.client import DP, FederatedError
 from jupyter_syft.federated.weights import to_safetensors
 from jupyter_syft.wire import messages as m
 

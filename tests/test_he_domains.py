@@ -22,7 +22,7 @@ from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.client.models import he_keys
 from jupyter_syft.crypto.he import MAX_CONTEXT_BYTES, EncryptedQuery, HEKeys, ModelSpec
-from jupyter_syft.domain.models import context_table
+from jupyter_syft.crypto.he_formats import context_table
 from jupyter_syft.errors import (
     BudgetExhausted,
     ConflictError,

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from jupyter_syft import safe_html
 from jupyter_syft.kernel import display
 from jupyter_syft.kernel.cells import (
     FUNCTION_NAME,
@@ -116,21 +117,21 @@ def test_syntax_errors_are_caught_before_sending() -> None:
 
 def test_rendering_escapes_and_sanitises() -> None:
     frame = pd.DataFrame({"note": ["<script>alert(1)</script>", "<b onclick=x>hi</b>"]})
-    markup, text = display.render(frame)
-    clean = display.sanitise(markup)
+    markup, text = safe_html.render(frame)
+    clean = safe_html.sanitise(markup)
     assert "<script" not in clean and "<b " not in clean and "&lt;script&gt;" in clean
     assert "2 rows x 1 columns" in text
-    assert display.sanitise('<a href="javascript:x">l</a><img src=x onerror=y>') == "l"
-    styled = display.sanitise('<div style="color: red; position: fixed">x</div>')
+    assert safe_html.sanitise('<a href="javascript:x">l</a><img src=x onerror=y>') == "l"
+    styled = safe_html.sanitise('<div style="color: red; position: fixed">x</div>')
     assert styled == '<div style="color:red">x</div>'
 
 
 def test_rendering_tensors_arrays_and_containers() -> None:
-    assert "torch tensor, shape (2, 3), dtype float32" in display.render(torch.zeros(2, 3))[1]
-    assert "numpy array, shape (4,), dtype int64" in display.render(np.arange(4))[1]
-    assert display.render(np.float64(2.5))[1] == "2.5 (numpy float64)"
-    assert display.render({"n": 3, "m": 1.5})[1] == "{'n': 3, 'm': 1.5}"
-    nested, _ = display.render({"t": torch.ones(1)})
+    assert "torch tensor, shape (2, 3), dtype float32" in safe_html.render(torch.zeros(2, 3))[1]
+    assert "numpy array, shape (4,), dtype int64" in safe_html.render(np.arange(4))[1]
+    assert safe_html.render(np.float64(2.5))[1] == "2.5 (numpy float64)"
+    assert safe_html.render({"n": 3, "m": 1.5})[1] == "{'n': 3, 'm': 1.5}"
+    nested, _ = safe_html.render({"t": torch.ones(1)})
     assert "<table>" in nested and "torch tensor" in nested
 
 

@@ -30,11 +30,10 @@ from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.errors import NotAuthorisedError, NotFoundError
 from jupyter_syft.identity import Identity
-from jupyter_syft.network.addresses import open_address
-from jupyter_syft.network.limits import MAX_FRAME_BYTES
 from jupyter_syft.p2p import P2PError, P2PHost
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import MAX_FRAME_BYTES, open_address
 from jupyter_syft.wire.network_messages import RECORD_CONTEXT
 from jupyter_syft.wire.rpc import signed_part
 

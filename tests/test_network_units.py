@@ -9,15 +9,20 @@ import pytest
 from networks import dataset
 
 from jupyter_syft.identity import Identity
-from jupyter_syft.network.addresses import AddressValidator, address_key, open_address
+from jupyter_syft.network.addresses import AddressValidator, address_key
 from jupyter_syft.network.config import ConfigError, load_config
-from jupyter_syft.network.limits import MAX_DESCRIPTION, MetadataError, check_announcement
 from jupyter_syft.network.member import describe_catalogue
 from jupyter_syft.network.membership import JoinRefused, Policy
 from jupyter_syft.network.query import fts_match
 from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import (
+    MAX_DESCRIPTION,
+    MetadataError,
+    check_announcement,
+    open_address,
+)
 from jupyter_syft.wire.network_messages import RECORD_CONTEXT, open_record, sign_record
 from jupyter_syft.wire.ratelimit import RateLimiter
 from jupyter_syft.wire.rpc import BadMessage, signed_part

@@ -20,8 +20,8 @@ import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient, RemoteRequest, function_source
+from jupyter_syft.client.federated import FederatedError
 from jupyter_syft.errors import InvalidError, RequestFailed
-from jupyter_syft.federated.client import FederatedError
 from jupyter_syft.federated.weights import to_safetensors
 from jupyter_syft.wire import messages as m
 

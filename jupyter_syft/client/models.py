@@ -18,7 +18,7 @@ from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import NamedMap
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.crypto.he import SLOTS, HEKeys, ModelSpec, row_slots
-from jupyter_syft.domain.models import context_table
+from jupyter_syft.crypto.he_formats import context_table
 from jupyter_syft.errors import InvalidError, NotFoundError
 from jupyter_syft.p2p.framing import MAX_FRAME_BYTES
 from jupyter_syft.wire import messages as m

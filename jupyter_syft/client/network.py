@@ -19,10 +19,9 @@ from jupyter_syft.client.connection import NodeConnection, peer_id_of, shared_pe
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.errors import NodeError, NotFoundError
 from jupyter_syft.identity import Identity, user_identity
-from jupyter_syft.network.addresses import open_address
-from jupyter_syft.network.limits import MetadataError
 from jupyter_syft.p2p import P2PError
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import MetadataError, open_address
 from jupyter_syft.wire.rpc import BadMessage, Call, R
 
 

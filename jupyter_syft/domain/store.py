@@ -181,11 +181,6 @@ class Paths:
     def node_key(self) -> Path:
         return self.root / "node.key"
 
-    @property
-    def node_info(self) -> Path:
-        """Written while the node runs: how local owner tools find it."""
-        return self.root / "node.json"
-
     def asset_dir(self, dataset: str) -> Path:
         return self.root / "assets" / dataset
 
@@ -1085,16 +1080,6 @@ class Store(SqliteFile):
             detail = json.dumps({"unkeyed_entries": len(rows), "last_hash": prev})
             self._audit(db, actor, REKEYED, "audit", detail)
         return len(rows)
-
-
-def read_node_info(data_dir: Path) -> dict[str, str]:
-    """The running node's name and address, for owner tools on the same machine."""
-    info_file = Paths(Path(data_dir)).node_info
-    if not info_file.exists():
-        raise FileNotFoundError(
-            f"no domain node is running on {data_dir} (start one: jupyter-syft domain start)"
-        )
-    return json.loads(info_file.read_text())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from jupyter_syft.demo_file import DEMO_ENV, demo_path
 from jupyter_syft.errors import Unreachable
 from jupyter_syft.kernel.cells import ALL_DOMAINS, Source
 
@@ -122,8 +123,6 @@ class SyftSession:
     def connect_demo(self) -> list[Any]:
         """Join the local demo written by `jupyter-syft demo --keep-running`: its network if
         it has one (and it answers), else each of its domains; as the demo's scientist."""
-        from jupyter_syft.demo import DEMO_ENV, demo_path
-
         path = demo_path()
         try:
             demo = json.loads(path.read_text())

@@ -13,9 +13,8 @@ from __future__ import annotations
 import msgspec
 from libp2p.records.validator import Validator
 
-from jupyter_syft.network.limits import MetadataError, check_address_record
 from jupyter_syft.wire import network_messages as nm
-from jupyter_syft.wire.network_messages import open_record
+from jupyter_syft.wire.network_limits import MetadataError, open_address
 from jupyter_syft.wire.rpc import BadMessage
 
 MAX_RECORD_BYTES = 4096
@@ -23,13 +22,6 @@ MAX_RECORD_BYTES = 4096
 
 def address_key(peer_id: str) -> str:
     return f"/{nm.ADDRESS_NAMESPACE}/{peer_id}"
-
-
-def open_address(signed: nm.SignedRecord) -> nm.AddressRecord:
-    """The verified address record, or raise BadMessage / MetadataError."""
-    record = open_record(signed, nm.AddressRecord)
-    check_address_record(record)
-    return record
 
 
 class AddressValidator(Validator):

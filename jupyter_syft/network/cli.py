@@ -93,11 +93,11 @@ def _start(args: argparse.Namespace) -> int:
 def _manage(args: argparse.Namespace) -> int:
     from jupyter_syft.client.network import NetworkClient, NetworkConnection
     from jupyter_syft.errors import SyftError
-    from jupyter_syft.network.node import read_node_info
     from jupyter_syft.p2p import P2PError
+    from jupyter_syft.wire.node_info import read_node_info
 
     try:
-        address = args.node or read_node_info(args.data_dir)["multiaddr"]
+        address = args.node or read_node_info(args.data_dir, "network")["multiaddr"]
         network = NetworkClient(NetworkConnection(address))
         if args.network_command == "approve":
             network.approve(args.peer_id)

@@ -20,11 +20,11 @@ import trio
 
 from jupyter_syft.errors import NotAuthorisedError, SyftError, Unreachable
 from jupyter_syft.identity import Identity
-from jupyter_syft.network.limits import MAX_DATASETS, fit_dataset
 from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import MAX_DATASETS, fit_dataset
 from jupyter_syft.wire.network_messages import sign_record
 from jupyter_syft.wire.rpc import Call, R
 

@@ -7,11 +7,8 @@ It never holds private data or mocks: only what domains announce about their dat
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import msgspec
 import trio
@@ -19,13 +16,14 @@ import trio
 from jupyter_syft.identity import Identity, load_or_create
 from jupyter_syft.network.addresses import AddressValidator
 from jupyter_syft.network.config import NetworkConfig
-from jupyter_syft.network.limits import MAX_FRAME_BYTES
 from jupyter_syft.network.service import NetworkService
 from jupyter_syft.network.store import NetworkStore
 from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.dht import Dht
 from jupyter_syft.p2p.gossip import Gossip
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import MAX_FRAME_BYTES
+from jupyter_syft.wire.node_info import remove_node_info, write_node_info
 from jupyter_syft.wire.rpc import BadMessage
 
 log = logging.getLogger(__name__)
@@ -58,11 +56,11 @@ async def run_network(
             nursery.start_soon(_consume_gossip, service, gossip)
             nursery.start_soon(service.keep_peers)
             address = host.multiaddrs[0]
-            _write_node_info(store.paths.node_info, config.name, address)
+            write_node_info(config.data_dir, config.name, address)
             ready(address)
             await trio.sleep_forever()
     finally:
-        store.paths.node_info.unlink(missing_ok=True)
+        remove_node_info(config.data_dir)
         store.close()
 
 
@@ -72,19 +70,3 @@ async def _consume_gossip(service: NetworkService, gossip: Gossip) -> None:
             service.apply_gossip(data)
         except (msgspec.DecodeError, BadMessage) as exc:  # the validator let it through
             log.warning("gossiped announcement could not be applied: %s", exc)
-
-
-def _write_node_info(path: Path, name: str, address: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"name": name, "multiaddr": address, "pid": os.getpid()}))
-    os.replace(tmp, path)
-
-
-def read_node_info(data_dir: Path) -> dict[str, str]:
-    """The running network node's name and address, for the operator's tools."""
-    info = Path(data_dir) / "node.json"
-    if not info.exists():
-        raise FileNotFoundError(
-            f"no network node is running on {data_dir} (start one: jupyter-syft network start)"
-        )
-    return json.loads(info.read_text())

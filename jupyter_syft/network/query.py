@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from jupyter_syft.network.limits import MAX_QUERY
+from jupyter_syft.wire.network_limits import MAX_QUERY
 
 _WORD = re.compile(r"\w+")
 MAX_TERMS = 16

@@ -25,21 +25,22 @@ import trio
 
 from jupyter_syft.errors import SyftError
 from jupyter_syft.identity import Identity
-from jupyter_syft.network.addresses import address_key, open_address
+from jupyter_syft.network.addresses import address_key
 from jupyter_syft.network.config import NetworkConfig
-from jupyter_syft.network.limits import (
-    MAX_QUERY,
-    MAX_SEARCH_LIMIT,
-    MetadataError,
-    check_announcement,
-    check_name,
-)
 from jupyter_syft.network.membership import JoinRefused
 from jupyter_syft.network.query import fts_match
 from jupyter_syft.network.store import NetworkStore, StaleRecord
 from jupyter_syft.p2p import P2PError, P2PHost
 from jupyter_syft.p2p.dht import Dht
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_limits import (
+    MAX_QUERY,
+    MAX_SEARCH_LIMIT,
+    MetadataError,
+    check_announcement,
+    check_name,
+    open_address,
+)
 from jupyter_syft.wire.network_messages import open_record
 from jupyter_syft.wire.ratelimit import RateLimiter
 from jupyter_syft.wire.rpc import (

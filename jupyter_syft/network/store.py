@@ -74,10 +74,6 @@ class Paths:
     def node_key(self) -> Path:
         return self.root / "node.key"
 
-    @property
-    def node_info(self) -> Path:
-        return self.root / "node.json"
-
 
 @dataclass(frozen=True)
 class Member:

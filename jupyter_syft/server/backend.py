@@ -297,7 +297,7 @@ class Backend:
     def result_preview(self, domain: str, request_id: str) -> dict[str, Any]:
         """A result awaiting release, as text (and its first rows for a table), for the
         owner's eyes: the domain re-seals it to the owner's key, opened here."""
-        from jupyter_syft.kernel.display import render
+        from jupyter_syft.safe_html import render
 
         value = self._as_admin(domain, request_id, lambda r: r.result_preview())
         columns, rows = table_preview(value) if _is_frame(value) else ([], [])

@@ -11,7 +11,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from jupyter_syft.kernel.display import COLOURS, badge, esc, render, sanitise
+from jupyter_syft.safe_html import COLOURS, badge, esc, render, sanitise
 from jupyter_syft.wire.messages import RequestInfo
 
 __all__ = ["COLOURS", "badge", "code", "detail", "esc", "render", "sanitise", "table", "when"]

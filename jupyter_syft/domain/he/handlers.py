@@ -1,5 +1,5 @@
 """Homomorphic inference: models the owner publishes, public contexts scientists upload,
-predictions on ciphertexts (state and checks in jupyter_syft.domain.models).
+predictions on ciphertexts (state and checks in jupyter_syft.domain.he.serving).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import uuid
 import trio
 
 from jupyter_syft.crypto.he import MAX_CONTEXT_BYTES, HEError
+from jupyter_syft.crypto.he_formats import decode_weights
 from jupyter_syft.domain.core import (
     ADMIN,
     DATASET_NAME,
@@ -17,11 +18,10 @@ from jupyter_syft.domain.core import (
     UPLOAD_TTL_S,
     DomainCore,
 )
-from jupyter_syft.domain.models import (
+from jupyter_syft.domain.he.serving import (
     DIGEST,
     ContextUpload,
     HEServing,
-    decode_weights,
     load_context,
     query_header,
 )

@@ -132,9 +132,8 @@ def python_folders() -> list[str]:
     this package's. Never the node's working folder or an editable install's whole checkout
     (either may hold data dirs): other entries of sys.path count only if they are package
     folders (site-packages, dist-packages)."""
-    import jupyter_syft
-
-    package = os.path.dirname(os.path.abspath(jupyter_syft.__file__))
+    # jupyter_syft/domain/sandbox/confine.py -> jupyter_syft/
+    package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     folders = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
     folders.add(package)
     for entry in sys.path:

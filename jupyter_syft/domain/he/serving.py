@@ -4,7 +4,7 @@ An owner's weights arrive once as safetensors (never a pickle) and stay in
 `D/models/NAME.safetensors`. A scientist's public CKKS context (35-53 MB with Galois keys) is
 too big for a libp2p frame: it arrives over Flight `put` as an Arrow table of byte chunks and
 is kept in memory by its SHA-256 digest, a few at a time; after an eviction or a node restart
-the client is told to upload it again. The handlers are in `service.py`; evaluation runs in a
+the client is told to upload it again. The handlers are in `handlers.py`; evaluation runs in a
 worker thread, off the event loop.
 """
 
@@ -16,57 +16,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
-import numpy as np
 import pyarrow as pa
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
-from safetensors.numpy import save as save_safetensors
 
 from jupyter_syft.crypto.he import EncryptedModel, EncryptedQuery, HEError, PublicContext
+from jupyter_syft.crypto.he_formats import decode_weights
 
-CONTEXT_CHUNK_BYTES = 4 * 2**20  # one row of the uploaded table; Flight sends ~4 MiB batches
 CACHED_CONTEXTS = 4  # each holds tens of MB of evaluation keys in memory
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
-WEIGHT = re.compile(r"^layers\.(\d+)\.(weight|bias)$")
-
-
-def encode_weights(model: Any) -> tuple[bytes, EncryptedModel]:
-    """Safetensors bytes of an nn.Linear, an nn.Sequential(Linear, square, Linear) or their
-    state dict, checked first by EncryptedModel (which refuses what it cannot evaluate)."""
-    state = model.state_dict() if hasattr(model, "state_dict") else model
-    checked = EncryptedModel.from_state_dict(state)
-    tensors = {}
-    for i, (weight, bias) in enumerate(checked.layers):
-        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(weight)
-        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(bias)
-    return save_safetensors(tensors), checked
-
-
-def decode_weights(data: bytes) -> EncryptedModel:
-    """The model in `encode_weights`' layout; HEError for anything else."""
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError) as exc:
-        raise HEError(f"weights are not a safetensors file: {exc}") from exc
-    layers = len(tensors) // 2
-    expected = {f"layers.{i}.{part}" for i in range(layers) for part in ("weight", "bias")}
-    if set(tensors) != expected or not all(WEIGHT.match(name) for name in tensors):
-        raise HEError(f"expected layers.I.weight and layers.I.bias entries, got {sorted(tensors)}")
-    return EncryptedModel(
-        [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(layers)]
-    )
-
-
-def context_table(public_context: bytes) -> pa.Table:
-    """A public context as the one-column table of byte chunks the node expects."""
-    chunks = [
-        public_context[i : i + CONTEXT_CHUNK_BYTES]
-        for i in range(0, len(public_context), CONTEXT_CHUNK_BYTES)
-    ]
-    return pa.table({"chunk": pa.array(chunks, pa.binary())})
 
 
 def load_context(path: Path, digest: str, nbytes: int) -> PublicContext:

@@ -13,6 +13,7 @@ import re
 from multiaddr import Multiaddr
 
 from jupyter_syft.wire import network_messages as nm
+from jupyter_syft.wire.network_messages import open_record
 from jupyter_syft.wire.rpc import Refused
 
 MAX_FRAME_BYTES = 512 * 1024  # a network-protocol frame; larger ones are refused unread
@@ -97,3 +98,10 @@ def fit_dataset(dataset: nm.DatasetMeta) -> nm.DatasetMeta:
     return nm.DatasetMeta(
         dataset.name, description, dataset.kind, tags, schema, dataset.rows, dataset.mock_rows
     )
+
+
+def open_address(signed: nm.SignedRecord) -> nm.AddressRecord:
+    """The verified address record, or raise BadMessage / MetadataError."""
+    record = open_record(signed, nm.AddressRecord)
+    check_address_record(record)
+    return record
