@@ -48,6 +48,32 @@ def main(argv: list[str] | None = None) -> int:
         help="where requests' declared requirements come from: an index URL (default PyPI) "
         "or a folder of wheels (then no index is asked)",
     )
+    start.add_argument(
+        "--rate-per-s", type=float, default=100.0, help="calls per second per peer (sustained)"
+    )
+    start.add_argument("--rate-burst", type=float, default=200.0, help="calls per peer at once")
+    start.add_argument(
+        "--rate-peers", type=int, default=100_000, help="peers the rate limit remembers at most"
+    )
+    start.add_argument(
+        "--refusal-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="refused calls are audited as one summary entry per window",
+    )
+    verify = domain_commands.add_parser(
+        "verify-audit",
+        help="check a stopped domain's audit log against receipts its users kept",
+    )
+    verify.add_argument("--data-dir", required=True, type=Path, help="the domain's data dir")
+    verify.add_argument(
+        "--receipts",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a receipts file (repeatable; default: yours, ~/.jupyter-syft/receipts.jsonl)",
+    )
     rekey = domain_commands.add_parser(
         "rekey-audit",
         help="key the audit chain of a store from before keyed auditing (node stopped, once)",
@@ -78,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "domain" and args.domain_command == "rekey-audit":
         return _rekey_audit(args.data_dir)
+    if args.command == "domain" and args.domain_command == "verify-audit":
+        return _verify_audit(args.data_dir, args.receipts)
     if args.command == "domain":
         return _domain_start(args)
     if args.command == "network":
@@ -111,6 +139,32 @@ def _rekey_audit(data_dir: Path) -> int:
         store.close()
     print(f"audit chain keyed: {covered} older entries covered by one audit_rekeyed entry")
     return 0
+
+
+def _verify_audit(data_dir: Path, receipt_files: list[Path] | None) -> int:
+    from jupyter_syft.domain.audit import verify_audit_dir
+    from jupyter_syft.wire.receipts import default_receipts_file
+
+    if not (data_dir / "domain.sqlite").exists():
+        print(f"jupyter-syft: no domain store in {data_dir}", file=sys.stderr)
+        return 2
+    if (data_dir / "node.json").exists():
+        print("jupyter-syft: stop the domain node first (or check a copy of DIR)", file=sys.stderr)
+        return 2
+    files = receipt_files or [default_receipts_file()]
+    try:
+        check = verify_audit_dir(data_dir, files)
+    except (OSError, ValueError) as exc:
+        print(f"jupyter-syft: {exc}", file=sys.stderr)
+        return 2
+    others = f" ({check.other_nodes} of other nodes ignored)" if check.other_nodes else ""
+    print(f"audit log of node {check.node}: {check.entries} entries")
+    print(f"{check.receipts} receipts checked{others}")
+    for problem in check.problems:
+        print(f"FAILED: {problem}")
+    if check.ok:
+        print("the log holds every receipted entry and its chain verifies")
+    return 0 if check.ok else 1
 
 
 def _domain_start(args: argparse.Namespace) -> int:
@@ -147,6 +201,10 @@ def _domain_start(args: argparse.Namespace) -> int:
         package_index=args.package_index,
         sandbox=args.sandbox,
         executor=args.executor,
+        rate_per_s=args.rate_per_s,
+        rate_burst=args.rate_burst,
+        rate_peers=args.rate_peers,
+        refusal_window_s=args.refusal_window,
     )
 
     return run_until_signalled(

@@ -68,7 +68,7 @@ class SimulatedDomain:
         return nm.NETWORK.sign_call(self.identity, network.rsplit("/", 1)[-1], call)
 
     def send(self, network: str, frame: bytes) -> nm.Struct:
-        return nm.DOMAIN.decode_reply(self.peer.request(network, nm.NETWORK_PROTOCOL, frame))
+        return nm.NETWORK.decode_reply(self.peer.request(network, nm.NETWORK_PROTOCOL, frame))
 
     def call(self, network: str, call: nm.Call) -> nm.Struct:
         return self.send(network, self.frame(network, call))

@@ -17,12 +17,12 @@ from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
 from jupyter_syft.client.privacy import Budget, Budgets
 from jupyter_syft.client.progress import transfer_progress
-from jupyter_syft.domain.store import read_node_info
 from jupyter_syft.errors import InvalidError, NotAuthorisedError, SyftError
 from jupyter_syft.federated.plan import describe_plan
 from jupyter_syft.identity import whoami
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
+from jupyter_syft.wire.node_info import read_node_info
 
 
 class ReviewRequest(RemoteRequest):
@@ -142,7 +142,7 @@ class AdminClient(DomainClient):
         review but are audited and counted; `max_samples` caps each scientist's samples in
         all (0 = no limit; outputs reveal a linear model after features + 1 samples).
         """
-        from jupyter_syft.domain.models import encode_weights  # loads TenSEAL: only when asked
+        from jupyter_syft.crypto.he_formats import encode_weights  # loads TenSEAL: when asked
 
         try:
             weights, checked = encode_weights(model)
@@ -234,8 +234,13 @@ class AdminClient(DomainClient):
         return review(self)
 
     def audit_log(self, limit: int = 100) -> m.AuditLog:
-        """The latest entries and whether the whole hash chain verifies."""
-        return self._connection.call(m.ReadAudit(limit))
+        """The latest entries and whether the whole hash chain verifies; its signed head is
+        kept with your receipts (`jupyter-syft domain verify-audit` checks the log against
+        them later)."""
+        log = self._connection.call(m.ReadAudit(limit))
+        if log.head is not None:
+            self._connection.keep_receipts([log.head], "")
+        return log
 
 
 def _check_square_activation(module: Any, checked: Any) -> None:
@@ -261,7 +266,7 @@ def _check_square_activation(module: Any, checked: Any) -> None:
 def open_admin(target: str | Path) -> AdminClient:
     """`target` is the node's data dir (on this machine, while it runs) or its multiaddr."""
     if Path(target).is_dir():
-        target = read_node_info(Path(target))["multiaddr"]
+        target = read_node_info(Path(target), "domain")["multiaddr"]
     client = AdminClient(NodeConnection(str(target)))
     if client.role != "admin":
         raise NotAuthorisedError(

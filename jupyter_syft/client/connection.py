@@ -14,11 +14,18 @@ import pyarrow as pa
 from jupyter_syft.client.flight_client import FlightDataClient
 from jupyter_syft.client.progress import transfer_progress
 from jupyter_syft.crypto.seal import Opener
-from jupyter_syft.errors import InvalidError
-from jupyter_syft.identity import Identity, user_identity
+from jupyter_syft.errors import InvalidError, NodeError
+from jupyter_syft.identity import USER_KEY_FILE, Identity, load_or_create, syft_home, user_identity
 from jupyter_syft.p2p import P2PThread
 from jupyter_syft.wire import messages as m
-from jupyter_syft.wire.rpc import Call, R
+from jupyter_syft.wire.receipts import (
+    AuditReceipt,
+    ReceiptFile,
+    default_receipts_file,
+    open_receipt,
+    receipt_file,
+)
+from jupyter_syft.wire.rpc import BadMessage, Call, R, Signed
 
 _peers: dict[str, P2PThread] = {}
 _peers_lock = threading.Lock()
@@ -42,6 +49,15 @@ def close_shared_peers() -> None:
         peer.close()
 
 
+def _user_receipts(identity: Identity) -> ReceiptFile | None:
+    """The receipts file under the user's jupyter-syft folder, for connections made as the
+    user whose identity lives there (not for a script's or a test's other keys)."""
+    key = syft_home() / USER_KEY_FILE
+    if key.exists() and load_or_create(key).peer_id == identity.peer_id:
+        return receipt_file(default_receipts_file())
+    return None
+
+
 def peer_id_of(multiaddr: str) -> str:
     parts = multiaddr.rstrip("/").split("/")
     if len(parts) < 3 or parts[-2] != "p2p":
@@ -61,6 +77,20 @@ class NodeConnection:
         self._peer = shared_peer(self.identity)
         self.info = self.call(m.Hello())
         self._flight: FlightDataClient | None = None
+        self.receipt_file = _user_receipts(self.identity)
+
+    def keep_receipts(self, signed: list[Signed], request_id: str) -> list[AuditReceipt]:
+        """Receipts the node sent about `request_id` ("" for its chain head), checked (signed
+        by this node, about that request) and appended to the user's receipts file."""
+        try:
+            receipts = [open_receipt(item, self.node_peer_id) for item in signed]
+        except BadMessage as exc:
+            raise NodeError(f"domain {self.info.name!r} sent a bad audit receipt: {exc}") from exc
+        if any(r.request_id != request_id for r in receipts):
+            raise NodeError(f"domain {self.info.name!r} sent a receipt about another request")
+        if self.receipt_file is not None:
+            self.receipt_file.keep(signed)
+        return receipts
 
     def call(self, call: Call[R], timeout: float = 60.0) -> R:
         """The node's reply to `call`; an error reply raises its SyftError, a broken link

@@ -16,6 +16,7 @@ from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
 from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed, ResultWithheld
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
+from jupyter_syft.wire.receipts import AuditReceipt
 
 if TYPE_CHECKING:
     from jupyter_syft.client.models import ModelMap
@@ -121,9 +122,23 @@ class RemoteRequest:
 
     def __init__(self, connection: NodeConnection, info: m.RequestInfo) -> None:
         self._connection = connection
+        self.receipts: list[AuditReceipt] = []
         self.info = info
         self._result: Any = None
         self._has_result = False
+
+    @property
+    def info(self) -> m.RequestInfo:
+        return self._info
+
+    @info.setter
+    def info(self, info: m.RequestInfo) -> None:
+        """Replies about this request carry the node's signed receipts for its audit entries
+        (submission, decisions, run): checked, kept in `receipts` and the user's receipts
+        file (jupyter_syft.wire.receipts). A listing carries none and keeps those known."""
+        self._info = info
+        if info.receipts:
+            self.receipts = self._connection.keep_receipts(info.receipts, info.request_id)
 
     @property
     def id(self) -> str:

@@ -13,7 +13,6 @@ handler (`@handles(Call, allow=...)`) and checked before it runs.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import msgspec
 import pyarrow as pa
 import trio
 
+from jupyter_syft.domain.audit import Receipts
 from jupyter_syft.domain.environments import (
     Environments,
     RequirementError,
@@ -188,21 +188,23 @@ class NodeCalls:
         self.core.store.add_user(caller.peer_id, call.peer_id, call.role, call.name)
         return m.Done()
 
+    @handles(m.RemoveUser, allow=ADMIN)
+    async def remove_user(self, caller: Caller, call: m.RemoveUser) -> m.Done:
+        """The user loses every role here; their requests and the audit keep their name.
+        The creator always stays admin, so the last admin is never removed."""
+        if call.peer_id == caller.peer_id:
+            raise Refused("conflict", "an admin cannot remove themselves: ask another admin")
+        if not self.core.store.remove_user(caller.peer_id, call.peer_id):
+            raise Refused("not_found", f"{call.peer_id} is not a user of this domain")
+        return m.Done()
+
     @handles(m.ListUsers, allow=ADMIN)
     async def list_users(self, caller: Caller, call: m.ListUsers) -> m.UserList:
         return m.UserList(self.core.store.users())
 
     @handles(m.ReadAudit, allow=ADMIN)
     async def read_audit(self, caller: Caller, call: m.ReadAudit) -> m.AuditLog:
+        """The newest entries, whether the chain verifies, and if it does its signed head."""
         problem = self.core.store.check_audit()
-        return m.AuditLog(self.core.store.audit_entries(call.limit), not problem, problem)
-
-
-def describe(table: pa.Table) -> tuple[str, dict[str, str], int]:
-    """Kind, a readable schema and the row count of an asset table."""
-    kind = values.table_kind(table.schema)
-    if kind == "tensor":
-        meta = values.tensor_meta(table.schema)
-        shape = meta["shape"]
-        return kind, {"shape": json.dumps(shape), "dtype": meta["dtype"]}, shape[0] if shape else 1
-    return kind, {f.name: str(f.type) for f in table.schema}, table.num_rows
+        head = None if problem else Receipts(self.core.store).head()
+        return m.AuditLog(self.core.store.audit_entries(call.limit), not problem, problem, head)

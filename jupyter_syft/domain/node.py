@@ -20,11 +20,12 @@ import trio
 
 from jupyter_syft.crypto.seal import ResultSeal
 from jupyter_syft.domain import executor as local_executor
+from jupyter_syft.domain.audit import REFUSAL_WINDOW_S, RefusalLog
 from jupyter_syft.domain.core import DomainCore, Limits
 from jupyter_syft.domain.environments import PYPI, BuildError, Environments
 from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.jobs import BACKENDS, BackendOptions, ExecutorBackend, InputSpec, JobSpec
-from jupyter_syft.domain.router import domain_router
+from jupyter_syft.domain.router import RATE_BURST, RATE_PER_S, domain_router
 from jupyter_syft.domain.secagg.handlers import result_vector
 from jupyter_syft.domain.store import Store, StoreError
 from jupyter_syft.identity import Identity, load_or_create
@@ -33,6 +34,8 @@ from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.host import Handler
 from jupyter_syft.tls import ensure_tls_cert
 from jupyter_syft.wire.messages import DOMAIN_PROTOCOL
+from jupyter_syft.wire.node_info import remove_node_info, write_node_info
+from jupyter_syft.wire.ratelimit import MAX_TRACKED, RateLimiter
 from jupyter_syft.wire.tickets import TicketIssuer
 
 
@@ -49,6 +52,11 @@ class DomainConfig:
     package_index: str = PYPI  # where declared requirements come from: a URL or a wheel folder
     # Which ExecutorBackend runs approved jobs (jupyter_syft.domain.jobs.BACKENDS).
     executor: str = local_executor.BACKEND
+    # Per-peer rate limit on calls (token bucket), and how many peers it remembers at most.
+    rate_per_s: float = RATE_PER_S
+    rate_burst: float = RATE_BURST
+    rate_peers: int = MAX_TRACKED
+    refusal_window_s: float = REFUSAL_WINDOW_S  # refused calls: one audit summary per window
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
@@ -56,6 +64,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
     store = Store(config.data_dir)
     flight: FlightDataServer | None = None
     executor: ExecutorBackend | None = None
+    refusals: RefusalLog | None = None
     try:
         store.initialise(config.name, admin.peer_id)
         node_identity = load_or_create(store.paths.node_key)
@@ -84,7 +93,9 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             identity=node_identity,
             environments=Environments(store.paths.environments, config.package_index),
         )
-        router = domain_router(core)  # StartupError if a call has no handler
+        limiter = RateLimiter(config.rate_per_s, config.rate_burst, config.rate_peers)
+        refusals = RefusalLog(store, config.refusal_window_s)
+        router = domain_router(core, None, limiter, refusals)  # StartupError: a call unhandled
         membership = None
         handle: Handler = router.handle
         if config.network:
@@ -98,18 +109,21 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
                 # Workers preload torch and Opacus (~4 s): warm up while the node already
                 # answers; a job that comes first waits for the same forkserver.
                 nursery.start_soon(_warm, executor, core)
+                nursery.start_soon(refusals.run)
                 for _ in range(config.workers):
                     nursery.start_soon(_job_worker, jobs_out.clone(), core, executor)
                 for request_id in store.requeue_interrupted():
                     await jobs_in.send(request_id)
                 address = host.multiaddrs[0]
-                _write_node_info(store.paths.node_info, config.name, address)
+                write_node_info(config.data_dir, config.name, address)
                 ready(address)
                 if membership is not None:
                     nursery.start_soon(membership.run, host)
                 await trio.sleep_forever()
     finally:
-        store.paths.node_info.unlink(missing_ok=True)
+        if refusals is not None:
+            refusals.flush()  # the last window's refused calls
+        remove_node_info(config.data_dir)
         if executor is not None:
             executor.close()
         if flight is not None:
@@ -260,9 +274,3 @@ Scientists see "sandbox OFF" for this domain. Use it to debug, never with real d
         file=sys.stderr,
         flush=True,
     )
-
-
-def _write_node_info(path: Path, name: str, address: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"name": name, "multiaddr": address, "pid": os.getpid()}))
-    os.replace(tmp, path)

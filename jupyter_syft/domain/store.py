@@ -19,8 +19,10 @@ key: each entry carries an HMAC-SHA256, under a key derived (HKDF) from `node.ke
 only in memory, over its number, its content and the previous entry's MAC. Threat model: whoever
 can write the SQLite file but not read `node.key` (a backup, a restore, a tool that edits the
 file) can drop the triggers and delete or alter entries, but cannot recompute the chain, so
-`check_audit()` names the first entry that breaks it. Not detected: dropping the newest entries
-(the chain has no anchor outside the file), or anything done by a holder of `node.key`.
+`check_audit()` names the first entry that breaks it. The chain alone cannot see the newest
+entries dropped; the node's signed receipts, which scientists and the owner keep outside the
+store (`domain.audit`, `jupyter-syft domain verify-audit`), can. Not detected: anything done
+by a holder of `node.key`.
 A store from before keyed auditing holds an unkeyed SHA-256 chain; `rekey_audit()` (the
 `jupyter-syft domain rekey-audit` command, on the owner's word that the file is untouched)
 appends one keyed `audit_rekeyed` entry that covers it. It is never re-keyed by itself: an
@@ -82,6 +84,7 @@ CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     subject TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_subject ON audit (subject);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -128,6 +131,8 @@ CREATE TABLE IF NOT EXISTS models (
 CREATE TABLE IF NOT EXISTS job_outputs (
     request_id TEXT PRIMARY KEY REFERENCES requests (id),
     error BLOB NOT NULL, log BLOB NOT NULL, released_at REAL);
+CREATE TABLE IF NOT EXISTS secagg_joins (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), session TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS disclosure_policies (
     dataset TEXT PRIMARY KEY, errors TEXT NOT NULL, release TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS request_requirements (
@@ -278,6 +283,17 @@ class Store(SqliteFile):
             )
             self._audit(db, actor, "add_user", peer_id, json.dumps({"role": role, "name": name}))
 
+    def remove_user(self, actor: str, peer_id: str) -> bool:
+        """False when `peer_id` is no user here; the creator stays (the last admin is never
+        removed). Their requests and audit entries stay, under their peer id."""
+        with self._transaction() as db:
+            if self.meta("admin") == peer_id:
+                raise StoreError("the domain's creator stays admin")
+            gone = db.execute("DELETE FROM users WHERE peer_id = ?", (peer_id,)).rowcount
+            if gone:
+                self._audit(db, actor, "remove_user", peer_id, "")
+            return bool(gone)
+
     def users(self) -> list[m.UserInfo]:
         rows = self._all("SELECT * FROM users ORDER BY added_at")
         return [m.UserInfo(r["peer_id"], r["role"], r["name"], r["added_at"]) for r in rows]
@@ -371,7 +387,7 @@ class Store(SqliteFile):
         return None if row is None else _request_info(row)
 
     def requests(self, requester: str | None = None, status: str = "") -> list[m.RequestInfo]:
-        sql, args = REQUESTS + " WHERE 1", []
+        sql, args = REQUESTS + " WHERE 1", list[str]()
         if requester is not None:
             sql, args = sql + " AND requester = ?", [*args, requester]
         if status:
@@ -999,6 +1015,24 @@ class Store(SqliteFile):
             self._audit(db, actor, "revoked", plan_id, reason)
         return self._request_or_fail(plan_id)
 
+    # ---- secure aggregation -----------------------------------------------------------------
+
+    def join_aggregation(self, actor: str, request_id: str, session: str) -> None:
+        """Record, before anything is masked, that this result joins `session`: once, ever.
+
+        Threat: an aggregator who runs two sessions over the same result with different
+        parties learns it by difference. Kept in the store, not in memory, so a restarted
+        node still refuses the second session (StoreError, conflict)."""
+        with self._transaction() as db:
+            if db.execute(
+                "SELECT 1 FROM secagg_joins WHERE request_id = ?", (request_id,)
+            ).fetchone():
+                raise StoreError("this request's result was already aggregated once")
+            db.execute(
+                "INSERT INTO secagg_joins VALUES (?, ?, ?)", (request_id, session, time.time())
+            )
+            self._audit(db, actor, "secagg_join", request_id, session)
+
     # ---- audit ----------------------------------------------------------------------------
 
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
@@ -1019,13 +1053,14 @@ class Store(SqliteFile):
         )
 
     def audit_entries(self, limit: int = 100) -> list[m.AuditEntry]:
+        """The newest `limit` entries, oldest first (all of them for a negative limit)."""
         rows = self._all("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", limit)
-        return [
-            m.AuditEntry(
-                r["seq"], r["at"], r["actor"], r["action"], r["subject"], r["detail"], r["hash"]
-            )
-            for r in reversed(rows)
-        ]
+        return [_audit_entry(r) for r in reversed(rows)]
+
+    def audit_about(self, subject: str) -> list[m.AuditEntry]:
+        """Every entry about `subject` (a request id, a dataset, a peer), oldest first."""
+        rows = self._all("SELECT * FROM audit WHERE subject = ? ORDER BY seq", subject)
+        return [_audit_entry(r) for r in rows]
 
     def verify_audit(self) -> bool:
         """True when the whole chain verifies under the node's key (see `check_audit`)."""
@@ -1090,6 +1125,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _audit_entry(r: sqlite3.Row) -> m.AuditEntry:
+    return m.AuditEntry(
+        r["seq"], r["at"], r["actor"], r["action"], r["subject"], r["detail"], r["hash"]
+    )
+
+
 def _dataset_info(row: sqlite3.Row) -> m.DatasetInfo:
     return m.DatasetInfo(
         name=row["name"],
@@ -1124,6 +1165,8 @@ _plan_spec = msgspec.msgpack.Decoder(m.FederatedPlan)
 def _request_info(row: sqlite3.Row) -> m.RequestInfo:
     dp = row["dp_spec"] is not None
     plan = _plan_spec.decode(row["plan_spec"]) if row["plan_spec"] is not None else None
+    epsilon: float | None
+    delta: float | None
     if plan is not None and plan.epsilon:  # a DP plan shows what all its rounds cost
         epsilon, delta = plan.epsilon, plan.delta
     else:

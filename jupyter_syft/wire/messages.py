@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from jupyter_syft.wire.rpc import Call, Done, Error, ErrorCode, Protocol, Struct, encode
+from jupyter_syft.wire.rpc import Call, Done, Error, ErrorCode, Protocol, Signed, Struct, encode
 
 __all__ = ["Call", "Done", "Error", "ErrorCode", "Struct", "encode"]
 
@@ -122,6 +122,12 @@ class AddUser(Call["Done"], tag="add_user"):
     peer_id: str
     role: Role
     name: str = ""
+
+
+class RemoveUser(Call["Done"], tag="remove_user"):
+    """Admin: take a user's access away; their requests and audit entries stay."""
+
+    peer_id: str
 
 
 class ListUsers(Call["UserList"], tag="list_users"):
@@ -253,7 +259,7 @@ class FederatedRound(Call["RequestInfo"], tag="federated_round"):
     weights: bytes  # safetensors of the global model's state dict
 
 
-# ---- homomorphic inference (see jupyter_syft.crypto.he, jupyter_syft.domain.models) -------
+# ---- homomorphic inference (see jupyter_syft.crypto.he, jupyter_syft.domain.he) ----------
 
 
 class CreateModel(Call["ModelInfo"], tag="create_model"):
@@ -340,6 +346,7 @@ Calls = (
     | FetchResult
     | Decide
     | AddUser
+    | RemoveUser
     | ListUsers
     | BeginUpload
     | CommitUpload
@@ -432,6 +439,9 @@ class RequestInfo(Struct, tag="request_info"):
     released: bool = False  # error_full and log are the requester's to read
     requirements: list[str] = []  # declared packages, checked and in canonical form
     note: str = ""  # a passing word from the node on a queued or running job ("warming up")
+    # The node's signed receipts (jupyter_syft.wire.receipts) for the audit entries about this
+    # request: its submission, the decisions on it, its run. In replies about one request.
+    receipts: list[Signed] = []
 
 
 class RequestList(Struct, tag="request_list"):
@@ -476,6 +486,7 @@ class AuditLog(Struct, tag="audit_log"):
     entries: list[AuditEntry]
     chain_ok: bool
     chain_error: str = ""  # where and how the chain breaks, when it does
+    head: Signed | None = None  # the node's receipt for the newest entry, if the chain verifies
 
 
 class Charge(Struct, tag="charge"):

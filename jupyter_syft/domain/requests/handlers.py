@@ -21,7 +21,6 @@ from jupyter_syft.crypto.seal import (
 )
 from jupyter_syft.domain.core import (
     ADMIN,
-    ANYONE,
     MAX_CODE_BYTES,
     MEMBERS,
     DomainCore,
@@ -59,7 +58,7 @@ class Requests:
         checked = msgspec.structs.replace(call, requirements=requirements)
         return self.store.add_request(caller.peer_id, checked)
 
-    @handles(m.GetRequest, allow=ANYONE)
+    @handles(m.GetRequest, allow=MEMBERS)
     async def get_request(self, caller: Caller, call: m.GetRequest) -> m.RequestInfo:
         info = self.core.request_for(caller, call.request_id)
         if call.wait_s > 0 and info.status == call.known_status:
@@ -73,7 +72,7 @@ class Requests:
         found = self.store.requests(requester, call.status)
         return m.RequestList([self.core.disclosed(info, caller) for info in found])
 
-    @handles(m.FetchResult, allow=ANYONE)
+    @handles(m.FetchResult, allow=MEMBERS)
     async def fetch_result(self, caller: Caller, call: m.FetchResult) -> m.ResultData:
         info = self.core.request_for(caller, call.request_id)
         if info.status != "done":
