@@ -271,7 +271,7 @@ class Executor(ExecutorBackend):
         """A worker process waiting for its job on a pipe, or None once closed."""
         ours, theirs = self._context.Pipe(duplex=True)
         try:
-            process = self._start(worker.main, (theirs, self._confinement))
+            process = self._start(worker.main, (theirs, self._confinement, os.getpid()))
         finally:
             theirs.close()
         if process is None:

@@ -32,6 +32,7 @@ import math
 import mmap
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -62,7 +63,7 @@ from jupyter_syft.domain.jobs import (
 from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces, syscalls
 from jupyter_syft.domain.sandbox.confine import Confinement
 from jupyter_syft.errors import DisclosableError
-from jupyter_syft.wire.messages import DPQuery
+from jupyter_syft.wire.messages import DPQuery, DPTraining
 from jupyter_syft.wire.values import (
     UnsupportedValueError,
     encode_result,
@@ -133,7 +134,7 @@ def warm_up(confinement: Confinement | None) -> None:
         raise SystemExit(f"the sandbox could not be applied: {message or status}")
 
 
-def main(conn: Connection, confinement: Confinement | None) -> None:
+def main(conn: Connection, confinement: Confinement | None, node_pid: int) -> None:
     """Entry point of a worker: start the job process, wait for one job, keep it, exit (or,
     when the executor keeps the worker for a plan's next round, wait for that).
 
@@ -141,9 +142,14 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
     namespaces are off the request path.
     """
     os.setsid()  # own process group: the executor kills the group on a timeout
+    try:
+        node = os.pidfd_open(node_pid)
+    except ProcessLookupError:  # the node ended before we started
+        os._exit(0)
     keeper_end, job_end = socket.socketpair()
     log_read, log_write = os.pipe()
     # Threads first: after unshare(CLONE_NEWPID) this process can start no more of them.
+    threading.Thread(target=_die_with_node, args=(node,), daemon=True).start()
     log = bytearray()
     reader = threading.Thread(target=_collect_log, args=(log_read, log), daemon=True)
     reader.start()
@@ -183,6 +189,18 @@ def main(conn: Connection, confinement: Confinement | None) -> None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             os._exit(0)
+
+
+def _die_with_node(node: int) -> None:
+    """Kill this worker and its job the moment the node process ends (`node` is its pidfd).
+
+    A job never outlives its node: a node that is SIGKILLed or crashes leaves no job running,
+    writing result files a restarted node would not expect, or holding the data open
+    (tests/test_crash_consistency.py kills a node mid-job and looks for survivors). The
+    forkserver in between may linger: the keeper watches the node itself, and the job process
+    dies with its keeper (confine.die_with_parent)."""
+    select.select([node], [], [])
+    os.killpg(0, signal.SIGKILL)
 
 
 # ---- the keeper ---------------------------------------------------------------------------
@@ -349,6 +367,7 @@ def _job_process(
 ) -> None:
     """Confine, wait for the job, run it, stream the result; never returns."""
     status = 0
+    confine.die_with_parent()  # again in confine.enter(), whose uid drop clears it
     try:
         setup_error = ""
         rules = None
@@ -398,7 +417,7 @@ def _receive_job(sock: socket.socket) -> tuple[JobOrder, list[int]]:
     return msgspec.msgpack.decode(reader.read(size), type=JobOrder), fds
 
 
-def _send(sock: socket.socket, kind: bytes, payload: bytes | memoryview) -> None:
+def _send(sock: socket.socket, kind: bytes, payload: bytes | bytearray | memoryview) -> None:
     sock.sendall(_HEADER.pack(kind, len(payload)))
     sock.sendall(payload)
 
@@ -550,6 +569,7 @@ def _run_private(job: JobSpec, fds: dict[str, int]) -> Any:
         except Exception as e:
             raise JobError(*_failure(job, "the DP query failed", e)) from e
     model = _call(job, {})
+    assert isinstance(job.privacy, DPTraining)  # a private DP job is a query or a training
     try:
         return train(job.privacy, table, model)
     except Exception as e:
@@ -562,6 +582,7 @@ def _run_federated_round(job: JobSpec, fds: dict[str, int], weights_fd: int | No
     from jupyter_syft.federated.local import train_round
 
     assert job.federated is not None and weights_fd is not None
+    assert not isinstance(job.privacy, DPQuery)  # a round trains, with DP or without
     [fd] = fds.values()
     try:
         table = _read_table(fd)

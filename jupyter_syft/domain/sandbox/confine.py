@@ -46,6 +46,7 @@ KEPT_VARIABLES = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "KERAS_BACKEND")
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_CAPBSET_DROP = 24
 _PR_SET_DUMPABLE = 4
+_PR_SET_PDEATHSIG = 1
 _LAST_CAP = 63
 
 
@@ -104,7 +105,8 @@ def enter(
         libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the kernel's last cap
     os.setgroups([])
     os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)  # clears every capability
+    os.setresuid(uid, uid, uid)  # clears every capability, and the parent-death signal
+    die_with_parent()
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "could not set no_new_privs")
@@ -118,6 +120,18 @@ def enter(
     os.environ.clear()
     os.environ.update(environment_variables)
     os.chdir("/tmp")
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when the one that forked it ends (PR_SET_PDEATHSIG).
+
+    A job process dies with its keeper, and the keeper with the node (worker._die_with_node),
+    so no job outlives its node. The kernel clears the setting when credentials change:
+    `enter()` sets it again after the uid drop.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0) != 0:  # 9: SIGKILL
+        raise OSError(ctypes.get_errno(), "could not set the parent-death signal")
 
 
 def clean_environment() -> dict[str, str]:

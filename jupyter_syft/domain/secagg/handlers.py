@@ -19,8 +19,8 @@ from jupyter_syft.crypto.seal import (
 from jupyter_syft.crypto.secagg import MAX_ABS, SecAggClient, SecAggError
 from jupyter_syft.crypto.secagg_messages import BadFrame, open_frame
 from jupyter_syft.domain.core import (
-    ANYONE,
     INLINE_BYTES,
+    MEMBERS,
     DomainCore,
 )
 from jupyter_syft.domain.jobs import MANIFEST_FILE, PART_FILE
@@ -44,7 +44,7 @@ class SecureAggregation:
         self.store = core.store
         self._aggregations: dict[str, AggregationState] = {}
 
-    @handles(m.SecAggStep, allow=ANYONE)
+    @handles(m.SecAggStep, allow=MEMBERS)
     async def sec_agg_step(self, caller: Caller, call: m.SecAggStep) -> m.SecAggFrame:
         """Feed one round's frame to this request's SecAggClient; its signed reply goes back.
 
@@ -66,8 +66,6 @@ class SecureAggregation:
         state = self._aggregations.get(call.request_id)
         try:
             if envelope.round == 0:
-                if state is not None:
-                    raise Refused("conflict", "this request's result was already aggregated once")
                 client = SecAggClient(self.core.identity, call.frame)
                 if client.server != caller.peer_id:
                     raise Refused("invalid", "the setup frame is not signed by the requester")
@@ -78,9 +76,9 @@ class SecureAggregation:
                         f"the session sums vectors of length {client.setup.length}; "
                         f"this result has length {len(vector)}",
                     )
+                self.store.join_aggregation(caller.peer_id, call.request_id, client.session)
                 reply = client.advertise_keys()
                 self._aggregations[call.request_id] = AggregationState(client, vector)
-                self.store.audit(caller.peer_id, "secagg_join", call.request_id, client.session)
             elif state is None:
                 raise Refused("conflict", "no secure aggregation in progress for this request")
             elif envelope.round == 1:
