@@ -335,13 +335,41 @@ class P2PHost:
     async def _exchange(
         self, stream: INetStream, peer_id: ID, protocol: str, payload: bytes
     ) -> bytes:
-        """One request and reply; the stream goes back to the idle pool only after both."""
+        """One request and reply; the stream goes back to the idle pool only after both.
+
+        The reply is read while the request is written: a node that refuses a frame unread
+        (over its protocol's cap) answers at once and closes, and that answer is what the
+        caller gets, not a write stuck on flow control until the stream is reset.
+        """
+        sent = False
+        send_error: list[Exception] = []
+
+        async def send() -> None:
+            nonlocal sent
+            try:
+                await write_frame(stream, payload)
+                sent = True
+            except Exception as exc:  # raised below if no reply comes either
+                send_error.append(exc)
+
+        reply: bytes | None = None
+        read_error: list[Exception] = []
         try:
-            await write_frame(stream, payload)
-            reply = await read_frame(stream)
+            async with trio.open_nursery() as nursery:  # raise only outside: no groups
+                nursery.start_soon(send)
+                try:
+                    reply = await read_frame(stream)
+                except Exception as exc:
+                    read_error.append(exc)
+                nursery.cancel_scope.cancel()
+            if reply is None:
+                raise (send_error or read_error)[0]
         except BaseException:
             await _discard(stream)  # broken or cancelled mid-exchange: its state is unknown
             raise
+        if not sent:  # answered before it read all we sent: the stream is done for
+            await _discard(stream)
+            return reply
         idle = self._idle.setdefault((peer_id, protocol), [])
         if len(idle) < _MAX_IDLE_STREAMS:
             idle.append(stream)
@@ -369,12 +397,25 @@ class P2PHost:
     async def _new_stream(
         self, peer_id: ID, addr: Multiaddr, multiaddr: str, protocol: str
     ) -> INetStream:
-        await self._connect(peer_id, addr, multiaddr)
-        try:
-            return await self._host.new_stream(peer_id, [TProtocol(protocol)])
-        except Exception as exc:
-            kind = ProtocolNotSupported if _refused_protocol(exc) else P2PError
-            raise kind(f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}") from exc
+        for attempt in (1, 2):
+            await self._connect(peer_id, addr, multiaddr)
+            try:
+                return await self._host.new_stream(peer_id, [TProtocol(protocol)])
+            except Exception as exc:
+                if _refused_protocol(exc):
+                    raise ProtocolNotSupported(
+                        f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}"
+                    ) from exc
+                if attempt == 2:
+                    raise P2PError(
+                        f"cannot open a {protocol} stream to {multiaddr}: {_chain(exc)}"
+                    ) from exc
+                # The connection died under us (the peer reset it, or restarted): dial anew.
+                log.debug("stream to %s failed on its connection (%r); redialling", multiaddr, exc)
+                for conn in self._swarm.get_connections(peer_id):
+                    with trio.move_on_after(1.0):
+                        await conn.close()
+        raise AssertionError("unreachable")
 
     async def _connect(self, peer_id: ID, addr: Multiaddr, multiaddr: str) -> None:
         """Make sure a live connection to `peer_id` exists, dialling `addr` if needed.
