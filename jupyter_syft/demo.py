@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from jupyter_syft.client.admin import AdminClient
+from jupyter_syft.client.admin import AdminClient, ReviewRequest
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.demo_file import demo_path
@@ -260,6 +260,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
         console.rule("[bold]4. The owners review: approve the summary, deny the raw dump")
         for name, owner in owners.items():
             for review in owner.requests(status="pending"):
+                assert isinstance(review, ReviewRequest)  # an AdminClient's request_type
                 if review.info.function_name == "bmi_summary":
                     review.approve()
                     console.print(f"{name}: approved {review.id[:8]} (bmi_summary)")
@@ -357,9 +358,11 @@ def _federated_step(
         while len(approved) < len(owners) and not training.done():
             for name, owner in owners.items():
                 for review in owner.requests(status="pending"):
+                    assert isinstance(review, ReviewRequest)  # an AdminClient's request_type
                     plan = review.info.plan
                     review.approve()
                     approved.add(name)
+                    assert plan is not None  # the only requests pending now are the plans
                     console.print(
                         f"{name}: approved {review.id[:8]} once: a federated plan of "
                         f"{plan.rounds} rounds x {plan.local_epochs} epochs on diabetes "

@@ -176,3 +176,85 @@ def test_an_older_unkeyed_store_is_keyed_only_on_the_owners_word(domain) -> None
     assert log.entries[-1].action == "audit_rekeyed"
     assert log.entries[-1].actor == owner.peer_id
     assert rekey(node.data_dir, node.home).returncode == 2  # running again: refused
+
+
+# ---- receipts: the node's signed word, kept outside the store -----------------------------
+
+
+def verify_audit(data_dir: Path, receipts: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "jupyter_syft.cli", "domain", "verify-audit"]
+    command += ["--data-dir", str(data_dir), "--receipts", str(receipts)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def receipted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    """A stopped domain whose scientist kept receipts (in their own receipts file) for a
+    request that was submitted, approved and run; and how many."""
+    root = tmp_path_factory.mktemp("receipts")
+    owner_home, owner = person(root, "owner")
+    alice_home, alice = person(root, "alice")
+    node = DomainProcess(root, "receipted", owner_home)
+    node.start()
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        admin = AdminClient(NodeConnection(node.address, owner))
+        admin.create_dataset("data", private=DATA, mock=DATA)
+        admin.add_user(alice.peer_id, "data_scientist", "alice")
+        monkeypatch.setenv("JUPYTER_SYFT_HOME", str(alice_home))  # alice's own session
+        from jupyter_syft.client.domain import DomainClient
+
+        scientist = DomainClient(NodeConnection(node.address, alice))
+        request = scientist.submit("def f(df):\n    return len(df)\n", "f", {"df": "data"})
+        admin.get_request(request.id).approve()
+        assert request.wait(timeout=60).status == "done"
+        actions = [r.action for r in request.receipts]
+        assert actions[0] == "submit_request" and "approved" in actions and "run_done" in actions
+        assert node.stop() == 0
+    finally:
+        monkeypatch.undo()
+        node.kill()
+    receipts = alice_home / "receipts.jsonl"
+    return node.data_dir, receipts, len(receipts.read_text().splitlines())
+
+
+def test_receipts_verify_against_the_untouched_log(receipted) -> None:
+    data_dir, receipts, count = receipted
+    checked = verify_audit(data_dir, receipts)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{count} receipts checked" in checked.stdout
+    assert "holds every receipted entry" in checked.stdout
+
+
+def test_receipts_catch_the_newest_entries_dropped(receipted, tmp_path: Path) -> None:
+    """What the keyed chain alone cannot see: a valid prefix of it, the newest entries gone."""
+    data_dir, receipts, _ = receipted
+    copy = tmp_path / "rewritten"
+    shutil.copytree(data_dir, copy)
+    db = sqlite3.connect(copy / "domain.sqlite")
+    db.execute("DROP TRIGGER audit_no_delete")
+    last = db.execute("SELECT MAX(seq) FROM audit WHERE action = 'approved'").fetchone()[0]
+    db.execute("DELETE FROM audit WHERE seq >= ?", (last,))
+    db.commit()
+    db.close()
+    store = Store(copy)
+    try:
+        assert store.check_audit() == ""  # the chain alone says all is well
+    finally:
+        store.close()
+    checked = verify_audit(copy, receipts)
+    assert checked.returncode == 1
+    assert "newest entries dropped" in checked.stdout and "approved" in checked.stdout
+
+
+def test_a_forged_receipt_is_named(receipted, tmp_path: Path) -> None:
+    data_dir, receipts, _ = receipted
+    lines = receipts.read_text().splitlines()
+    entry = json.loads(lines[0])
+    entry["signature"] = entry["signature"][:-4] + (
+        "AAA=" if entry["signature"][-4:] != "AAA=" else "BBB="
+    )
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(json.dumps(entry) + "\n")
+    checked = verify_audit(data_dir, forged)
+    assert checked.returncode == 1 and "forged" in checked.stdout

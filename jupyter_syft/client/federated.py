@@ -274,7 +274,7 @@ class _Trainer:
         """Start the round on one domain and wait for its local training to finish."""
         plan_id = self.plans[domain.name].id
         info = domain._connection.call(m.FederatedRound(plan_id, round_number, weights))
-        request = domain.request_type(domain._connection, info)  # type: ignore[arg-type]
+        request = domain.request_type(domain._connection, info)
         self.history.requests.setdefault(domain.name, []).append(request.id)
         info = request.wait(timeout)
         if info.status != "done":
@@ -372,6 +372,9 @@ def _numeric_columns(domain: DomainClient, dataset: str) -> list[str]:
 class BoundedInput(torch.nn.Module):
     """Clamps and scales raw features to [0, 1] by public bounds, as the domains did, then
     runs the trained model: so the returned model takes the same inputs as the data."""
+
+    low: torch.Tensor  # buffers, registered in __init__
+    high: torch.Tensor
 
     def __init__(self, bounds: Sequence[tuple[float, float]], model: torch.nn.Module) -> None:
         super().__init__()

@@ -179,7 +179,7 @@ class DPQueries:
         connection = self._dataset._connection
         call = m.SubmitDPTraining(self._dataset.name, spec, requirement_list(requirements))
         info = connection.call(call)
-        return DPTrainingRequest(connection, info)  # type: ignore[arg-type]
+        return DPTrainingRequest(connection, info)
 
     def _numeric(
         self,
@@ -197,7 +197,7 @@ class DPQueries:
     def _ask(self, query: m.DPQuery, timeout: float) -> DPQueryRequest:
         connection = self._dataset._connection
         info = connection.call(m.SubmitDPQuery(self._dataset.name, query))
-        request = DPQueryRequest(connection, info)  # type: ignore[arg-type]
+        request = DPQueryRequest(connection, info)
         if info.status != "pending":  # auto-approved: the answer is moments away
             with suppress(TimeoutError):
                 request.wait(timeout)
@@ -263,7 +263,7 @@ class DPQueryRequest(RemoteRequest):
         if self._dp_result is None:
             answer = super().result(timeout)
             [dataset] = self.info.inputs.values()
-            [budget] = self._connection.call(m.GetBudget(dataset)).budgets  # type: ignore[union-attr]
+            [budget] = self._connection.call(m.GetBudget(dataset)).budgets
             self._dp_result = DPResult(
                 dataset=dataset,
                 query=self.query,
@@ -318,7 +318,7 @@ class DPModel:
 class DPTrainingRequest(RemoteRequest):
     """A DP training request; `result()` gives a DPModel."""
 
-    def result(self, timeout: float | None = None) -> DPModel:  # type: ignore[override]
+    def result(self, timeout: float | None = None) -> DPModel:
         answer = super().result(timeout)
         return DPModel(
             safetensors=answer["safetensors"].tobytes(),

@@ -209,7 +209,7 @@ class EncryptedModel:
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         if not 1 <= len(layers) <= 2:
             raise HEError("supported models: one linear layer, or two with a square between")
-        self.layers = []
+        self.layers: list[tuple[np.ndarray, np.ndarray]] = []
         for weight, bias in layers:
             w = np.asarray(weight, dtype=np.float64)
             b = np.asarray(bias, dtype=np.float64)

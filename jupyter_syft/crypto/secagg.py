@@ -141,7 +141,7 @@ class Keystream:
     def __call__(self, seed: bytes) -> np.ndarray:
         """The stream under `seed`; the array is overwritten by the next call."""
         encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-        encryptor.update_into(self._zeros, self._buffer.view(np.uint8))
+        encryptor.update_into(self._zeros, self._buffer.view(np.uint8).data)
         return self._buffer[: self.length]
 
 
@@ -154,11 +154,11 @@ class SecAggClient:
     """
 
     def __init__(self, identity: Identity, setup_frame: bytes) -> None:
-        envelope = _open(setup_frame, None, identity.peer_id, 0, m.Setup)
+        envelope, setup = _open(setup_frame, None, identity.peer_id, 0, m.Setup)
         self.identity = identity
         self.server = envelope.sender
         self.session = envelope.session
-        self.setup: m.Setup = envelope.message
+        self.setup = setup
         check_setup(self.setup)
         if identity.peer_id not in self.setup.clients:
             raise SecAggError("this domain is not invited to the session")
@@ -195,10 +195,10 @@ class SecAggClient:
         key_list = self._from_server(key_list_frame, 1, m.KeyList)
         keys: dict[str, m.AdvertiseKeys] = {}
         for frame in key_list.adverts:
-            envelope = _open(frame, None, self.server, 0, m.AdvertiseKeys, self.session)
+            envelope, advert = _open(frame, None, self.server, 0, m.AdvertiseKeys, self.session)
             if envelope.sender not in self._points or envelope.sender in keys:
                 raise SecAggError(f"key list names {envelope.sender} unexpectedly or twice")
-            keys[envelope.sender] = envelope.message
+            keys[envelope.sender] = advert
         if keys.get(self.peer_id) != self._keys[self.peer_id]:
             raise SecAggError("key list does not carry this domain's own keys unaltered")
         _check_enough(len(keys), self.setup.threshold, "clients advertised keys")
@@ -263,18 +263,19 @@ class SecAggClient:
         checks = self._from_server(consistency_frame, 4, m.ConsistencyList).checks
         signers = set()
         for frame in checks:
-            envelope = _open(frame, None, self.server, 3, m.ConsistencyCheck, self.session)
+            envelope, check = _open(frame, None, self.server, 3, m.ConsistencyCheck, self.session)
             if envelope.sender not in self._u3 or envelope.sender in signers:
                 raise SecAggError(
                     f"consistency list holds an unexpected check of {envelope.sender}"
                 )
-            if envelope.message.survivors != self._u3:
+            if check.survivors != self._u3:
                 raise SecAggError(
                     f"{envelope.sender} was given another survivor list: the server is "
                     "showing clients different views (refusing to reveal shares)"
                 )
             signers.add(envelope.sender)
         _check_enough(len(signers), self.setup.threshold, "clients confirmed the survivors")
+        assert self._own_shares is not None  # set in round 1: the key list holds this domain
         bundles = {**self._received, self.peer_id: self._own_shares}
         reply = m.UnmaskShares(
             seed_shares={peer: bundles[peer].seed_share for peer in self._u3},
@@ -291,7 +292,7 @@ class SecAggClient:
             )
 
     def _from_server(self, frame: bytes, round_number: int, kind: type[M]) -> M:
-        return _open(frame, self.server, self.peer_id, round_number, kind, self.session).message
+        return _open(frame, self.server, self.peer_id, round_number, kind, self.session)[1]
 
     def _sign(self, message: m.Message) -> bytes:
         return m.sign(self.identity, self.session, self.server, message)
@@ -376,14 +377,14 @@ class SecAggServer:
         if self.round >= ROUNDS:
             raise SecAggError("the session is complete: no more messages are accepted")
         kind = _CLIENT_MESSAGE[self.round]
-        envelope = _open(frame, None, self.identity.peer_id, self.round, kind, self.session)
+        envelope, _ = _open(frame, None, self.identity.peer_id, self.round, kind, self.session)
         sender = envelope.sender
         if sender not in self._senders[self.round]:
             raise SecAggError(f"{sender} may not send in round {self.round}")
         if sender in self._messages:
             raise SecAggError(f"{sender} already sent its round {self.round} message (replay)")
         self._validate(sender, envelope.message)
-        message = envelope.message
+        message: m.Message | None = envelope.message
         if isinstance(message, m.MaskedInput):
             np.add(self._sum, np.frombuffer(message.vector, dtype="<u8"), out=self._sum)
             message = None  # the running sum holds it: no single domain's vector is kept
@@ -424,11 +425,11 @@ class SecAggServer:
 
     def _next_frames(self, answered: list[str]) -> dict[str, bytes]:
         if self.round == 0:
-            self._keys = {peer: self._messages[peer] for peer in answered}
+            self._keys = {peer: self._answer(peer, m.AdvertiseKeys) for peer in answered}
             adverts = [self._frames[peer] for peer in answered]
             return {peer: self._sign(peer, m.KeyList(adverts)) for peer in answered}
         if self.round == 1:
-            shared: dict[str, m.ShareKeys] = {p: self._messages[p] for p in answered}
+            shared = {p: self._answer(p, m.ShareKeys) for p in answered}
             self._commitments = {peer: shared[peer].seed_commitment for peer in answered}
             frames = {}
             for peer in answered:
@@ -446,7 +447,8 @@ class SecAggServer:
     def _validate(self, sender: str, message: m.Message) -> None:
         """Refuse malformed or out-of-range content before any of it is used."""
         if isinstance(message, m.AdvertiseKeys):
-            _check_distinct_keys([*self._messages.values(), message])
+            adverts = [self._answer(peer, m.AdvertiseKeys) for peer in self._messages]
+            _check_distinct_keys([*adverts, message])
             for key in (message.cipher_key, message.mask_key):
                 _exchange(X25519PrivateKey.generate(), key)  # refuses low-order points
         elif isinstance(message, m.ShareKeys):
@@ -516,6 +518,13 @@ class SecAggServer:
         except shamir.ShareError as exc:
             raise SecAggError(f"cannot rebuild {owner}'s secret: {exc}") from exc
 
+    def _answer(self, peer: str, kind: type[M]) -> M:
+        """`peer`'s kept message of this round, which `receive` checked is a `kind`."""
+        message = self._messages[peer]
+        if not isinstance(message, kind):
+            raise SecAggError(f"expected {kind.__name__} from {peer}, got {type(message).__name__}")
+        return message
+
     def _check_running(self) -> None:
         if self._failure:
             raise SecAggError(self._failure)
@@ -568,8 +577,9 @@ def _open(
     round_number: int,
     kind: type[M],
     session: str | None = None,
-) -> m.Envelope:
-    """The checked envelope of `frame`: signed, and for this session, round, recipient, kind."""
+) -> tuple[m.Envelope, M]:
+    """The checked envelope of `frame` and its message: signed, and for this session, round,
+    recipient, kind."""
     try:
         envelope = m.open_frame(frame)
     except m.BadFrame as exc:
@@ -587,7 +597,7 @@ def _open(
         raise SecAggError(f"message comes from {envelope.sender}, not {sender}")
     if envelope.recipient != recipient:
         raise SecAggError("message is addressed to another peer (misrouted or replayed)")
-    return envelope
+    return envelope, envelope.message
 
 
 def _check_enough(count: int, threshold: int, what: str) -> None:

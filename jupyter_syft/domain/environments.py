@@ -81,7 +81,7 @@ class Environment:
 @cache
 def installed() -> dict[str, str]:
     """The node's own distributions, by canonical name: what every job already has."""
-    found = {}
+    found: dict[str, str] = {}
     for dist in distributions():
         name = dist.metadata["Name"]
         if name:

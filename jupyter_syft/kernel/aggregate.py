@@ -19,7 +19,7 @@ from jupyter_syft.kernel import display as show
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from IPython.core.interactiveshell import InteractiveShell
+    from ipykernel.zmqshell import ZMQInteractiveShell
 
     from jupyter_syft.client.domain import DomainClient
     from jupyter_syft.kernel.cells import CellLine
@@ -33,7 +33,7 @@ class AggregateCell:
 
     def __init__(
         self,
-        shell: InteractiveShell,
+        shell: ZMQInteractiveShell,
         line: CellLine,
         domains: list[DomainClient],
         fn: Callable[..., Any],
@@ -62,7 +62,7 @@ class AggregateCell:
     def _run(self) -> None:
         from jupyter_syft.client.aggregate import aggregate
 
-        tokens = self.shell.set_thread_parent(self.parent)  # type: ignore[attr-defined]
+        tokens = self.shell.set_thread_parent(self.parent)
         try:
             timeout = self.line.timeout or DEFAULT_TIMEOUT_S
             self.result = aggregate(
@@ -75,7 +75,7 @@ class AggregateCell:
         finally:
             self.done.set()
             self.show(update=True)
-            self.shell.reset_thread_parent(tokens)  # type: ignore[attr-defined]
+            self.shell.reset_thread_parent(tokens)
 
     def _on_round(self, round_number: int) -> None:
         self.stage = f"approved; secure aggregation round {round_number}…"

@@ -11,6 +11,7 @@ import ast
 import contextlib
 from typing import Any
 
+from ipykernel.zmqshell import ZMQInteractiveShell
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
@@ -50,6 +51,12 @@ class SyftMagics(Magics):
         super().__init__(shell)
         self.session = session
         self.book = book
+
+    @property
+    def kernel_shell(self) -> ZMQInteractiveShell:
+        """`self.shell`, which SyftKernel always sets: ipykernel's shell."""
+        assert isinstance(self.shell, ZMQInteractiveShell)
+        return self.shell
 
     # ---- %syft -----------------------------------------------------------------------------
 
@@ -104,9 +111,9 @@ class SyftMagics(Magics):
                 count = len(self.session.network_domains())
                 text = f"connected to network {client.name} ({_count(count, 'domain')})"
             else:
-                count = _count(len(self.session.listing(client.name)), "dataset")
+                datasets = _count(len(self.session.listing(client.name)), "dataset")
                 role = client.role or "stranger: ask the owner to add you (%syft whoami)"
-                text = f"connected to domain {client.name} ({count}; you: {role})"
+                text = f"connected to domain {client.name} ({datasets}; you: {role})"
                 if client.sandbox == "off":  # approved code there runs unconfined
                     text, colour = text + "; sandbox OFF", show.COLOURS["error"]
             display(show.note(text, colour), raw=True)
@@ -201,7 +208,7 @@ class SyftMagics(Magics):
         inputs = dict(request.info.inputs)
         sources = tuple(Source(name, dataset, arg) for arg, dataset in inputs.items())
         target = Target(name, inputs, request)
-        self.book.watch(Submission(self.shell, CellLine(sources, **options), [target]))
+        self.book.watch(Submission(self.kernel_shell, CellLine(sources, **options), [target]))
 
     def _wait(self, rest: str) -> None:
         options = _options(rest.split())
@@ -246,9 +253,10 @@ class SyftMagics(Magics):
             raise UsageError(_syntax_error(exc)) from None
         ast.increment_lineno(tree, 1)  # number lines as the editor does: the magic is line 1
         mocks = {n: self.session.mock(plan.domain.name, d) for n, d in plan.inputs.items()}
-        filename = self.shell.compile.cache(f"%%mock {line}\n{cell}", self.shell.execution_count)
+        shell = self.kernel_shell
+        filename = shell.compile.cache(f"%%mock {line}\n{cell}", shell.execution_count)
         body, last = split_last_expression(tree)
-        namespace = self.shell.user_ns
+        namespace = shell.user_ns
         namespace.update(mocks)
         exec(compile(body, filename, "exec"), namespace)
         value = eval(compile(last, filename, "eval"), namespace) if last is not None else None
@@ -284,7 +292,7 @@ class SyftMagics(Magics):
                     raise UsageError(_submit_error(plan.domain.name, exc)) from None
                 error = _submit_error(plan.domain.name, exc)
                 targets.append(Target(plan.domain.name, datasets, None, error=error))
-        self.book.watch(Submission(self.shell, parsed, targets, skipped))
+        self.book.watch(Submission(self.kernel_shell, parsed, targets, skipped))
 
     def _dp_request(self, line: str, parsed: CellLine, cell: str) -> None:
         """Run the cell here with NAME bound to the dataset's DP queries at the cell's epsilon;
@@ -301,10 +309,12 @@ class SyftMagics(Magics):
         domain = plans[0].domain.name
         [(name, dataset)] = plans[0].inputs.items()
         ast.increment_lineno(tree, 1)
-        filename = self.shell.compile.cache(f"%%request {line}\n{cell}", self.shell.execution_count)
+        shell = self.kernel_shell
+        filename = shell.compile.cache(f"%%request {line}\n{cell}", shell.execution_count)
         body, last = split_last_expression(tree)
         assert last is not None  # check_cell: the cell ends with the query
-        namespace = self.shell.user_ns
+        assert parsed.dp_epsilon is not None  # request(): only --dp-epsilon cells come here
+        namespace = shell.user_ns
         namespace[name] = dp.DPTable(dataset, parsed.dp_epsilon)
         exec(compile(body, filename, "exec"), namespace)
         try:
@@ -315,7 +325,7 @@ class SyftMagics(Magics):
         if request.info.status == "done":  # auto-approved and answered: show it right here
             with contextlib.suppress(SyftError):  # the watcher tries again and says what failed
                 target.value, target.fetched = request.result(), True
-        self.book.watch(Submission(self.shell, parsed, [target]))
+        self.book.watch(Submission(self.kernel_shell, parsed, [target]))
 
     def _aggregate_request(self, line: str, parsed: CellLine, cell: str) -> None:
         """Run the cell as one function on each domain and securely sum its vectors; returns at
@@ -337,11 +347,12 @@ class SyftMagics(Magics):
                 f"--aggregate needs {source.dataset!r} on at least 3 domains for secure "
                 f"aggregation; found {len(plans)}: {', '.join(names) or 'none'} (nothing was sent)"
             )
-        filename = self.shell.compile.cache(code, self.shell.execution_count)
+        shell = self.kernel_shell
+        filename = shell.compile.cache(code, shell.execution_count)
         namespace: dict[str, Any] = {}
         exec(compile(code, filename, "exec"), namespace)
         run = AggregateCell(
-            self.shell, parsed, [plan.domain for plan in plans], namespace[FUNCTION_NAME],
+            shell, parsed, [plan.domain for plan in plans], namespace[FUNCTION_NAME],
             source.dataset, skipped,
         )  # fmt: skip
         run.start()

@@ -102,7 +102,14 @@ class SyftSession:
         except SyftError as exc:
             raise UsageError(f"cannot connect to {address}: {exc}") from None
         if isinstance(client, DomainClient):
-            self.add_domain(client, lambda: jupyter_syft.connect(address))
+
+            def reopen() -> DomainClient:
+                again = jupyter_syft.connect(address)
+                if not isinstance(again, DomainClient):
+                    raise UsageError(f"{address} now serves a network, not a domain")
+                return again
+
+            self.add_domain(client, reopen)
         else:
             self.network, self.network_address = client, address
             self.network_domains()

@@ -24,7 +24,7 @@ from jupyter_syft.kernel.dp import as_dp
 from jupyter_syft.kernel.session import SyftSession, reason
 
 if TYPE_CHECKING:
-    from IPython.core.interactiveshell import InteractiveShell
+    from ipykernel.zmqshell import ZMQInteractiveShell
 
     from jupyter_syft.client.domain import RemoteRequest
 
@@ -69,7 +69,7 @@ class Target:
 class Submission:
     """One `%%request` cell: its targets, its status display and where its result goes."""
 
-    shell: InteractiveShell
+    shell: ZMQInteractiveShell
     line: CellLine
     targets: list[Target]
     skipped: list[str] = field(default_factory=list)  # domains offline at submission (`*`)
@@ -130,14 +130,14 @@ class RequestBook:
                 ).start()
 
     def _watch(self, submission: Submission, target: Target) -> None:
-        tokens = submission.shell.set_thread_parent(submission.parent)  # type: ignore[attr-defined]
+        tokens = submission.shell.set_thread_parent(submission.parent)
         try:
             self._follow(submission, target)
         finally:
             submission.finish_if_done()
             if not self._stop.is_set():
                 submission.show(update=True)
-            submission.shell.reset_thread_parent(tokens)  # type: ignore[attr-defined]
+            submission.shell.reset_thread_parent(tokens)
 
     def _follow(self, submission: Submission, target: Target) -> None:
         """Long-poll until the request ends and its result is here, reconnecting as needed."""

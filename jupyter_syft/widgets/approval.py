@@ -198,11 +198,12 @@ class ApprovalPanel(w.VBox):
             self.held_cards = _replace(self.held_cards, held)
             self._held.children = tuple(held.values())
             said = [r for r in model.history if r.info.error_full or r.info.log]
-            outputs = {}
+            outputs: dict[str, OutputCard] = {}
             for r in said[:OUTPUTS_SHOWN]:
-                card = self.output_cards.get(r.id)
-                fresh = card is not None and card.key == (r.info.status, r.info.released)
-                outputs[r.id] = card if fresh else OutputCard(self, r)  # type: ignore[assignment]
+                output = self.output_cards.get(r.id)
+                if output is None or output.key != (r.info.status, r.info.released):
+                    output = OutputCard(self, r)
+                outputs[r.id] = output
             self.output_cards = _replace(self.output_cards, outputs)
             self._outputs.children = tuple(outputs.values())
             self._outputs_box.set_title(0, f"Job errors and logs ({len(said)})")

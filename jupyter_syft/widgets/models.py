@@ -52,8 +52,8 @@ class ReviewModel:
         found.sort(key=lambda r: r.info.submitted_at)
         with self._lock:
             self.online, self.problem, self.names = True, "", names
-            self.pending = [r for r in found if r.info.status == "pending"]  # type: ignore[misc]
-            self.held = [r for r in found if r.info.status == "awaiting_release"]  # type: ignore[misc]
+            self.pending = [r for r in found if r.info.status == "pending"]
+            self.held = [r for r in found if r.info.status == "awaiting_release"]
             waiting = ("pending", "awaiting_release")
             decided = [r for r in found if r.info.status not in waiting]
             decided.sort(key=lambda r: r.info.decided_at or r.info.submitted_at, reverse=True)

@@ -12,6 +12,7 @@ is allowed: the filter narrows the kernel's attack surface, the other layers dec
 from __future__ import annotations
 
 import errno
+from typing import TypeAlias
 
 import pyseccomp as seccomp
 
@@ -78,7 +79,7 @@ _CLONE_NEW_FLAGS = (
 # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
 
 
-Filter = seccomp.SyscallFilter
+Filter: TypeAlias = seccomp.SyscallFilter  # pyseccomp has no type information: Any
 
 
 def build_filter() -> Filter:
