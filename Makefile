@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 LAB_SOURCES := package.json package-lock.json tsconfig.json $(wildcard labextension/*/*)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo demo-headless test screenshots lint bench bench-network clean
+.PHONY: demo demo-headless test test-fast fuzz screenshots lint bench bench-network bench-peers clean
 
 # The JupyterLab extension's build tools, exactly as locked (see .npmrc for why the lock).
 $(NODE_STAMP): package.json package-lock.json
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml kernels/syft/kernel.json $(NODE_STAMP) $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[demo,test]'
 	touch $(STAMP)
 
 # JupyterLab with the demo network, both sides' notebooks and the Syft sidebar; prints its URL.
@@ -43,13 +43,24 @@ demo-headless: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest
 
+# The unit tests only (no node, kernel or browser started): well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m unit -q
+
+# The long wire-fuzzing run (100,000 cases against a live domain and network node).
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_wire.py
+
 # The README's screenshots, from the browser tests (every step's are in tests/browser/artifacts).
 screenshots: $(STAMP) $(CHROMIUM)
 	SYFT_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/browser
 
+# Style, the layering (import-linter's contracts in pyproject.toml) and types (mypy).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
@@ -61,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_federated.py
 	$(BIN)/python benchmarks/bench_environments.py
 	$(BIN)/python benchmarks/bench_sandbox.py
+	$(BIN)/python benchmarks/bench_load.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from jupyter_syft.domain.environments import PYPI
 from jupyter_syft.foreground import run_until_signalled
 from jupyter_syft.network.cli import add_network_commands, run_network_command
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     start.add_argument(
         "--package-index",
-        default=PYPI,
+        default=None,
         metavar="URL|DIR",
         help="where requests' declared requirements come from: an index URL (default PyPI) "
         "or a folder of wheels (then no index is asked)",
@@ -169,6 +168,7 @@ def _verify_audit(data_dir: Path, receipt_files: list[Path] | None) -> int:
 
 def _domain_start(args: argparse.Namespace) -> int:
     from jupyter_syft.domain.core import Limits
+    from jupyter_syft.domain.environments import PYPI
     from jupyter_syft.domain.executor import SandboxUnavailable
     from jupyter_syft.domain.jobs import BACKENDS
     from jupyter_syft.domain.node import DomainConfig, run_domain
@@ -198,7 +198,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         limits,
         args.network,
         args.heartbeat,
-        package_index=args.package_index,
+        package_index=args.package_index or PYPI,
         sandbox=args.sandbox,
         executor=args.executor,
         rate_per_s=args.rate_per_s,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -14,3 +16,34 @@ def _stop_client_peers() -> Iterator[None]:
     """Each test module starts with no libp2p client peers left running by the one before."""
     yield
     close_shared_peers()
+
+
+KINDS = ("unit", "multiprocess", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test is one kind (pyproject's markers): browser tests by their folder, the
+    unmarked as multiprocess. `make test-fast` runs `-m unit`."""
+    for item in items:
+        marked = [kind for kind in KINDS if item.get_closest_marker(kind) is not None]
+        if len(marked) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {marked}: one kind only")
+        if not marked:
+            browser = "browser" in item.path.parts
+            item.add_marker(pytest.mark.browser if browser else pytest.mark.multiprocess)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked unit that starts a process is mis-marked: it fails at once."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a unit test started a process: mark it multiprocess")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        patch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+        yield

@@ -216,10 +216,12 @@ def check_table(
                 assert outcome == NA, f"{call.__name__} for role {role!r}: the handler refuses"
 
 
+@pytest.mark.unit
 def test_the_domain_rows_cover_the_protocol_and_agree_with_its_handlers(tmp_path: Path) -> None:
     check_table(m.DOMAIN, domain_routes(tmp_path), DOMAIN_ROWS, DOMAIN_ROLES)
 
 
+@pytest.mark.unit
 def test_the_network_rows_cover_the_protocol_and_agree_with_its_handlers(tmp_path: Path) -> None:
     routes = trio.run(network_routes, tmp_path)
     check_table(nm.NETWORK, routes, NETWORK_ROWS, NETWORK_ROLES)

@@ -21,6 +21,8 @@ from jupyter_syft.crypto.he import (
     PublicContext,
 )
 
+pytestmark = pytest.mark.unit
+
 # Absolute tolerances on the diabetes data: targets 25..346 for the linear model (measured
 # error <= 2e-5), standardised outputs up to 2.6 for the MLP (measured <= 1.5e-5).
 LINEAR_TOLERANCE = 1e-3

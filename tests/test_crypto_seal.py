@@ -25,6 +25,8 @@ from jupyter_syft.crypto.seal import (
 )
 from jupyter_syft.identity import Identity, raw_public_key
 
+pytestmark = pytest.mark.unit
+
 SMALL_CHUNK = 16
 CONTEXT = result_context("request-1", "domain-peer", "scientist-peer")
 

@@ -26,6 +26,8 @@ from jupyter_syft.crypto.secagg import (
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire.rpc import Signed
 
+pytestmark = pytest.mark.unit
+
 # Identities are slow-ish to make (peer IDs): a pool shared by all sessions in this module.
 POOL = [Identity.generate() for _ in range(6)]
 SCIENTIST = Identity.generate()

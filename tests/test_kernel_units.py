@@ -21,6 +21,8 @@ from jupyter_syft.kernel.cells import (
 from jupyter_syft.kernel.completion import complete
 from jupyter_syft.kernel.dp import check_cell
 
+pytestmark = pytest.mark.unit
+
 
 def run(code: str, **inputs: object) -> object:
     namespace: dict = {}

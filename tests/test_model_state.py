@@ -16,6 +16,8 @@ from jupyter_syft.privacy.model_state import ModelStateError, TrainedParameters,
 from jupyter_syft.privacy.training import train
 from jupyter_syft.wire import messages as m
 
+pytestmark = pytest.mark.unit
+
 MARKERS = np.arange(48, dtype=np.float32) + 7123.5  # "private" values no model should return
 TABLE = pa.table({"a": MARKERS[:24], "b": MARKERS[24:], "y": np.ones(24, np.float32)})
 

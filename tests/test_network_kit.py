@@ -16,6 +16,8 @@ import pytest
 from jupyter_syft import cli
 from jupyter_syft.network.config import load_config
 
+pytestmark = pytest.mark.unit
+
 KIT = Path(__file__).resolve().parents[1] / "network"
 DATA_ROOT = "/var/lib/jupyter-syft"
 

@@ -28,6 +28,8 @@ from jupyter_syft.privacy import budget
 from jupyter_syft.privacy.queries import QueryError, check_query, plan, run_query
 from jupyter_syft.wire import messages as m
 
+pytestmark = pytest.mark.unit
+
 N_RELEASES = 2000
 SIGMAS = 5
 

@@ -52,6 +52,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.unit
 def test_the_limiter_remembers_at_most_max_tracked_peers() -> None:
     limiter = RateLimiter(rate=1.0, burst=1.0, max_tracked=3)
     for i in range(10):
@@ -60,6 +61,7 @@ def test_the_limiter_remembers_at_most_max_tracked_peers() -> None:
     assert not limiter.allow("peer9", now=0.0)  # the recent ones keep their state
 
 
+@pytest.mark.unit
 def test_refusals_are_counted_in_one_summary_per_window(tmp_path: Path) -> None:
     """In the store: 5,000 refusals from 1,000 peers are 5 entries for the first peers and
     one summary, with the counts; a peer past the cap is counted, not remembered."""

@@ -30,6 +30,8 @@ from jupyter_syft.wire.rpc import (
 )
 from jupyter_syft.wire.tickets import TicketIssuer
 
+pytestmark = pytest.mark.unit
+
 
 class Ping(Call["Pong"], tag="ping"):
     pass

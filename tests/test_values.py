@@ -33,6 +33,8 @@ from jupyter_syft.wire.values import (
     write_ipc_file,
 )
 
+pytestmark = pytest.mark.unit
+
 NUMPY_DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
     "float16", "float32", "float64",

@@ -24,16 +24,26 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
+import numpy as np
+import pandas as pd
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from networks import NetworkProcess, SimulatedDomain, dataset
+from nodes import DomainProcess, person
 
+from jupyter_syft.client.admin import AdminClient
+from jupyter_syft.client.connection import NodeConnection, shared_peer
+from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.identity import Identity
+from jupyter_syft.wire import messages as m
+from jupyter_syft.wire import network_messages as nm
 from jupyter_syft.wire import rpc
 from jupyter_syft.wire.rpc import Call, Error, Protocol
 
@@ -301,3 +311,74 @@ def run(
 def hello(target: Target) -> Call[Any]:
     [cls] = [c for c in target.protocol.calls if c.__name__ == "Hello"]
     return cls()
+
+
+# ---- the live targets ------------------------------------------------------------------
+
+UNLIMITED = ("--rate-per-s", "1000000", "--rate-burst", "1000000")
+
+DOMAIN_READS = [
+    m.Hello, m.ListDatasets, m.GetMock, m.GetRequest, m.ListRequests, m.FetchResult,
+    m.GetBudget, m.GetPolicy, m.ListModels,
+]  # fmt: skip
+READS_AUDITED = ("read_mock",)  # the domain audits who read a mock: not a change of state
+NETWORK_READS = [nm.Hello, nm.Search, nm.ListDomains, nm.Locate]
+
+
+def domain_target(root: Path) -> Iterator[tuple[Target, Path]]:
+    """A domain with a table and a scientist who has a request; yields it as a fuzz target."""
+    owner_home, owner = person(root, "owner")
+    scientist, stranger = person(root, "scientist")[1], person(root, "stranger")[1]
+    node = DomainProcess(root, "fuzzed", owner_home)
+    node.start(*UNLIMITED)
+    try:
+        admin = AdminClient(NodeConnection(node.address, owner))
+        frame = pd.DataFrame({"age": np.arange(50) % 80, "bmi": np.linspace(18.0, 40.0, 50)})
+        admin.create_dataset("patients", private=frame, mock=frame.head(5))
+        admin.add_user(scientist.peer_id, "data_scientist", "sam")
+        DomainClient(NodeConnection(node.address, scientist)).submit(
+            "def f(df):\n    return len(df)\n", "f", {"df": "patients"}
+        )
+
+        def send(identity: Identity, frame: bytes) -> bytes:
+            return shared_peer(identity).request(node.address, m.DOMAIN_PROTOCOL, frame)
+
+        peer = node.address.rsplit("/", 1)[1]
+        target = Target(
+            m.DOMAIN, node.address, peer, send, stranger, scientist, DOMAIN_READS,
+            {m.Hello, m.ListDatasets, m.GetMock},  # a public dataset's mock is open to all
+        )  # fmt: skip
+        yield target, node.data_dir
+        assert node.process is not None and node.process.poll() is None, "the domain died"
+    finally:
+        node.kill()
+
+
+def network_target(root: Path) -> Iterator[tuple[Target, Path]]:
+    """An open network with one member domain; yields it as a fuzz target."""
+    operator_home, _ = person(root, "operator")
+    node = NetworkProcess(root, "fuzz-net", operator_home)
+    config = root / "network.toml"
+    limits = ("rate_per_s", "rate_burst", "announce_per_s", "announce_burst")
+    config.write_text("".join(f"{name} = 1000000.0\n" for name in limits))
+    node.start("--config", str(config))
+    member = SimulatedDomain("member")
+    try:
+        assert member.join(node.address, [dataset("sepsis")]).status == "member"  # type: ignore[attr-defined]
+        stranger = Identity.generate()
+
+        def send(identity: Identity, frame: bytes) -> bytes:
+            peer = member.peer if identity is member.identity else shared_peer(identity)
+            return peer.request(node.address, nm.NETWORK_PROTOCOL, frame)
+
+        peer = node.address.rsplit("/", 1)[1]
+        target = Target(
+            nm.NETWORK, node.address, peer, send, stranger, member.identity, NETWORK_READS,
+            {nm.Hello, nm.Heartbeat, nm.Search, nm.ListDomains, nm.Locate, nm.Join},
+            stranger_skips={nm.Join},  # a stranger's join enrols it: a change, by design
+        )  # fmt: skip
+        yield target, node.data_dir
+        assert node.process is not None and node.process.poll() is None, "the network died"
+    finally:
+        member.close()
+        node.kill()
