@@ -12,6 +12,7 @@ weights, start a job worker on each domain, wait, combine) minus the time the sa
 training takes in this process on one domain's rows.
 
 Run: `.venv/bin/python benchmarks/bench_federated.py` (about two minutes; `--quick` for less).
+Flower's FedAvg on the same rows, timed in the same run: `make bench-peers` (bench_peers.py).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
-from jupyter_syft.federated.client import DP
+from jupyter_syft.client.federated import DP
 from jupyter_syft.federated.local import train_round
 from jupyter_syft.federated.weights import to_safetensors
+from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m
 
 NAMES = ["north", "south", "east"]
@@ -121,6 +123,36 @@ def federated(
     )
 
 
+def start_domains(
+    root: Path,
+    scientist: Identity,
+    tables: dict[str, list[pd.DataFrame]],
+    nodes: dict[str, DomainProcess],
+) -> dict[str, AdminClient]:
+    """Start a domain process per name into `nodes` (the caller kills them, even when this
+    fails half way), each holding its part of every table with an all-zero mock; the
+    scientist is a member with a DP budget on each. The owners' admin clients, by name."""
+    for name in NAMES:
+        nodes[name] = DomainProcess(root, name, person(root, f"owner-{name}")[0])
+    start_all(nodes.values())
+    admins = {}
+    for i, (name, node) in enumerate(nodes.items()):
+        admin = AdminClient(NodeConnection(node.address, person(root, f"owner-{name}")[1]))
+        admin.add_user(scientist.peer_id, "data_scientist", "scientist")
+        for dataset, parts in tables.items():
+            mock = parts[i].copy()
+            mock[:] = 0.0
+            admin.create_dataset(dataset, private=parts[i], mock=mock)
+            admin.set_budget(scientist.peer_id, dataset, epsilon=100.0, delta=1e-3)
+        admins[name] = admin
+    return admins
+
+
+def regression_settings(rounds: int) -> dict[str, Any]:
+    """The diabetes MLP's training settings (bench_peers.py gives Flower the same)."""
+    return {"rounds": rounds, "local_epochs": 5, "lr": 0.001, "batch_size": 16, "loss": "mse"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
@@ -128,10 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-federated-"))
     _, scientist = person(root, "scientist")
-    nodes = {}
-    for name in NAMES:
-        nodes[name] = DomainProcess(root, name, person(root, f"owner-{name}")[0])
-    start_all(nodes.values())
+    nodes: dict[str, DomainProcess] = {}
     approver = None
     try:
         diabetes_parts, diabetes_test = split(load_diabetes(as_frame=True).frame, 88)
@@ -139,22 +168,13 @@ def main() -> None:
         cancer_parts, cancer_test = split(cancer, 114)
         diabetes_features = [c for c in diabetes_test.columns if c != "target"]
         cancer_features = [c for c in cancer_test.columns if c != "target"]
-        admins = {}
-        for i, (name, node) in enumerate(nodes.items()):
-            admin = AdminClient(NodeConnection(node.address, person(root, f"owner-{name}")[1]))
-            admin.add_user(scientist.peer_id, "data_scientist", "scientist")
-            for dataset, part in (("diabetes", diabetes_parts[i]), ("cancer", cancer_parts[i])):
-                mock = part.copy()
-                mock[:] = 0.0
-                admin.create_dataset(dataset, private=part, mock=mock)
-                admin.set_budget(scientist.peer_id, dataset, epsilon=100.0, delta=1e-3)
-            admins[name] = admin
+        tables = {"diabetes": diabetes_parts, "cancer": cancer_parts}
+        admins = start_domains(root, scientist, tables, nodes)
         approver = Approver(admins)
         domains = [DomainClient(NodeConnection(n.address, scientist)) for n in nodes.values()]
 
         rounds = 5 if args.quick else 20
-        regression = {"rounds": rounds, "local_epochs": 5, "lr": 0.001, "batch_size": 16,
-                      "loss": "mse"}  # fmt: skip
+        regression = regression_settings(rounds)
         # Public bounds per feature (here: the table's range, taken as known to everyone).
         bounds = [(float(cancer[c].min()), float(cancer[c].max())) for c in cancer_features]
         classification = {"rounds": rounds, "local_epochs": 2, "lr": 0.01, "batch_size": 16,

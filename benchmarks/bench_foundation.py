@@ -1,12 +1,14 @@
 """Foundation benchmarks: a real domain process and this process as owner and scientist.
 
-Prints one table with PySyft 0.9.5's figures (measured on the same kind of machine, see
-TOOLCHAIN.md) beside ours. Run: `make bench` (or `.venv/bin/python benchmarks/bench_foundation.py`).
+Prints one table of ours against the targets. PySyft 0.9.5, timed on the same steps in the
+same run, is `make bench-peers` (benchmarks/bench_peers.py imports `measure` from here).
+Run: `make bench` (or `.venv/bin/python benchmarks/bench_foundation.py`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -115,14 +117,15 @@ def first_use_seconds(address: str, home: Path) -> float:
     return statistics.median(runs)
 
 
-def main() -> None:
-    console = Console(width=150)
+def measure() -> dict[str, float]:
+    """Seconds per step (medians) against one real domain process; bench_peers.py times
+    PySyft 0.9.5 on the same steps (upload, means, trivial, fetch)."""
     root = Path(tempfile.mkdtemp(prefix="jsyft-bench-"))
     owner_home, owner = person(root, "owner")
     _, scientist_identity = person(root, "scientist")
     node = DomainProcess(root, "bench", owner_home)
     node.start()
-    rows: list[tuple[str, str, str, str, str]] = []
+    figures: dict[str, float] = {}
     try:
         admin = AdminClient(NodeConnection(node.address, owner))
         admin.add_user(scientist_identity.peer_id)
@@ -132,45 +135,19 @@ def main() -> None:
         mock = table.head(1000).copy()
 
         counter = iter(range(100))
-        upload = median_time(
+        figures["upload"] = median_time(
             lambda: admin.create_dataset(f"upload{next(counter)}", private=table, mock=mock), 3
         )
-        rows.append(
-            (
-                "upload 1M x 10 float64 (76 MiB) + 1k mock",
-                f"{upload:.3f} s",
-                "<= 0.4 s",
-                "3.8 s",
-                f"{3.8 / upload:.0f}x",
-            )
-        )
-
         admin.create_dataset("table", private=table, mock=mock)
-        means = median_time(lambda: approve_and_wait(scientist, admin, column_means).result(), 3)
-        rows.append(
-            (
-                "approved column means, submit -> result",
-                f"{means:.3f} s",
-                "<= 0.5 s",
-                "11.9 s",
-                f"{11.9 / means:.0f}x",
-            )
+        figures["means"] = median_time(
+            lambda: approve_and_wait(scientist, admin, column_means).result(), 3
         )
 
         # A trivial function reads a tiny dataset: the 76 MiB table would cost ~70 ms to map.
         admin.create_dataset("tiny", private=table.head(10), mock=mock.head(10))
         approve_and_wait(scientist, admin, trivial, "tiny").result()  # warm
-        small = median_time(
+        figures["trivial"] = median_time(
             lambda: approve_and_wait(scientist, admin, trivial, "tiny").result(), 20
-        )
-        rows.append(
-            (
-                "trivial function: request -> approve -> result",
-                f"{small * 1000:.1f} ms",
-                "<= 50 ms",
-                "630 ms (HTTP)",
-                f"{0.63 / small:.0f}x",
-            )
         )
 
         big = approve_and_wait(scientist, admin, tensor_100mib)
@@ -183,29 +160,9 @@ def main() -> None:
             return big._connection.flight.get(part.ticket)
 
         fetch_result()  # warm: the first use imports torch in this process
-        fetch = median_time(fetch_result, 5)
-        transfer = median_time(flight_only, 5)
-        raw = statistics.median(raw_socket_seconds(100 * MiB) for _ in range(3))
-        rate = 100 / 1024 / fetch
-        rows.append(
-            (
-                "100 MiB tensor result to the scientist",
-                f"{rate:.2f} GiB/s ({fetch * 1000:.0f} ms)",
-                ">= 1 GiB/s",
-                "7.3 s (0.013 GiB/s)",
-                f"{7.3 / fetch:.0f}x; raw socket {100 / 1024 / raw:.1f} GiB/s, "
-                f"ours/raw {raw / fetch:.2f}",
-            )
-        )
-        rows.append(
-            (
-                "  of which the TLS Flight transfer",
-                f"{100 / 1024 / transfer:.2f} GiB/s ({transfer * 1000:.0f} ms)",
-                "-",
-                "-",
-                f"flight/raw {raw / transfer:.2f}",
-            )
-        )
+        figures["fetch"] = median_time(fetch_result, 5)
+        figures["transfer"] = median_time(flight_only, 5)
+        figures["raw"] = statistics.median(raw_socket_seconds(100 * MiB) for _ in range(3))
 
         connection = scientist._connection
 
@@ -213,41 +170,41 @@ def main() -> None:
             return values.table_to_data(connection.table(connection.call(m.GetMock("table"))))
 
         fetch_mock()
-        mock_s = median_time(fetch_mock, 20)
-        rows.append(
-            (
-                "fetch a 1k-row mock (warm connection)",
-                f"{mock_s * 1000:.1f} ms",
-                "<= 20 ms",
-                "-",
-                "-",
-            )
-        )
-        first_use = first_use_seconds(node.address, root / "homes" / "scientist")
-        rows.append(
-            (
-                "new process: import jupyter_syft, connect, list datasets",
-                f"{first_use:.2f} s",
-                "-",
-                "3.5 s (import syft alone)",
-                f"{3.5 / first_use:.1f}x",
-            )
-        )
+        figures["mock"] = median_time(fetch_mock, 20)
+        figures["first_use"] = first_use_seconds(node.address, root / "homes" / "scientist")
     finally:
         node.stop()
+        shutil.rmtree(root, ignore_errors=True)  # four copies of the 76 MiB table
+    return figures
+
+
+def main() -> None:
+    f = measure()
+    gib_s = 100 / 1024
+    rows = [
+        ("upload 1M x 10 float64 (76 MiB) + 1k mock", f"{f['upload']:.3f} s", "<= 0.4 s", ""),
+        ("approved column means, submit -> result", f"{f['means']:.3f} s", "<= 0.5 s", ""),
+        ("trivial function: request -> approve -> result", f"{f['trivial'] * 1000:.1f} ms",
+         "<= 50 ms", ""),
+        ("100 MiB tensor result to the scientist",
+         f"{gib_s / f['fetch']:.2f} GiB/s ({f['fetch'] * 1000:.0f} ms)", ">= 1 GiB/s",
+         f"raw socket {gib_s / f['raw']:.1f} GiB/s, ours/raw {f['raw'] / f['fetch']:.2f}"),
+        ("  of which the TLS Flight transfer",
+         f"{gib_s / f['transfer']:.2f} GiB/s ({f['transfer'] * 1000:.0f} ms)", "-",
+         f"flight/raw {f['raw'] / f['transfer']:.2f}"),
+        ("fetch a 1k-row mock (warm connection)", f"{f['mock'] * 1000:.1f} ms", "<= 20 ms", ""),
+        ("new process: import jupyter_syft, connect, list datasets", f"{f['first_use']:.2f} s",
+         "-", ""),
+    ]  # fmt: skip
     result = Table(
-        "step",
-        "jupyter-syft",
-        "target",
-        "PySyft 0.9.5",
-        "ratio",
-        title=(
-            "Foundation benchmarks (domain and client in separate processes, loopback; medians)"
-        ),
-    )
+        "step", "jupyter-syft", "target", "notes",
+        title="Foundation benchmarks (domain and client in separate processes, loopback; medians)",
+    )  # fmt: skip
     for row in rows:
         result.add_row(*row)
+    console = Console(width=150)
     console.print(result)
+    console.print("PySyft 0.9.5 on the same steps, timed in the same run: `make bench-peers`.")
 
 
 if __name__ == "__main__":

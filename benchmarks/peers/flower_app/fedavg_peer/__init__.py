@@ -1,0 +1,1 @@
+"""FedAvg over three clients with Flower, mirroring benchmarks/bench_federated.py's diabetes MLP."""
