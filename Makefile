@@ -80,5 +80,10 @@ bench: $(STAMP)
 bench-network: $(STAMP)
 	$(BIN)/python benchmarks/bench_network.py
 
+# PySyft 0.9.5 and Flower in venvs under .bench/ (made once), timed beside ours in one run:
+# ~15 minutes on 2 cores. Logs in .bench/logs/.
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py
+
 clean:
 	rm -rf $(VENV) demo-data .bench node_modules lib jupyter_syft/labextension

@@ -10,6 +10,7 @@ what an ε means here and how queries add up).
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
@@ -32,7 +33,8 @@ DEFAULT_WAIT_S = 60.0
 
 
 class DPQueries:
-    """`dataset.dp`: the built-in DP queries on one table dataset.
+    """`dataset.dp`: the built-in DP queries on one table dataset, one method per kind the
+    domain registers (`query_kinds()`: count, sum, mean, variance, histogram, quantile).
 
     Each method spends `epsilon` of your budget on this dataset. Bounds, categories and group
     keys are public values you declare (from domain knowledge or the mock), never read from the
@@ -43,93 +45,55 @@ class DPQueries:
     def __init__(self, dataset: Dataset) -> None:
         self._dataset = dataset
 
-    def count(
+    def ask(
         self,
+        kind: str,
         column: str = "",
         *,
         epsilon: float,
-        by: str = "",
-        groups: Iterable[m.Category] = (),
-        timeout: float = DEFAULT_WAIT_S,
-    ) -> DPQueryRequest:
-        """Rows (or rows where `column` is not missing)."""
-        return self._ask(m.DPQuery("count", epsilon, column, by=by, groups=_keys(groups)), timeout)
-
-    def sum(
-        self,
-        column: str,
-        *,
         bounds: tuple[float, float] | None = None,
-        epsilon: float,
-        by: str = "",
-        groups: Iterable[m.Category] = (),
-        timeout: float = DEFAULT_WAIT_S,
-    ) -> DPQueryRequest:
-        return self._numeric("sum", column, bounds, epsilon, by, groups, timeout)
-
-    def mean(
-        self,
-        column: str,
-        *,
-        bounds: tuple[float, float] | None = None,
-        epsilon: float,
-        by: str = "",
-        groups: Iterable[m.Category] = (),
-        timeout: float = DEFAULT_WAIT_S,
-    ) -> DPQueryRequest:
-        return self._numeric("mean", column, bounds, epsilon, by, groups, timeout)
-
-    def variance(
-        self,
-        column: str,
-        *,
-        bounds: tuple[float, float] | None = None,
-        epsilon: float,
-        by: str = "",
-        groups: Iterable[m.Category] = (),
-        timeout: float = DEFAULT_WAIT_S,
-    ) -> DPQueryRequest:
-        """Sample variance (ddof 1)."""
-        return self._numeric("variance", column, bounds, epsilon, by, groups, timeout)
-
-    def quantile(
-        self,
-        column: str,
-        *,
+        categories: Iterable[m.Category] = (),
         q: float = 0.5,
-        bounds: tuple[float, float] | None = None,
-        epsilon: float,
         by: str = "",
         groups: Iterable[m.Category] = (),
         timeout: float = DEFAULT_WAIT_S,
     ) -> DPQueryRequest:
-        """The q-quantile (0.5: the median), to 1/1000 of the bounds' width."""
+        """One DP query of `kind` (see `kinds()`); `dataset.dp.<kind>(...)` is the same call.
+
+        `bounds`: the public (low, high) values are clipped to (sum, mean, variance,
+        quantile); `categories`: the values a histogram counts; `q`: which quantile. The
+        domain refuses, before charging anything, an option the kind does not use.
+        """
+        if kind not in query_kinds():
+            raise InvalidError(f"no DP query {kind!r}: the queries are {', '.join(query_kinds())}")
         query = m.DPQuery(
-            "quantile",
+            kind,
             epsilon,
             column,
             _bounds(bounds),
+            categories=_keys(categories),
             quantile=q,
             by=by,
             groups=_keys(groups),
         )
         return self._ask(query, timeout)
 
-    def histogram(
-        self,
-        column: str,
-        *,
-        categories: Iterable[m.Category],
-        epsilon: float,
-        by: str = "",
-        groups: Iterable[m.Category] = (),
-        timeout: float = DEFAULT_WAIT_S,
-    ) -> DPQueryRequest:
-        """Counts of each of `categories` in `column` (other values are not counted)."""
-        query = m.DPQuery(
-            "histogram", epsilon, column, categories=_keys(categories), by=by, groups=_keys(groups)
-        )
-        return self._ask(query, timeout)
+    def __getattr__(self, kind: str) -> Callable[..., DPQueryRequest]:
+        """`dataset.dp.mean(...)` and the others: one method per registered query kind."""
+        if kind.startswith("_") or kind not in query_kinds():
+            raise AttributeError(
+                f"no DP query {kind!r}: the queries are {', '.join(query_kinds())}"
+            )
+
+        def query(column: str = "", **options: Any) -> DPQueryRequest:
+            return self.ask(kind, column, **options)
+
+        query.__name__ = kind
+        query.__doc__ = f"{query_kinds()[kind]}\n\n{QUERY_OPTIONS}"
+        return query
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *query_kinds()]
 
     def train(
         self,
@@ -181,19 +145,6 @@ class DPQueries:
         info = connection.call(call)
         return DPTrainingRequest(connection, info)
 
-    def _numeric(
-        self,
-        kind: str,
-        column: str,
-        bounds: tuple[float, float] | None,
-        epsilon: float,
-        by: str,
-        groups: Iterable[m.Category],
-        timeout: float,
-    ) -> DPQueryRequest:
-        query = m.DPQuery(kind, epsilon, column, _bounds(bounds), by=by, groups=_keys(groups))
-        return self._ask(query, timeout)
-
     def _ask(self, query: m.DPQuery, timeout: float) -> DPQueryRequest:
         connection = self._dataset._connection
         info = connection.call(m.SubmitDPQuery(self._dataset.name, query))
@@ -204,6 +155,20 @@ class DPQueries:
             if request.info.status == "done":
                 request.result()
         return request
+
+
+QUERY_OPTIONS = """Options: epsilon (required), bounds=(low, high), categories=[...], q (quantile),
+by=COLUMN with groups=[...] for one answer per group, timeout (seconds to wait for an
+auto-approved answer). See DPQueries.ask."""
+
+
+@functools.cache
+def query_kinds() -> dict[str, str]:
+    """Each DP query the domain knows (jupyter_syft.privacy.queries' registry) and what it
+    answers; loaded on first use (OpenDP is not needed before)."""
+    from jupyter_syft.privacy.queries import QUERY_KINDS
+
+    return {name: kind.summary for name, kind in QUERY_KINDS.items()}
 
 
 @dataclass(frozen=True)

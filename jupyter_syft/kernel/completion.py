@@ -11,9 +11,9 @@ import re
 from typing import Any
 
 from jupyter_syft.kernel.cells import ALL_DOMAINS
+from jupyter_syft.kernel.commands import registered
 
 CELL_MAGICS = ("%%mock", "%%request")
-COMMANDS = ("budget", "connect", "domains", "fetch", "requests", "search", "wait", "whoami")
 
 
 def complete(code: str, cursor_pos: int, catalog: dict[str, list[str]]) -> dict[str, Any] | None:
@@ -35,7 +35,9 @@ def complete(code: str, cursor_pos: int, catalog: dict[str, list[str]]) -> dict[
         token = "" if before.endswith(" ") else words[-1]
         position = len(words) + before.endswith(" ")
         if position == 2:
-            return _reply(token, cursor_pos, [c for c in COMMANDS if c.startswith(token)])
+            return _reply(
+                token, cursor_pos, [c for c in sorted(registered()) if c.startswith(token)]
+            )
         if position == 3 and words[1] == "connect":
             return _reply(token, cursor_pos, ["demo"] if "demo".startswith(token) else [])
     return None

@@ -18,49 +18,46 @@ if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset, RemoteRequest
     from jupyter_syft.client.privacy import DPQueryRequest
 
-KINDS = ("count", "sum", "mean", "variance", "quantile", "histogram")
 QUICK_S = 2.0  # how long the cell waits for an auto-approved answer before the watcher takes over
 
 
 class DPTable:
-    """One dataset's DP queries at the cell's epsilon; an explicit `epsilon=` overrides it."""
+    """One dataset's DP queries at the cell's epsilon; an explicit `epsilon=` overrides it.
+    Its methods are the registered query kinds (client.privacy.query_kinds)."""
 
     def __init__(self, dataset: Dataset, epsilon: float) -> None:
         self._dataset = dataset
         self._epsilon = epsilon
 
-    def count(self, column: str = "", **options: Any) -> DPQueryRequest:
-        """Rows (or rows where `column` is not missing)."""
-        return self._ask("count", column, options)
+    def __getattr__(self, kind: str) -> Any:
+        if kind.startswith("_") or kind not in kinds():
+            raise AttributeError(
+                f"in a --dp-epsilon cell the dataset offers only the DP queries "
+                f"{', '.join(kinds())} (not {kind!r}); use %%mock to explore, or a %%request "
+                "cell without --dp-epsilon"
+            )
 
-    def sum(self, column: str, **options: Any) -> DPQueryRequest:
-        return self._ask("sum", column, options)
+        def query(column: str = "", **options: Any) -> DPQueryRequest:
+            options.setdefault("epsilon", self._epsilon)
+            options.setdefault("timeout", QUICK_S)
+            return self._dataset.dp.ask(kind, column, **options)
 
-    def mean(self, column: str, **options: Any) -> DPQueryRequest:
-        return self._ask("mean", column, options)
+        from jupyter_syft.client.privacy import QUERY_OPTIONS, query_kinds
 
-    def variance(self, column: str, **options: Any) -> DPQueryRequest:
-        return self._ask("variance", column, options)
+        query.__doc__ = f"{query_kinds()[kind]}\n\n{QUERY_OPTIONS}"
+        return query
 
-    def quantile(self, column: str, **options: Any) -> DPQueryRequest:
-        return self._ask("quantile", column, options)
-
-    def histogram(self, column: str, **options: Any) -> DPQueryRequest:
-        return self._ask("histogram", column, options)
-
-    def _ask(self, kind: str, column: str, options: dict[str, Any]) -> DPQueryRequest:
-        options.setdefault("epsilon", self._epsilon)
-        options.setdefault("timeout", QUICK_S)
-        return getattr(self._dataset.dp, kind)(column, **options)
-
-    def __getattr__(self, name: str) -> Any:
-        raise AttributeError(
-            f"in a --dp-epsilon cell the dataset offers only the DP queries {', '.join(KINDS)} "
-            f"(not {name!r}); use %%mock to explore, or a %%request cell without --dp-epsilon"
-        )
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *kinds()]
 
     def __repr__(self) -> str:
         return f"<DP queries on {self._dataset.name}, epsilon {self._epsilon:g} each>"
+
+
+def kinds() -> tuple[str, ...]:
+    from jupyter_syft.client.privacy import query_kinds
+
+    return tuple(query_kinds())
 
 
 def check_cell(tree: ast.Module, name: str) -> None:
@@ -68,7 +65,7 @@ def check_cell(tree: ast.Module, name: str) -> None:
     the cell's value is that one query, and no other query may spend budget on the side."""
     usage = (
         f"a --dp-epsilon cell ends with one DP query on {name}, e.g. "
-        f'{name}.mean("bmi", bounds=(15, 50)); queries: {", ".join(KINDS)}'
+        f'{name}.mean("bmi", bounds=(15, 50)); queries: {", ".join(kinds())}'
     )
     calls = [
         node
@@ -77,7 +74,7 @@ def check_cell(tree: ast.Module, name: str) -> None:
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Name)
         and node.func.value.id == name
-        and node.func.attr in KINDS
+        and node.func.attr in kinds()
     ]
     last = tree.body[-1] if tree.body else None
     if not (isinstance(last, ast.Expr) and len(calls) == 1 and last.value is calls[0]):

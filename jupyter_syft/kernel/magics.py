@@ -30,18 +30,10 @@ from jupyter_syft.kernel.cells import (
     parse_options,
     split_last_expression,
 )
+from jupyter_syft.kernel.commands import COMMANDS, command, usage
 from jupyter_syft.kernel.session import SyftSession, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
 
-SYFT_USAGE = """\
-%syft budget                your privacy budgets: epsilon spent and left per dataset and domain
-%syft connect ADDR|demo     connect to a domain or network node (multiaddr), or the local demo
-%syft domains               the domains you can reach, and their datasets
-%syft search TEXT           datasets whose name or description mentions TEXT
-%syft requests              your requests on the connected domains
-%syft fetch ID [--out VAR]  follow one of them (e.g. after a restart); bind its result
-%syft wait [--timeout S]    block until this kernel's requests end (for notebooks run headless)
-%syft whoami                your peer ID (give it to a data owner to be added)"""
 WAIT_TIMEOUT_S = 300.0
 
 
@@ -63,24 +55,16 @@ class SyftMagics(Magics):
     @line_magic
     def syft(self, line: str) -> None:
         """Connect, look around and keep track of requests; `%syft` alone lists the commands."""
-        command, _, rest = line.strip().partition(" ")
-        handler = {
-            "budget": self._budget,
-            "connect": self._connect,
-            "domains": self._domains,
-            "search": self._search,
-            "requests": self._requests,
-            "fetch": self._fetch,
-            "wait": self._wait,
-            "whoami": self._whoami,
-        }.get(command)
-        if not command:
-            print(SYFT_USAGE)
-        elif handler is None:
-            raise UsageError(f"unknown command {command!r}\n{SYFT_USAGE}")
+        name, _, rest = line.strip().partition(" ")
+        found = COMMANDS.get(name)
+        if not name:
+            print(usage())
+        elif found is None:
+            raise UsageError(f"unknown command {name!r}\n{usage()}")
         else:
-            handler(rest.strip())
+            getattr(self, found.method)(rest.strip())
 
+    @command("budget", "your privacy budgets: epsilon spent and left per dataset and domain")
     def _budget(self, _: str) -> None:
         if not self.session.domains:
             raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
@@ -99,6 +83,9 @@ class SyftMagics(Magics):
             bundle = {**_gauges(rows)._repr_mimebundle_(), **bundle}
         display(bundle, raw=True)
 
+    @command(
+        "connect", "connect to a domain or network node (multiaddr), or the local demo", "ADDR|demo"
+    )
     def _connect(self, address: str) -> None:
         if not address:
             raise UsageError("usage: %syft connect ADDR (a domain or network multiaddr) or demo")
@@ -118,6 +105,7 @@ class SyftMagics(Magics):
                     text, colour = text + "; sandbox OFF", show.COLOURS["error"]
             display(show.note(text, colour), raw=True)
 
+    @command("domains", "the domains you can reach, and their datasets")
     def _domains(self, _: str) -> None:
         rows = []
         for name, client in sorted(self.session.domains.items()):
@@ -142,6 +130,7 @@ class SyftMagics(Magics):
         headers = ["domain", "peer id", "status", "you", "sandbox", "datasets"]
         display(show.table(headers, rows), raw=True)
 
+    @command("search", "datasets whose name or description mentions TEXT", "TEXT")
     def _search(self, text: str) -> None:
         needle = text.lower()
         rows = {}
@@ -168,6 +157,7 @@ class SyftMagics(Magics):
         headers = ["dataset", "description", "rows", "columns", "domain"]
         display(show.table(headers, list(rows.values())), raw=True)
 
+    @command("requests", "your requests on the connected domains")
     def _requests(self, _: str) -> None:
         bound = {
             t.request.id: s.line.out
@@ -196,6 +186,9 @@ class SyftMagics(Magics):
         headers = ["request", "domain", "datasets", "status", "detail", "bound to"]
         display(show.table(headers, rows), raw=True)
 
+    @command(
+        "fetch", "follow one of them (e.g. after a restart); bind its result", "ID [--out VAR]"
+    )
     def _fetch(self, rest: str) -> None:
         words = rest.split()
         if not words or words[0].startswith("-"):
@@ -210,6 +203,11 @@ class SyftMagics(Magics):
         target = Target(name, inputs, request)
         self.book.watch(Submission(self.kernel_shell, CellLine(sources, **options), [target]))
 
+    @command(
+        "wait",
+        "block until this kernel's requests end (for notebooks run headless)",
+        "[--timeout S]",
+    )
     def _wait(self, rest: str) -> None:
         options = _options(rest.split())
         if "out" in options or "dp_epsilon" in options or "aggregate" in options:
@@ -223,6 +221,7 @@ class SyftMagics(Magics):
         ended = len(self.book.submissions)
         display(show.note(f"all {ended} request cell(s) of this kernel have ended"), raw=True)
 
+    @command("whoami", "your peer ID (give it to a data owner to be added)")
     def _whoami(self, _: str) -> None:
         from jupyter_syft.identity import syft_home
 

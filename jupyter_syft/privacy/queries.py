@@ -88,13 +88,21 @@ class Plan:
 
 class QueryKind(ABC):
     """One kind of DP aggregate over one column (`values`: floats with NaN for missing, or
-    integer codes of the declared categories, -1 for any other value)."""
+    integer codes of the declared categories, -1 for any other value).
+
+    The one descriptor of a query (where to add one: docs/architecture.md): registered here,
+    it is the domain's implementation, the scientist's `dataset.dp.<name>(...)` method
+    (client.privacy), the kernel's `--dp-epsilon` cell syntax (kernel.dp), and its
+    documentation there (`summary`, `help(dataset.dp.<name>)`).
+    """
 
     name: ClassVar[str]
+    summary: ClassVar[str]  # what it answers, for the scientist's help
     column_required: ClassVar[bool] = True
     column_types: ClassVar[str] = "numeric"  # or "categorical", or "any" (only missing counts)
     uses_bounds: ClassVar[bool] = True
     uses_categories: ClassVar[bool] = False
+    uses_quantile: ClassVar[bool] = False
 
     def check(self, query: DPQuery, schema: dict[str, str]) -> None:
         """Refuse (QueryError) parameters this kind cannot use or needs and lacks."""
@@ -103,6 +111,8 @@ class QueryKind(ABC):
         if query.column:
             _check_column(query.column, schema, self.column_types, self.name)
         _check_bounds(query, self)
+        if query.quantile != 0.5 and not self.uses_quantile:
+            raise QueryError(f"q applies to a DP quantile, not to a DP {self.name}")
         if query.categories and not self.uses_categories:
             raise QueryError(f"categories do not apply to a DP {self.name}")
         if self.uses_categories:
@@ -225,6 +235,7 @@ class Count(QueryKind):
     true answer is the public row count; it is still noised and charged like any count."""
 
     name = "count"
+    summary = "Rows (or rows where `column` is not missing)."
     column_required = False
     column_types = "any"
     uses_bounds = False
@@ -244,6 +255,7 @@ class Count(QueryKind):
 @register
 class Sum(QueryKind):
     name = "sum"
+    summary = "The sum of `column`, each value clipped to `bounds`."
 
     def parts(self, query: DPQuery, size: int | None) -> list[Part]:
         return [_float_sum(query, size)]
@@ -255,6 +267,7 @@ class Mean(QueryKind):
     the bounds (None where the noisy count is below 1)."""
 
     name = "mean"
+    summary = "The mean of `column` within `bounds`."
 
     def parts(self, query: DPQuery, size: int | None) -> list[Part]:
         if size is None:
@@ -285,6 +298,7 @@ class Variance(QueryKind):
     noisy count is below 2)."""
 
     name = "variance"
+    summary = "The sample variance (ddof 1) of `column` within `bounds`."
 
     def parts(self, query: DPQuery, size: int | None) -> list[Part]:
         if size is None:
@@ -316,6 +330,7 @@ class Histogram(QueryKind):
     """Counts of each declared category of `column`; other values are not counted."""
 
     name = "histogram"
+    summary = "Counts of each of `categories` in `column` (other values are not counted)."
     column_types = "categorical"
     uses_bounds = False
     uses_categories = True
@@ -341,6 +356,8 @@ class Quantile(QueryKind):
     the bounds, by OpenDP's exponential mechanism."""
 
     name = "quantile"
+    summary = "The `q`-quantile of `column` (0.5: the median), to 1/1000 of the bounds' width."
+    uses_quantile = True
 
     def check(self, query: DPQuery, schema: dict[str, str]) -> None:
         super().check(query, schema)
