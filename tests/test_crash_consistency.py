@@ -45,6 +45,8 @@ from jupyter_syft.federated.weights import to_safetensors
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m
 
+pytestmark = pytest.mark.timeout(600)  # each test restarts a node a dozen times or more
+
 SEED = 13
 FEATURES = ["f0", "f1", "f2", "f3"]
 ROWS = {"victim": 120, "north": 80, "south": 60}
@@ -193,7 +195,7 @@ def check_store(data_dir: Path, ledger: Ledger, settled: bool) -> None:
     db = sqlite3.connect(f"file:{data_dir / 'domain.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
-        requests = {r["id"]: r for r in db.execute("SELECT id, code, status FROM requests")}
+        requests = {r["id"]: r for r in db.execute("SELECT id, code, status, policy FROM requests")}
         audit = db.execute("SELECT seq, action, subject FROM audit ORDER BY seq").fetchall()
         assert [a["seq"] for a in audit] == list(range(1, len(audit) + 1))
         for kind in ("request", "dp_query", "round", "secagg"):
@@ -202,7 +204,11 @@ def check_store(data_dir: Path, ledger: Ledger, settled: bool) -> None:
         statuses = {r["status"] for r in requests.values()}
         assert statuses <= STATUSES, statuses
         if settled:
-            waiting = [i for i, r in requests.items() if r["status"] not in (*FINAL, "pending")]
+            waiting = [  # a federated plan stays approved: the permit its rounds run under
+                i
+                for i, r in requests.items()
+                if r["status"] not in (*FINAL, "pending") and r["policy"] != "federated"
+            ]
             assert not waiting, f"requests never finished after the restarts: {waiting}"
         # Each submission carries a nonce: a request recorded twice would show twice.
         doubled = db.execute(
@@ -387,8 +393,14 @@ def test_secure_aggregation_rounds_survive_kills(world: dict[str, Domain], ledge
 def test_the_store_holds_up_after_every_kill(world: dict[str, Domain], ledger: Ledger) -> None:
     """After the last restart every job settles; then the whole store is checked once more."""
     victim = world["victim"]
-    for request_id in ledger.acked.get("request", set()) | ledger.acked.get("round", set()):
-        assert victim.scientist.get_request(request_id).wait(120).status in FINAL
+    settle_by = time.monotonic() + 240.0  # every approved job runs (requeued ones too)
+    while time.monotonic() < settle_by:
+        listing = victim.admin._connection.call(m.ListRequests())
+        running = ("approved", "building", "running")
+        waiting = [r for r in listing.requests if r.status in running and r.policy != "federated"]
+        if not waiting:
+            break
+        time.sleep(1.0)
     victim.node.stop()
     try:
         check_store(victim.node.data_dir, ledger, settled=True)

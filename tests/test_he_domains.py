@@ -162,12 +162,13 @@ def test_a_stranger_is_refused(world: dict, data: tuple) -> None:
         stranger._connection.call(m.PredictEncrypted("risk", query))
     with pytest.raises(NotAuthorisedError):
         stranger._connection.call(m.BeginContextUpload(keys.digest, 100))
+    # A peer's first refusal of the window is audited alone, the rest in its summary.
     log = world["admin"].audit_log(limit=50)
-    assert [e.subject for e in log.entries if e.action == "refused"][-3:] == [
+    refused = [e for e in log.entries if e.action == "refused"]
+    assert (refused[-1].actor, refused[-1].subject) == (
+        stranger._connection.identity.peer_id,
         "ListModels",
-        "PredictEncrypted",
-        "BeginContextUpload",
-    ]
+    )
 
 
 def usage(world: dict) -> list:

@@ -173,7 +173,7 @@ def test_domain_offline_is_shown_and_recovers(server: JupyterProcess, world: Syf
 
         wait_for(offline, timeout=20)
         status, body = decide(server, request.id, approve=True)
-        assert status == 503 and "offline" in body["message"]
+        assert status == 503 and "offline" in body["message"], (status, body)
     finally:
         world.domain.start()
 

@@ -30,9 +30,11 @@ class DataTransferError(SyftError):
 
 
 def _failed(what: str, location: str, exc: flight.FlightError) -> SyftError:
-    """An unreachable data plane is `Unreachable` (offline); any other failure says why."""
+    """An unreachable data plane is `Unreachable` (offline); any other failure says why. A
+    certificate that is not the pinned one is not "offline": it is someone else's server."""
     message = f"{what} {location} failed; {_reason(exc)}"
-    if isinstance(exc, flight.FlightUnavailableError):
+    untrusted = "certificate verify failed" in str(exc)
+    if isinstance(exc, flight.FlightUnavailableError) and not untrusted:
         return Unreachable(message)
     return DataTransferError(message)
 

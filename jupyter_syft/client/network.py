@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from jupyter_syft.client.connection import NodeConnection, peer_id_of, shared_peer
 from jupyter_syft.client.domain import DomainClient
-from jupyter_syft.errors import NodeError, NotFoundError
+from jupyter_syft.errors import NodeError, NotFoundError, Unreachable
 from jupyter_syft.identity import Identity, user_identity
 from jupyter_syft.p2p import P2PError
 from jupyter_syft.wire import network_messages as nm
@@ -176,7 +176,8 @@ class NetworkClient:
             except P2PError as exc:
                 errors.append(f"{address}: {exc}")
         state = "online" if located.online else "offline"
-        raise NodeError(f"cannot reach domain {located.name!r} ({state}): " + "; ".join(errors))
+        message = f"cannot reach domain {located.name!r} ({state}): " + "; ".join(errors)
+        raise Unreachable(message)
 
     # ---- the operator -----------------------------------------------------------------------
 
