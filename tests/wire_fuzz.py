@@ -161,6 +161,24 @@ def signed_frame(target: Target, identity: Identity, fields: dict[str, Any]) -> 
     return rpc.encode(rpc.sign(identity, target.protocol.context, body))
 
 
+WRONG_VALUES: list[Any] = [[1, 2], {"a": 1}, -1, 1.5, b"\xff", None, True, "text", [[None]]]
+
+
+def wrong_typed(cls: type[Call[Any]], fields: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """`fields` with one field given a value its type does not accept (checked by decoding it
+    as `cls`: an int is a valid float, None a valid optional); the tag if no field will do."""
+    keys = [k for k in fields if k != "type"]
+    rng.shuffle(keys)
+    for key in keys:
+        for wrong in rng.sample(WRONG_VALUES, len(WRONG_VALUES)):
+            mutated = {**fields, key: wrong}
+            try:
+                msgspec.msgpack.decode(msgspec.msgpack.encode(mutated), type=cls)
+            except msgspec.ValidationError:
+                return mutated
+    return {**fields, "type": 7}
+
+
 def frames_for(
     target: Target, identity: Identity, call: Call[Any], mutation: str, rng: random.Random
 ) -> list[bytes]:
@@ -186,15 +204,7 @@ def frames_for(
     if mutation == "future":
         fields["issued_at"] = time.time() + rng.uniform(rpc.CLOCK_SKEW_S + 1, 1e9)
     if mutation == "wrong_type":
-        keys = [k for k in fields["call"] if k != "type"]
-        wrong = rng.choice([[1, 2], {"a": 1}, -1, 1.5, b"\xff", None, True, "text"])
-        if keys:
-            key = rng.choice(keys)
-            if type(wrong) is type(fields["call"][key]) or fields["call"][key] is None:
-                wrong = [wrong]  # never the field's own type (a list of it is wrong for all)
-            fields["call"][key] = wrong
-        else:
-            fields["call"]["type"] = 7
+        fields["call"] = wrong_typed(type(call), fields["call"], rng)
     if mutation == "unknown_field":
         fields["call"]["not_a_field"] = 1
     if mutation == "mis_signed":
