@@ -184,3 +184,94 @@ def test_domain_offline_is_shown_and_recovers(server: JupyterProcess, world: Syf
 
     wait_for(back, timeout=30)
     assert decide(server, request.id, approve=False, reason="tidy up")[0] == 200
+
+
+@pytest.fixture(scope="module")
+def demo_server(world: SyftWorld) -> Iterator[JupyterProcess]:
+    """A server configured as `jupyter-syft demo --lab` does: the network and, from
+    demo.json, each domain by address too."""
+    server = JupyterProcess(world.root, [world.scientist_home, world.owner_home], app="server")
+    server.args.append(f"--SyftServer.demo={world.demo_file}")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_search_lists_a_dataset_found_by_network_and_by_address_once(
+    demo_server: JupyterProcess,
+) -> None:
+    found = demo_server.get(f"{API}/datasets?q=")
+    assert [(h["domain"], h["dataset"]) for h in found["hits"]] == [("hospital-a", "diabetes")]
+    assert found["unreachable"] == []
+
+
+def test_pending_lists_what_waits_for_your_decision(
+    server: JupyterProcess, scientist_server: JupyterProcess, world: SyftWorld
+) -> None:
+    request = submit(world)
+    [waiting] = [r for r in server.get(f"{API}/pending")["pending"] if r["id"] == request.id]
+    assert (waiting["domain"], waiting["function"], waiting["status"]) == (
+        "hospital-a",
+        "mean_bmi",
+        "pending",
+    )
+    assert waiting["requester_name"] == "Dr. <b>Ada</b>" and waiting["code"] == CODE
+    assert scientist_server.get(f"{API}/pending") == {"pending": []}  # administers nothing
+    assert server.call("GET", f"{API}/pending", token="")[0] == 403
+    assert decide(server, request.id, approve=False, reason="tidy up")[0] == 200
+    assert request.id not in {r["id"] for r in server.get(f"{API}/pending")["pending"]}
+
+
+def test_a_federated_plan_shows_its_terms_and_its_rounds_come_under_it(
+    server: JupyterProcess, world: SyftWorld
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import jupyter_syft as syft
+    from jupyter_syft.demo import FEATURE_BOUNDS, diabetes_model
+
+    features = list(FEATURE_BOUNDS)
+    with ThreadPoolExecutor(1) as pool:
+        training = pool.submit(
+            syft.federated.train, diabetes_model, [world.as_scientist()], dataset="diabetes",
+            target="target", features=features, feature_bounds=list(FEATURE_BOUNDS.values()),
+            rounds=3, local_epochs=2, lr=0.02, secure_aggregation=False, show=False,
+            approval_timeout=60,
+        )  # fmt: skip
+        plans: list[dict] = []
+        wait_for(
+            lambda: (
+                plans.extend(r for r in server.get(f"{API}/pending")["pending"] if r["plan"])
+                or plans
+            ),
+            timeout=30,
+        )
+        assert not training.done(), training.exception()
+        [plan] = plans
+        assert plan["policy"] == "federated" and plan["function"] == "diabetes_model"
+        assert plan["plan"] == [
+            ["rounds", "3 rounds x 2 local epochs"],
+            ["columns", f"{', '.join(features)} -> target (mse loss)"],
+            ["optimizer", "adam, learning rate 0.02, batch 32"],
+            ["aggregation", "none: the scientist averages the updates"],
+            ["DP budget", "none: no differential privacy"],
+            [
+                "weights leave the domain",
+                "each round, the weights trained on your rows leave this domain, sealed to the "
+                "scientist, who sees this domain's update",
+            ],
+        ]
+        assert decide(server, plan["id"], approve=True)[0] == 200
+        _, history = training.result(timeout=120)
+    assert len(history.rounds) == 3, history.rounds
+    state = server.get(f"{API}/state")
+    for listing in (state["requests"], state["approvals"]["history"]):
+        [entry] = [r for r in listing if r["id"] == plan["id"]]
+        assert [(r["round"], r["status"]) for r in entry["rounds"]] == [
+            (1, "done"),
+            (2, "done"),
+            (3, "done"),
+        ]
+        assert not [r for r in listing if r["plan_round"]]  # no round listed on its own
+        assert listing[0]["id"] == plan["id"]  # its last round is the latest activity

@@ -128,8 +128,9 @@ class Backend:
 
     # ---- what the sidebar asks -----------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Network, domains (with your role on each), your requests and requests to review."""
+    def _listing(self) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+        """The network (None if none is configured) and the domains known by it or by
+        address, each once, by name."""
         network: dict[str, Any] | None = None
         domains: dict[str, dict[str, Any]] = {}
         if self.sources.network:
@@ -154,6 +155,11 @@ class Backend:
         for name in self._direct_domains():
             domains.setdefault(name, {"name": name, "peer_id": "", "datasets": None})
             domains[name]["online"] = True
+        return network, domains
+
+    def state(self) -> dict[str, Any]:
+        """Network, domains (with your role on each), your requests and requests to review."""
+        network, domains = self._listing()
         mine: dict[tuple[str, str], dict[str, Any]] = {}
         pending: list[dict[str, Any]] = []
         held: list[dict[str, Any]] = []  # results awaiting the owner's release
@@ -181,7 +187,6 @@ class Backend:
                         item = review_json(name, info, users)
                         waiting = {"pending": pending, "awaiting_release": held}
                         waiting.get(info.status, history).append(item)
-        history.sort(key=lambda r: r["decided_at"] or r["submitted_at"], reverse=True)
         administered = [
             {
                 "name": n,
@@ -194,14 +199,31 @@ class Backend:
             "me": sorted(me),
             "network": network,
             "domains": list(domains.values()),
-            "requests": sorted(mine.values(), key=lambda r: r["submitted_at"], reverse=True),
+            "requests": grouped(list(mine.values())),
             "approvals": {
                 "domains": administered,
                 "pending": sorted(pending, key=lambda r: r["submitted_at"]),
                 "held": sorted(held, key=lambda r: r["submitted_at"]),
-                "history": history[:HISTORY],
+                "history": grouped(history)[:HISTORY],
             },
         }
+
+    def pending(self) -> dict[str, Any]:
+        """The requests waiting for a decision on every domain one of these identities
+        administers: what the Lab's notifications and the sidebar icon's count show, with
+        the sidebar open or not."""
+        _, domains = self._listing()
+        pending: list[dict[str, Any]] = []
+        for name, domain in sorted(domains.items()):
+            for identity in self.identities if domain["online"] else []:
+                try:
+                    if isinstance(self._client(identity, name), AdminClient):
+                        self._admin_of.add(name)
+                        pending += self._call(identity, name, _pending_of)
+                        break
+                except Unreachable:
+                    break
+        return {"pending": sorted(pending, key=lambda r: r["submitted_at"])}
 
     def search(self, text: str) -> dict[str, Any]:
         """Datasets matching `text` on the network, and on domains configured directly."""
@@ -219,6 +241,7 @@ class Backend:
                 for h in found
             ]
         needle = text.lower()
+        listed = {(hit["domain"], hit["dataset"]) for hit in hits}
         for name in self._direct_domains():
             try:
                 listing = self._call(self.identities[0], name, lambda c: list(c.datasets.values()))
@@ -229,6 +252,7 @@ class Backend:
                 hit_json(name, d.name, d.description, d.rows, d.schema, True)
                 for d in listing
                 if needle in f"{name} {d.name} {d.description}".lower()
+                and (name, d.name) not in listed  # the network found it already
             )
         return {"hits": hits, "unreachable": unreachable}
 
@@ -324,6 +348,11 @@ def _is_frame(value: Any) -> bool:
     return type(value).__name__ == "DataFrame" and type(value).__module__.startswith("pandas")
 
 
+def _pending_of(admin: AdminClient) -> list[dict[str, Any]]:
+    users = {u.peer_id: u.name for u in admin.users()}
+    return [review_json(admin.name, r.info, users) for r in admin.requests(status="pending")]
+
+
 def _requests_of(client: DomainClient) -> tuple[str, list[m.RequestInfo], dict[str, str]]:
     """This identity's role, the requests it may see, and (for an admin) user names."""
     found = [r.info for r in client.requests()]
@@ -347,7 +376,69 @@ def request_json(domain: str, info: m.RequestInfo) -> dict[str, Any]:
         "decided_at": info.decided_at,
         "finished_at": info.finished_at,
         "requirements": list(info.requirements),
+        # A federated plan: what its approval lets every round do; a round: (plan id, round).
+        "plan": plan_terms(info.plan) if info.plan else None,
+        "plan_round": list(info.plan_round) if info.plan_round else None,
+        "rounds": [],  # a plan's rounds, filled in by `grouped`
     }
+
+
+def plan_terms(plan: m.FederatedPlan) -> list[list[str]]:
+    """A federated plan as [term, what it allows] lines for the owner's approval card: the
+    headless review's line (`describe_plan`) spelt out, and what leaves the domain."""
+    per_round = f"{plan.epsilon / plan.rounds:g} per round"
+    budget = (
+        f"epsilon {plan.epsilon:g}, delta {plan.delta:g} in all ({per_round}), DP-SGD"
+        if plan.epsilon
+        else "none: no differential privacy"
+    )
+    leaves = (
+        "masked: only their secure sum with the other domains' weights is revealed"
+        if plan.secure_aggregation
+        else "sealed to the scientist, who sees this domain's update"
+    )
+    aggregation = (
+        "secure aggregation with the other domains"
+        if plan.secure_aggregation
+        else "none: the scientist averages the updates"
+    )
+    return [
+        ["rounds", f"{plan.rounds} rounds x {plan.local_epochs} local epochs"],
+        ["columns", f"{', '.join(plan.features)} -> {plan.label} ({plan.loss} loss)"],
+        [
+            "optimizer",
+            f"{plan.optimizer}, learning rate {plan.learning_rate:g}, batch {plan.batch_size}",
+        ],
+        ["aggregation", aggregation],
+        ["DP budget", budget],
+        [
+            "weights leave the domain",
+            f"each round, the weights trained on your rows leave this domain, {leaves}",
+        ],
+    ]
+
+
+def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each federated round under its plan (`rounds`, in order) instead of one entry per
+    round; the entries newest first, a plan by its latest round."""
+    plans = {e["id"]: e for e in entries if e["plan"] is not None}
+    top: list[dict[str, Any]] = []
+    for entry in entries:
+        plan = plans.get(entry["plan_round"][0]) if entry["plan_round"] else None
+        if plan is None:
+            top.append(entry)
+            continue
+        round_of = {k: entry[k] for k in ("id", "status", "error", "submitted_at", "finished_at")}
+        plan["rounds"].append({**round_of, "round": entry["plan_round"][1] + 1})
+    for plan in plans.values():
+        plan["rounds"].sort(key=lambda r: r["round"])
+    return sorted(top, key=_latest, reverse=True)
+
+
+def _latest(entry: dict[str, Any]) -> float:
+    times = [entry["decided_at"] or entry["submitted_at"]]
+    times += [r["finished_at"] or r["submitted_at"] for r in entry["rounds"]]
+    return max(times)
 
 
 def review_json(domain: str, info: m.RequestInfo, users: dict[str, str]) -> dict[str, Any]:

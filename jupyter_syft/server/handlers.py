@@ -66,6 +66,14 @@ class StateHandler(SyftHandler):
         await self.reply(self.backend.state)
 
 
+class PendingHandler(SyftHandler):
+    """GET: the requests waiting for your decision (the Lab's notifications poll it)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        await self.reply(self.backend.pending)
+
+
 class DatasetsHandler(SyftHandler):
     @web.authenticated
     async def get(self) -> None:
@@ -134,6 +142,7 @@ def routes(base_url: str, backend: Backend) -> list[tuple[str, type[SyftHandler]
     kwargs = {"backend": backend}
     return [
         (url_path_join(api, "state"), StateHandler, kwargs),
+        (url_path_join(api, "pending"), PendingHandler, kwargs),
         (url_path_join(api, "datasets"), DatasetsHandler, kwargs),
         (url_path_join(api, "preview"), PreviewHandler, kwargs),
         (url_path_join(api, "decisions"), DecisionsHandler, kwargs),
