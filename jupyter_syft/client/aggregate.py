@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest, function_source
+from jupyter_syft.client.domain import (
+    Dataset,
+    DomainClient,
+    RemoteRequest,
+    as_function,
+    function_source,
+)
 from jupyter_syft.crypto.secagg import ROUNDS, SecAggError, SecAggServer
 from jupyter_syft.errors import InvalidError
 from jupyter_syft.wire import messages as m
@@ -31,7 +37,9 @@ STEP_TIMEOUT_S = 30.0  # a domain that does not answer a round within this count
 class AggregateResult:
     """The aggregate, which domains it holds, and which were left out and why."""
 
-    value: np.ndarray  # float64: the sum, or the sum / len(contributors) for op="mean"
+    # the sum, or the sum / len(contributors) for op="mean": a float64 vector, or a Python
+    # float (int for a sum of ints) when `fn` returned a number
+    value: np.ndarray | float | int
     op: str
     contributors: list[str]  # domain names whose results the value holds
     # domain name -> what went wrong with it; one that dropped out after its masked input
@@ -46,7 +54,7 @@ class AggregateResult:
 
 def aggregate(
     domains: Sequence[DomainClient],
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     dataset: str | Dataset,
     op: Literal["sum", "mean"] = "sum",
     timeout: float = 600.0,
@@ -58,17 +66,20 @@ def aggregate(
 ) -> AggregateResult:
     """Run `fn(dataset)` on every domain and return only the sum (or mean) of the results.
 
-    `fn` must return a 1-D int or float vector (numpy array, tensor or list) of the same
-    length on every domain, with |x| <= 2^20; floats are summed in fixed point, to within
-    n * 2^-25 of the exact sum. `op="mean"` divides the sum by the number of contributing
-    domains (an unweighted mean of per-domain vectors; weighting by row counts is not done).
+    `fn` (a plain `def`, or its source text: see `DomainClient.request`) must return a number
+    or a 1-D int or float vector (numpy array, tensor or list) of the same length on every
+    domain, with |x| <= 2^20; floats are summed in fixed point, to within n * 2^-25 of the
+    exact sum. A number is summed as a vector of one and comes back as a number (an int if it
+    was one on the mock). `op="mean"` divides the sum by the number of contributing domains
+    (an unweighted mean of per-domain values; weighting by row counts is not done).
 
-    `length` is the vector length; by default `fn` is run on the first domain's mock to find
-    it. Domains whose owner denies the request, whose job fails, or that do not finish within
-    `timeout` are dropped before the protocol; one that errors or stays silent in a round is
-    dropped by it, which the protocol tolerates down to `threshold` domains (default
-    floor(2n/3) + 1; at least 3 domains must take part). `on_round(r)` is called before round
-    r's frames are sent (a hook for tests and progress displays).
+    `fn` is run on the first domain's mock to find the result's shape; `length` instead
+    gives the vector length without that run. Domains whose owner denies the request, whose
+    job fails, or that do not finish within `timeout` are dropped before the protocol; one
+    that errors or stays silent in a round is dropped by it, which the protocol tolerates
+    down to `threshold` domains (default floor(2n/3) + 1; at least 3 domains must take part).
+    `on_round(r)` is called before round r's frames are sent (a hook for tests and progress
+    displays).
     """
     if op not in ("sum", "mean"):
         raise InvalidError(f"op must be 'sum' or 'mean', not {op!r}")
@@ -81,9 +92,11 @@ def aggregate(
     if len(identities) != 1:
         raise InvalidError("all domains must be reached as the same user (one identity)")
     dataset_name = dataset.name if isinstance(dataset, Dataset) else str(dataset)
+    fn = as_function(fn)
     argument = _first_argument(fn)
+    number: type[float | int] | None = None  # the kind of number fn returns, if one
     if length is None:
-        length = _length_on_mock(domains[0], fn, dataset_name)
+        length, number = _shape_on_mock(domains[0], fn, dataset_name)
 
     code = function_source(fn)
     deadline = time.monotonic() + timeout
@@ -123,6 +136,10 @@ def aggregate(
         if name not in contributors and name not in dropped:
             dropped[name] = "left out of the sum by the protocol"
     value = total / len(contributors) if op == "mean" else total
+    if number is not None:
+        return AggregateResult(
+            _as_number(value[0], number, op), op, contributors, dropped, request_ids
+        )
     return AggregateResult(value, op, contributors, dropped, request_ids)
 
 
@@ -190,15 +207,31 @@ def _first_argument(fn: Callable[..., Any]) -> str:
     return parameters[0]
 
 
-def _length_on_mock(domain: DomainClient, fn: Callable[..., Any], dataset: str) -> int:
-    """The vector length `fn` returns, found by running it on the mock (public) data."""
+def _shape_on_mock(
+    domain: DomainClient, fn: Callable[..., Any], dataset: str
+) -> tuple[int, type[float | int] | None]:
+    """The vector length `fn` returns, and which kind of number if it returns one (summed as
+    a vector of one), found by running it on the mock (public) data."""
     value = np.asarray(_as_array(fn(domain.datasets[dataset].mock)))
+    if value.ndim == 0 and np.issubdtype(value.dtype, np.integer):
+        return 1, int
+    if value.ndim == 0 and np.issubdtype(value.dtype, np.floating):
+        return 1, float
     if value.ndim != 1 or value.size == 0:
         raise InvalidError(
-            f"{fn.__name__} must return a non-empty 1-D vector; on the mock it returned shape "
-            f"{value.shape}"
+            f"{fn.__name__} must return a number or a non-empty 1-D vector; on the mock it "
+            f"returned {_described(value)}"
         )
-    return int(value.size)
+    return int(value.size), None
+
+
+def _described(value: np.ndarray) -> str:
+    return f"a {value.dtype} value" if value.ndim == 0 else f"shape {value.shape}"
+
+
+def _as_number(value: float, number: type[float | int], op: str) -> float | int:
+    """A sum of ints is exact in the fixed-point encoding: an int again; a mean is a float."""
+    return round(float(value)) if number is int and op == "sum" else float(value)
 
 
 def _as_array(value: Any) -> Any:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import html
 import inspect
+import linecache
 import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 
 from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.client.mocks import labelled_mock
 from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
 from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed, ResultWithheld
 from jupyter_syft.wire import messages as m
@@ -53,7 +57,8 @@ class Dataset:
     def mock(self) -> Any:
         if self._mock is None:
             data = self._connection.call(m.GetMock(self.name))
-            self._mock = values.table_to_data(self._connection.table(data))
+            decoded = values.table_to_data(self._connection.table(data))
+            self._mock = labelled_mock(decoded, self.name)  # its displays say MOCK
         return self._mock
 
     def __repr__(self) -> str:
@@ -253,9 +258,46 @@ def function_source(function: Callable[..., Any]) -> str:
     try:
         return textwrap.dedent(inspect.getsource(function))
     except (OSError, TypeError) as exc:
+        name = function.__name__
         raise InvalidError(
-            f"cannot find the source of {function.__name__}: define it in a file or cell"
+            f"cannot read the source of {name} (defined in a REPL?): pass the source text "
+            f'instead, domain.request("def {name}(df): ...", df=ds)'
         ) from exc
+
+
+def as_function(function: Callable[..., Any] | str) -> Callable[..., Any]:
+    """`function`, or the function that the source text `function` defines, made here.
+
+    A plain `python` REPL keeps no source of what is typed into it, so there the text is what
+    can travel. It must hold exactly one top-level `def`; the function is defined in a fresh
+    namespace (as on the domain) and its text kept where `inspect.getsource` finds it, so
+    that it travels like any function (and can run here on a mock).
+    """
+    if not isinstance(function, str):
+        return function
+    code = textwrap.dedent(function).strip() + "\n"
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        raise InvalidError(
+            f"the source text is not valid Python: {exc.msg} (line {exc.lineno})"
+        ) from None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
+        lines = code.splitlines()
+        found = "; ".join(f"line {n.lineno}: {lines[n.lineno - 1].strip()}" for n in tree.body)
+        raise InvalidError(
+            "the source text must hold exactly one top-level function definition "
+            f'("def name(df): ..."), nothing else; it holds: {found or "nothing"}'
+        )
+    name = tree.body[0].name
+    filename = f"<syft source {hashlib.sha256(code.encode()).hexdigest()[:12]}: {name}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"__name__": "__syft_source__"}
+    try:  # the caller's own code, in their own process (a default argument may fail)
+        exec(compile(tree, filename, "exec"), namespace)
+    except Exception as exc:
+        raise InvalidError(f"defining {name} from the source text failed: {exc!r}") from None
+    return namespace[name]
 
 
 class DomainClient:
@@ -310,7 +352,7 @@ class DomainClient:
 
     def request(
         self,
-        function: Callable[..., Any],
+        function: Callable[..., Any] | str,
         *,
         requirements: Iterable[str] = (),
         **inputs: Dataset | str,
@@ -319,10 +361,13 @@ class DomainClient:
 
         The function's source text travels, not a pickle: it must be a plain `def` whose
         source Python can find (in a file or a notebook cell), using only its arguments and
-        the modules it imports itself. `requirements` ("statsmodels==0.14.4", ...) are
-        packages it needs beyond the domain's own: the owner reviews them with the code, and
-        the domain builds them (wheels from its package index) before the job runs.
+        the modules it imports itself; or that source text itself, one `def` in a string
+        (`domain.request("def f(df): ...", df=ds)`: for a plain `python` REPL, which keeps
+        no source). `requirements` ("statsmodels==0.14.4", ...) are packages it needs beyond
+        the domain's own: the owner reviews them with the code, and the domain builds them
+        (wheels from its package index) before the job runs.
         """
+        function = as_function(function)
         return self.submit(function_source(function), function.__name__, inputs, requirements)
 
     def submit(

@@ -142,10 +142,14 @@ def result_vector(folder: Path, parts: int, identity: Identity, contexts: Result
         value = value.detach().cpu().numpy()
     if isinstance(value, list | tuple):
         value = np.asarray(value)
+    if isinstance(value, int | float | np.number) or (
+        isinstance(value, np.ndarray) and value.ndim == 0
+    ):
+        value = np.asarray(value).reshape(1)  # a number: summed as a vector of one
     if not isinstance(value, np.ndarray) or value.ndim != 1 or value.size == 0:
         raise ValueError(
-            "an aggregate request must return a non-empty 1-D vector (numpy array, tensor or "
-            f"list of numbers), not {_describe_value(value)}"
+            "an aggregate request must return a number or a non-empty 1-D vector (numpy "
+            f"array, tensor or list of numbers), not {_describe_value(value)}"
         )
     if value.dtype == np.bool_ or not np.issubdtype(value.dtype, np.number):
         raise ValueError(f"an aggregate request must return int or float values, not {value.dtype}")
