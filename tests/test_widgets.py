@@ -5,6 +5,7 @@ The same widgets in a real browser: tests/browser/."""
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ from jupyter_syft.widgets import (
     RequestStatus,
     review,
 )
+from jupyter_syft.widgets.models import MESSAGE_S
 
 CODE = "def mean_bmi(df):\n    return float(df['bmi'].mean())\n"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -115,6 +117,26 @@ def test_new_requests_appear_without_rerunning(world: SyftWorld, owner: AdminCli
     finally:
         panel.close()
     assert not panel._poller.running
+
+
+def test_a_decision_made_elsewhere_shows_at_once_and_old_outcomes_go(
+    world: SyftWorld, owner: AdminClient
+) -> None:
+    panel = ApprovalPanel(owner)  # polling as in a notebook
+    try:
+        here, elsewhere = submit(world), submit(world)
+        wait_for(lambda: here.id in panel.cards and elsewhere.id in panel.cards, timeout=10)
+        panel.cards[here.id].reason.value = "tidy up"
+        panel.cards[here.id].deny_button.click()
+        assert f"Request {here.id[:8]} denied." in panel._message.value
+        owner.get_request(elsewhere.id).deny("decided in the sidebar")  # type: ignore[attr-defined]
+        decided = time.monotonic()
+        wait_for(lambda: elsewhere.id not in panel.cards, timeout=5, step=0.01)
+        assert time.monotonic() - decided < 1.0  # no Approve offered for a decided request
+        assert "denied" in panel._history.value
+        wait_for(lambda: "denied" not in panel._message.value, timeout=MESSAGE_S + 2)
+    finally:
+        panel.close()
 
 
 def test_offline_domain_is_shown_and_the_panel_recovers(

@@ -5,6 +5,7 @@ with Release error."""
 from __future__ import annotations
 
 import threading
+import time
 
 import ipywidgets as w
 
@@ -14,7 +15,8 @@ from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import ReviewModel
 from jupyter_syft.widgets.poller import Poller
 
-POLL_S = 2.0
+POLL_S = 2.0  # every request re-read
+CHECK_S = 0.3  # the pending ones checked, so a decision made elsewhere shows at once
 OUTPUTS_SHOWN = 20  # the latest finished jobs whose error or log the panel shows
 
 
@@ -111,8 +113,9 @@ class OutputCard(w.VBox):
 
 
 class ApprovalPanel(w.VBox):
-    """Pending requests of a domain for its owner; new ones appear by themselves (a poller
-    re-reads the domain every `poll_s`), decided ones move to the history below."""
+    """Pending requests of a domain for its owner; new ones appear by themselves and ones
+    decided elsewhere (the sidebar) go within CHECK_S (a poller checks the pending requests
+    that often and re-reads the domain every `poll_s`); decided ones move to the history."""
 
     def __init__(self, owner: AdminClient, poll_s: float | None = POLL_S) -> None:
         self.model = ReviewModel(owner)
@@ -138,17 +141,23 @@ class ApprovalPanel(w.VBox):
                 self._history_box,
             ]
         )
-        self.refresh()
         self._poll_s = poll_s
+        self._reread_at = 0.0  # when to re-read every request
+        self.refresh()
         self._poller = Poller(self._poll, f"syft-review-{owner.name}").start() if poll_s else None
 
     def _poll(self) -> float | None:
-        self.refresh()
-        return self._poll_s
+        assert self._poll_s is not None
+        if time.monotonic() >= self._reread_at or self.model.pending_moved():
+            self.refresh()
+        else:
+            self.render()  # a click's outcome goes once it is stale
+        return min(CHECK_S, self._poll_s)
 
     def refresh(self) -> None:
         """Re-read the domain and show what changed."""
         self.model.refresh()
+        self._reread_at = time.monotonic() + (self._poll_s or 0.0)
         self.render()
 
     def approve(self, request_id: str) -> None:

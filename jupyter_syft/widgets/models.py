@@ -8,6 +8,7 @@ other frontends (the Syft kernel's status line) reuse it.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from jupyter_syft.errors import (
 
 SEARCH_LIMIT = 200
 PREVIEW_ROWS = 10
+MESSAGE_S = 8.0  # how long the outcome of a click is shown: after that it is stale
 
 
 class ReviewModel:
@@ -38,8 +40,27 @@ class ReviewModel:
         self.names: dict[str, str] = {}  # peer id -> the name the owner gave that user
         self.online = True
         self.problem = ""  # why the domain is shown offline
-        self.message = ""  # the outcome of the last approve / deny
+        self._message = ""  # the outcome of the last click
+        self._message_at = 0.0
         self._lock = threading.Lock()
+
+    @property
+    def message(self) -> str:
+        """The outcome of the last click, until it is MESSAGE_S old."""
+        return self._message if time.monotonic() - self._message_at < MESSAGE_S else ""
+
+    @message.setter
+    def message(self, text: str) -> None:
+        self._message, self._message_at = text, time.monotonic()
+
+    def pending_moved(self) -> bool:
+        """Whether the pending requests differ from those shown (one decided elsewhere, a
+        new one): one small call, so the poller can ask often and refresh at once."""
+        try:
+            found = {r.id for r in self.owner.requests(status="pending")}
+        except Unreachable:
+            return self.online  # shown online, but it is not: refresh to say so
+        return found != {r.id for r in self.pending}
 
     def refresh(self) -> None:
         """Read the requests again; a failed call shows the domain offline (kept as is)."""
