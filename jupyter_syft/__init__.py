@@ -6,6 +6,7 @@ domain = net.domain("hospital-a")                                # or a domain, 
 domain = syft.connect("/ip4/127.0.0.1/tcp/PORT/p2p/PEER_ID")   # as a data scientist
 total = syft.aggregate([d1, d2, d3], fn, dataset="diabetes")    # a sum, by secure aggregation
 model, history = syft.federated.train(make_model, [d1, d2, d3], "diabetes", "target")
+syft.progress(i, n)                        # in a request's code: the scientist sees a bar
 owner = syft.admin("path/to/domain-dir")                          # as the data owner
 """
 
@@ -44,6 +45,7 @@ _LAZY = {
     "NetworkClient": ("jupyter_syft.client.network", "NetworkClient"),
     "whoami": ("jupyter_syft.identity", "whoami"),
     "federated": ("jupyter_syft.federated", ""),  # the module itself: syft.federated.train
+    "progress": ("jupyter_syft.domain.jobs", "progress"),  # in a request's code: a bar
 }
 
 
@@ -93,5 +95,6 @@ __all__ = [
     "aggregate",
     "connect",
     "federated",
+    "progress",
     "whoami",
 ]

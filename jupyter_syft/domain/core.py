@@ -29,6 +29,7 @@ from jupyter_syft.domain.environments import (
     check_allowed,
     check_requirements,
 )
+from jupyter_syft.domain.jobs import for_scientist, owner_paths
 from jupyter_syft.domain.store import Store
 from jupyter_syft.identity import Identity, IdentityError, public_key_of
 from jupyter_syft.wire import messages as m
@@ -76,7 +77,18 @@ class DomainCore:
     # True until the executor's workers have preloaded torch and Opacus (~4 s after start):
     # requests waiting to run meanwhile say so (RequestInfo.note) instead of looking hung.
     warming_up: bool = True
+    # The latest progress of each building or running request (in memory only: one entry per
+    # job however often it reports, gone when the job ends).
+    progress: dict[str, m.JobProgress] = field(default_factory=dict)
     _changed: dict[str, trio.Event] = field(default_factory=dict)
+
+    def set_progress(self, request_id: str, progress: m.JobProgress | None) -> None:
+        """Record (None: forget) a request's progress and wake its long-polls."""
+        if progress is None:
+            self.progress.pop(request_id, None)
+        else:
+            self.progress[request_id] = progress
+        self.notify(request_id)
 
     def notify(self, request_id: str) -> None:
         """Wake every long-poll waiting on this request."""
@@ -151,13 +163,30 @@ class DomainCore:
         requester once released (the stored copies stay sealed)."""
         if self.warming_up and info.status in ("approved", "running"):
             info = msgspec.structs.replace(info, note=WARMING_UP_NOTE)
+        progress = self.progress.get(info.request_id)
+        if (
+            progress is not None
+            and info.status in ("building", "running")
+            and (progress.stage or caller.role == "admin" or self._steps_public(info))
+        ):
+            info = msgspec.structs.replace(info, progress=progress)
         found = self.store.job_output(info.request_id)
         if found is None:
             return info
         error_full, log, released = found
         if caller.role != "admin" and not (released and info.requester == caller.peer_id):
             return info
+        if caller.role != "admin":  # the requester: their frames first, none of our paths
+            paths = owner_paths(self.store.paths.root)
+            error_full, log = for_scientist(error_full, paths), for_scientist(log, paths)
         return msgspec.structs.replace(info, error_full=error_full, log=log, released=released)
+
+    def _steps_public(self, info: m.RequestInfo) -> bool:
+        """Whether the job's own progress numbers reach its requester: only when its result
+        would too without another look (not aggregate-only, not held for the owner's review),
+        as they are numbers the job's code chose (jobs.progress)."""
+        release = self.store.disclosure(info.inputs.values())[1]
+        return info.policy != "aggregate" and release != "after_review"
 
 
 class NodeCalls:

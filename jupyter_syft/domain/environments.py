@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import cache
@@ -180,8 +180,11 @@ class Environments:
         self._ready: dict[str, Environment] = {}
         self._locks: dict[str, trio.Lock] = {}
 
-    async def prepare(self, requirements: list[str]) -> Environment:
-        """The environment for these (checked) requirements: from the cache, or built now.
+    async def prepare(
+        self, requirements: list[str], on_stage: Callable[[str], None] = lambda stage: None
+    ) -> Environment:
+        """The environment for these (checked) requirements: from the cache, or built now,
+        telling `on_stage` what the build is doing (the node's words, shown to the scientist).
 
         BuildError with the resolver's or installer's message if it cannot be built.
         """
@@ -189,7 +192,7 @@ class Environments:
         async with self._locked(key):
             found = self.cached(requirements)
             if found is None:
-                found = await self._build(key, requirements)
+                found = await self._build(key, requirements, on_stage)
                 self._ready[key] = replace(found, built=False, seconds=0.0)  # now a cache hit
             return found
 
@@ -218,7 +221,9 @@ class Environments:
         lock = (folder / "requirements.lock").read_text()
         return Environment(folder / "site-packages", lock_hash, False, 0.0, _pins(lock))
 
-    async def _build(self, key: str, requirements: list[str]) -> Environment:
+    async def _build(
+        self, key: str, requirements: list[str], on_stage: Callable[[str], None]
+    ) -> Environment:
         started = time.monotonic()
         build = self.root / f".build-{uuid.uuid4().hex}"
         try:
@@ -230,6 +235,7 @@ class Environments:
             (build / "constraints.txt").write_text("".join(p + "\n" for p in self._base))
             (build / "requirements.lock").write_text("")
             if needed:
+                on_stage(f"resolving {_count(len(needed), 'requirement')}")
                 await self._uv_run("could not resolve the requirements", self._compile(build))
             lock = (build / "requirements.lock").read_text()
             lock_hash = hashlib.sha256(lock.encode()).hexdigest()
@@ -239,6 +245,7 @@ class Environments:
                 if built:
                     (build / "site-packages").mkdir()
                     if _pins(lock):
+                        on_stage(f"installing {_count(len(_pins(lock)), 'package')}")
                         await self._uv_run("could not install them", self._install(build))
                     os.rename(build, folder)  # complete, or not there at all
             _write_atomically(self.root / "resolved" / key, lock_hash)
@@ -248,6 +255,7 @@ class Environments:
         finally:
             shutil.rmtree(build, ignore_errors=True)
         seconds = time.monotonic() - started
+        on_stage("done")
         return Environment(folder / "site-packages", lock_hash, built, seconds, _pins(lock))
 
     def _compile(self, build: Path) -> list[str]:
@@ -307,6 +315,10 @@ def _public(version: str) -> str:
         return Version(version).public
     except InvalidVersion:
         return ""
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _pins(lock: str) -> list[str]:

@@ -44,13 +44,14 @@ from jupyter_syft.domain.jobs import (
     JobOrder,
     JobOutcome,
     JobSpec,
+    ProgressCallback,
     check_code,
     crash_message,
     register_backend,
 )
 from jupyter_syft.domain.sandbox import SandboxStatus, cgroups, confinement, probe
 from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment
-from jupyter_syft.wire.messages import DPQuery
+from jupyter_syft.wire.messages import DPQuery, JobProgress
 
 PRELOAD = [
     "torch",
@@ -64,6 +65,8 @@ PRELOAD = [
     "opacus",  # ~2.5 s to import: paid at start, not by each DP training job or round
     "torch._dynamo",  # ~1 s, imported by the first torch.optim optimizer a job makes
     "jupyter_syft.federated.local",  # safetensors: each federated round loads weights
+    "matplotlib.pyplot",  # ~2 s with its font list: a job that plots pays nothing (Agg)
+    "tqdm",  # jupyter_syft.domain.worker makes its bars report progress
     # A worker re-runs the node's main module (`python -m jupyter_syft.cli`) as it starts;
     # with its imports (trio: ~0.1 s) already loaded here, that costs nothing.
     "jupyter_syft.cli",
@@ -138,8 +141,11 @@ class Executor(ExecutorBackend):
                 )
             self._add_spare()
 
-    def run(self, job: JobSpec, keep_for: str = "") -> JobOutcome:
-        """Run a job to completion; a failure is reported in the outcome, never raised.
+    def run(
+        self, job: JobSpec, keep_for: str = "", on_progress: ProgressCallback | None = None
+    ) -> JobOutcome:
+        """Run a job to completion; a failure is reported in the outcome, never raised;
+        `on_progress` gets its progress as its worker passes it on (ExecutorBackend.run).
 
         `keep_for` (a federated plan's id) keeps the worker, confined as it is, for the next
         job with the same key: the rounds of one approved plan (one scientist, one model
@@ -158,7 +164,7 @@ class Executor(ExecutorBackend):
         created = not os.path.isdir(job.output_dir)
         try:
             os.makedirs(job.output_dir, exist_ok=True)
-            outcome = self._run(job, started + job.timeout_s, keep_for)
+            outcome = self._run(job, started + job.timeout_s, keep_for, on_progress)
         except OSError as e:
             outcome = JobOutcome(ok=False, error=f"could not run the job: {e}")
         if not outcome.ok:
@@ -188,7 +194,9 @@ class Executor(ExecutorBackend):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _run(self, job: JobSpec, deadline: float, keep_for: str) -> JobOutcome:
+    def _run(
+        self, job: JobSpec, deadline: float, keep_for: str, on_progress: ProgressCallback | None
+    ) -> JobOutcome:
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
@@ -205,17 +213,14 @@ class Executor(ExecutorBackend):
                 processes=self._confinement.max_processes,
                 cpus=self._confinement.cpus,
             )
+        outcome: JobOutcome | None = None
         try:
             conn.send_bytes(msgspec.msgpack.encode(JobOrder(job, keep=bool(keep_for))))
-            ready = conn.poll(remaining())
-            report = conn.recv_bytes(MAX_OUTCOME_BYTES) if ready else None
+            while outcome is None and (ready := conn.poll(remaining())):
+                outcome = _message(conn.recv_bytes(MAX_OUTCOME_BYTES), on_progress)
         except (EOFError, OSError):  # the worker ended without reporting
-            ready, report = True, None
-        if report is not None:
-            try:
-                outcome = msgspec.msgpack.decode(report, type=JobOutcome)
-            except msgspec.DecodeError as e:
-                outcome = JobOutcome(ok=False, error=f"the worker sent a malformed report: {e}")
+            ready = True
+        if outcome is not None:
             if keep_for and outcome.ok and self._keep(keep_for, process, conn):
                 return outcome
             conn.close()
@@ -337,6 +342,19 @@ class Executor(ExecutorBackend):
         return crash_message(code)
 
 
+def _message(data: bytes, on_progress: ProgressCallback | None) -> JobOutcome | None:
+    """A worker's message: its outcome, or None for a progress update (passed on)."""
+    try:
+        message = msgspec.msgpack.decode(data, type=JobOutcome | JobProgress)
+    except msgspec.DecodeError as e:
+        return JobOutcome(ok=False, error=f"the worker sent a malformed report: {e}")
+    if isinstance(message, JobOutcome):
+        return message
+    if on_progress is not None:
+        on_progress(message)
+    return None
+
+
 def _start_forkserver_with_clean_environment() -> None:
     """Start the forkserver (once per process) with only the job environment's variables: a
     process's initial environment stays readable in /proc/self/environ however it changes
@@ -346,6 +364,7 @@ def _start_forkserver_with_clean_environment() -> None:
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(clean_environment())
+    os.environ["MPLBACKEND"] = "Agg"  # jobs have no display: figures render to PNG
     try:
         forkserver.ensure_running()
     finally:

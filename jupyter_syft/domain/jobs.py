@@ -12,16 +12,22 @@ applies the same sandbox, limits and timeouts.
 from __future__ import annotations
 
 import ast
+import operator
+import os
+import re
 import signal
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from types import CodeType
 
 import msgspec
 
 from jupyter_syft.domain.sandbox import SandboxStatus
-from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan
+from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan, JobProgress
 
 MANIFEST_FILE = "manifest.sealed"
 PART_FILE = "part-{}.sealed"
@@ -75,7 +81,7 @@ class JobOrder(msgspec.Struct):
     keep: bool = False
 
 
-class JobOutcome(msgspec.Struct):
+class JobOutcome(msgspec.Struct, tag="outcome"):
     ok: bool
     # What the scientist may see of a failure: one line with the exception type, then the
     # frames of their own code (line numbers and source lines), never exception messages,
@@ -90,6 +96,157 @@ class JobOutcome(msgspec.Struct):
     part_count: int = 0
     result_bytes: int = 0  # bytes of the result files written
     seconds: float = 0.0
+
+
+ProgressCallback = Callable[[JobProgress], None]
+# Set by the worker in a job process: sends (done, total) to its keeper. None elsewhere.
+_report: Callable[[int, int], None] | None = None
+
+
+def progress(done: int, total: int) -> None:
+    """Report that a job has done `done` of `total` steps: the scientist's cell shows a bar.
+
+    `import jupyter_syft as syft; syft.progress(i, n)` in a request's code (tqdm bars inside a
+    job report the same way); outside a job it does nothing, so the code runs unchanged on the
+    mock. Cheap to call often: the job sends at most a few updates a second, its keeper passes
+    on at most a few a second more, and the node keeps only the latest, in memory.
+
+    Disclosure: what leaves is two whole numbers, nothing else. No label or other text from the
+    job: a free-text label would be a channel for private values (`progress(i, n,
+    label=df.name[0])`) that bypasses the error redaction and the owner's result review, and
+    is easy to miss in review. Two numbers are a far narrower channel (clipped to
+    0 <= done <= total <= MAX_PROGRESS_TOTAL, a few samples a second, only the latest seen),
+    and requests whose result leaves only after review or only inside an aggregate show it to
+    the owner alone (DomainCore.disclosed).
+    """
+    try:
+        done, total = operator.index(done), operator.index(total)
+    except TypeError:
+        raise TypeError(
+            f"syft.progress(done, total) takes whole numbers, got {type(done).__name__} and "
+            f"{type(total).__name__}"
+        ) from None
+    if total <= 0 or done < 0:
+        raise ValueError(
+            f"syft.progress(done, total) needs 0 <= done and 0 < total: {done}, {total}"
+        )
+    if _report is not None:
+        _report(min(done, total), total)
+
+
+MAX_PROGRESS_TOTAL = 10**9
+
+
+def clip_progress(done: int, total: int) -> JobProgress:
+    """What a job's progress may say, whatever its frames claim: 0 <= done <= total."""
+    total = max(0, min(total, MAX_PROGRESS_TOTAL))
+    return JobProgress(done=max(0, min(done, total)), total=total)
+
+
+# ---- tracebacks as the scientist sees them ------------------------------------------------
+
+_FRAME = re.compile(r'^(\s*)File "(.*)", line (\d+), in (.*)$')
+_PACKAGE_DIR = re.compile(r"[^\s\"'(]*/(?:site|dist)-packages/")
+_PYTHON_DIR = re.compile(r"[^\s\"'(]*/lib/python3\.\d+/")
+
+
+def user_file(request_id: str) -> str:
+    """The name a job's code is compiled under: tracebacks show its frames by it."""
+    return f"<request {request_id}>"
+
+
+def library_of(filename: str) -> str:
+    """The package a traceback frame's file belongs to ("pandas" for
+    .../site-packages/pandas/core/frame.py), "python" for the standard library."""
+    parts = filename.split("/")
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            index = len(parts) - 1 - parts[::-1].index(marker)
+            rest = parts[index + 1 : index + 2]
+            return rest[0].removesuffix(".py") if rest else "python"
+    if "jupyter_syft" in parts:
+        return "jupyter_syft"
+    return "python"
+
+
+def collapsed(libraries: list[str]) -> str:
+    """One line for a run of library frames: "… 5 frames in pandas"."""
+    names = ", ".join(dict.fromkeys(libraries))
+    count = len(libraries)
+    return f"… {count} frame{'s' if count > 1 else ''} in {names}"
+
+
+def for_scientist(text: str, paths: list[tuple[str, str]]) -> str:
+    """A released traceback (or job log) as its scientist sees it: the frames of their code
+    as Python printed them, each run of library frames as one line ("… 5 frames in pandas"),
+    and every path of the owner's machine replaced (`paths`: prefix and its stand-in, then a
+    pattern for any other package or Python folder). The owner's copy stays whole."""
+    sections = re.split(r"(\n\n(?:The above exception|During handling of).*\n\n)", text)
+    shown = [_tidy_section(section) for section in sections]
+    tidy = "".join(shown)
+    for prefix, stand_in in paths:
+        tidy = tidy.replace(prefix, stand_in)
+    tidy = _PACKAGE_DIR.sub("<packages>/", tidy)
+    return _PYTHON_DIR.sub("<python>/", tidy)
+
+
+def _tidy_section(section: str) -> str:
+    lines = section.split("\n")
+    out: list[str] = []
+    libraries: list[str] = []
+    index = 0
+    while index < len(lines):
+        match = _FRAME.match(lines[index])
+        if match is None:
+            if libraries:
+                out.append(" " * 2 + collapsed(libraries))
+                libraries = []
+            out.append(lines[index])
+            index += 1
+            continue
+        indent = len(match.group(1))
+        end = index + 1
+        while end < len(lines) and _indent(lines[end]) > indent and lines[end].strip():
+            end += 1
+        if match.group(2).startswith("<request "):
+            if libraries:
+                out.append(" " * indent + collapsed(libraries))
+                libraries = []
+            out += lines[index:end]
+        else:
+            libraries.append(library_of(match.group(2)))
+        index = end
+    if libraries:
+        out.append("  " + collapsed(libraries))
+    return "\n".join(out)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+@cache
+def owner_paths(data_dir: Path) -> list[tuple[str, str]]:
+    """This machine's folders that a job's traceback or log can name, longest first, each
+    with what the scientist sees instead: the domain's data dir, the Python installation and
+    its package folders, this package, the node's home and working folders."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        if os.path.basename(entry) in ("site-packages", "dist-packages"):
+            found[entry] = "<packages>"
+    for folder in (sys.prefix, sys.base_prefix, sys.exec_prefix):
+        found.setdefault(folder, "<python>")
+    found[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] = "<jupyter_syft>"
+    found[str(data_dir)] = "<domain>"
+    found.setdefault(os.path.expanduser("~"), "~")
+    found.setdefault(os.getcwd(), "<node>")
+    pairs = {
+        variant: stand_in
+        for path, stand_in in found.items()
+        for variant in (path, os.path.realpath(path), os.path.abspath(path))
+        if len(variant) > 1
+    }
+    return sorted(pairs.items(), key=lambda pair: -len(pair[0]))
 
 
 def compile_code(code: str, function_name: str, filename: str = "<code>") -> CodeType:
@@ -149,9 +306,13 @@ class ExecutorBackend(ABC):
         """Get ready for the first job (imports, workers); called once after start."""
 
     @abstractmethod
-    def run(self, job: JobSpec, keep_for: str = "") -> JobOutcome:
+    def run(
+        self, job: JobSpec, keep_for: str = "", on_progress: ProgressCallback | None = None
+    ) -> JobOutcome:
         """Run `job` to completion; a failure is reported in the outcome, never raised.
-        `keep_for` (a federated plan's id) may keep the job's worker for the next round."""
+        `keep_for` (a federated plan's id) may keep the job's worker for the next round;
+        `on_progress` is called (from this thread) with the job's progress as it reports it,
+        a few times a second at most."""
 
     @abstractmethod
     def close(self) -> None:

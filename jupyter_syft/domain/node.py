@@ -6,6 +6,7 @@ executor, so a crash, a timeout or an out-of-memory job fails that request only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -33,7 +34,7 @@ from jupyter_syft.network.member import NetworkMembership
 from jupyter_syft.p2p import P2PHost
 from jupyter_syft.p2p.host import Handler
 from jupyter_syft.tls import ensure_tls_cert
-from jupyter_syft.wire.messages import DOMAIN_PROTOCOL
+from jupyter_syft.wire.messages import DOMAIN_PROTOCOL, JobProgress
 from jupyter_syft.wire.node_info import remove_node_info, write_node_info
 from jupyter_syft.wire.ratelimit import MAX_TRACKED, RateLimiter
 from jupyter_syft.wire.tickets import TicketIssuer
@@ -163,6 +164,7 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
             if built is None:
                 return  # the request failed, saying why, or another worker took it
             environment = built
+    core.set_progress(request_id, None)  # the build's stage
     try:
         store.start_run(request_id, built=building)
     except StoreError:
@@ -208,7 +210,12 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
         job.weights_path = str(store.paths.round_weights(request_id))
     # A plan's rounds reuse one warm, confined worker (ExecutorBackend.run's keep_for).
     keep_for = info.plan_round[0] if info.plan_round is not None else ""
-    run = functools.partial(executor.run, job, keep_for)
+
+    def on_progress(progress: JobProgress) -> None:  # in the executor's thread
+        with contextlib.suppress(trio.RunFinishedError, trio.Cancelled):
+            trio.from_thread.run_sync(core.set_progress, request_id, progress)
+
+    run = functools.partial(executor.run, job, keep_for, on_progress)
     # mypy 2.4 misreads trio's `*args: Unpack[Ts]` signature as taking no keywords.
     outcome = await trio.to_thread.run_sync(run, abandon_on_cancel=True)  # type: ignore[call-arg]
     if outcome.ok and aggregate:
@@ -230,7 +237,7 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
         # Errors the executor writes itself (timeouts, crashes) hold no data: both texts alike.
         error_full = outcome.error_full or outcome.error
         store.fail_run(request_id, outcome.error, error_full, outcome.log)
-    core.notify(request_id)
+    core.set_progress(request_id, None)  # and wake the long-polls: the job ended
 
 
 async def _build_environment(
@@ -246,11 +253,15 @@ async def _build_environment(
     except StoreError:
         return None
     core.notify(request_id)
+
+    def on_stage(stage: str) -> None:
+        core.set_progress(request_id, JobProgress(stage=f"building environment: {stage}"))
+
     try:
-        environment = await core.environments.prepare(requirements)
+        environment = await core.environments.prepare(requirements, on_stage)
     except BuildError as exc:
         store.fail_build(request_id, str(exc))
-        core.notify(request_id)
+        core.set_progress(request_id, None)
         return None
     if environment.built:
         detail = {

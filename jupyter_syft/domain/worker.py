@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from jupyter_syft.crypto.seal import ResultSeal, SealingWriter, x25519_public_key
+from jupyter_syft.domain import jobs
 from jupyter_syft.domain.jobs import (
     MANIFEST_FILE,
     MAX_LOG_BYTES,
@@ -57,8 +58,12 @@ from jupyter_syft.domain.jobs import (
     JobOrder,
     JobOutcome,
     JobSpec,
+    clip_progress,
+    collapsed,
     compile_code,
     crash_message,
+    library_of,
+    user_file,
 )
 from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces, syscalls
 from jupyter_syft.domain.sandbox.confine import Confinement
@@ -77,8 +82,17 @@ M_ARENA_MAX = -8  # glibc's mallopt() parameter
 MALLOC_ARENAS = 2
 ADDRESS_SLACK = 256 * 2**20
 # Frames from the job to its keeper: one type byte, a 4-byte length, the payload.
-_PART, _END_OF_PART, _REPORT, _JOB = b"P", b"E", b"R", b"J"
+_PART, _END_OF_PART, _REPORT, _JOB, _PROGRESS = b"P", b"E", b"R", b"J", b"G"
 _HEADER = struct.Struct("!cI")
+_STEPS = struct.Struct("!qq")  # a progress frame: done, total
+# How often a job sends progress at most (it keeps the latest), and how many updates a second
+# its keeper passes on at most (a burst of PROGRESS_BURST): see jobs.progress for why so few.
+PROGRESS_INTERVAL_S = 0.25
+PROGRESS_PER_S = 4.0
+PROGRESS_BURST = 4.0
+# What the keeper waits after each progress frame: a job that writes them in a loop fills its
+# socket and blocks (its own CPU time, capped), instead of keeping the keeper busy.
+PROGRESS_FRAME_PAUSE_S = 0.005
 MAX_CHUNK = 8 * 2**20
 MAX_REPORT = 2**22
 
@@ -175,7 +189,7 @@ def main(conn: Connection, confinement: Confinement | None, node_pid: int) -> No
             os.kill(pid, signal.SIGKILL)
             os._exit(0)
         try:
-            outcome = _keep(order, pid, keeper_end, reader, log, log_read)
+            outcome = _keep(order, pid, keeper_end, reader, log, log_read, conn)
         except Exception:  # a bug of ours: say so rather than look like the job crashed
             error = traceback.format_exc()
             print(error, file=sys.stderr)
@@ -213,9 +227,11 @@ def _keep(
     reader: threading.Thread,
     log: bytearray,
     log_fd: int,
+    conn: Connection,
 ) -> JobOutcome:
-    """Hand the job and its open inputs over, seal what comes back, collect the log and the
-    job's exit status. The keeper opens the inputs: the job's view holds none of the data dir."""
+    """Hand the job and its open inputs over, seal what comes back, pass its progress on to the
+    executor, collect the log and the job's exit status. The keeper opens the inputs: the job's
+    view holds none of the data dir."""
     job = order.job
     try:
         fds = _open_inputs(job)
@@ -228,7 +244,7 @@ def _keep(
                 os.close(fd)
             order_bytes = msgspec.msgpack.encode(order)
             sock.sendall(_HEADER.pack(_JOB, len(order_bytes)) + order_bytes)
-            outcome = _receive_result(job, sock)
+            outcome = _receive_result(job, sock, _ProgressForwarder(conn))
         except (OSError, ValueError) as e:
             outcome = JobOutcome(ok=False, error=f"could not write the result: {e}")
     if outcome.error == _NO_REPORT:
@@ -267,9 +283,35 @@ def _open_inputs(job: JobSpec) -> list[int]:
     return fds
 
 
-def _receive_result(job: JobSpec, sock: socket.socket) -> JobOutcome:
-    """Read the job's frames; write each part sealed. The job is not trusted: every size is
-    checked before it is read, and a result over the limit stops the job."""
+class _ProgressForwarder:
+    """Passes a job's progress to the executor: at most PROGRESS_PER_S updates a second (a
+    token bucket), the latest one held back meanwhile and sent with the next frame that finds
+    a token."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._tokens = PROGRESS_BURST
+        self._last = time.monotonic()
+        self._held: bytes | None = None
+
+    def __call__(self, payload: bytes | None) -> None:
+        if payload is not None:
+            done, total = _STEPS.unpack(payload)
+            self._held = msgspec.msgpack.encode(clip_progress(done, total))
+            time.sleep(PROGRESS_FRAME_PAUSE_S)
+        now = time.monotonic()
+        self._tokens = min(PROGRESS_BURST, self._tokens + (now - self._last) * PROGRESS_PER_S)
+        self._last = now
+        if self._held is not None and self._tokens >= 1:
+            self._conn.send_bytes(self._held)
+            self._tokens -= 1
+            self._held = None
+
+
+def _receive_result(job: JobSpec, sock: socket.socket, progress: _ProgressForwarder) -> JobOutcome:
+    """Read the job's frames; write each part sealed, pass progress on. The job is not
+    trusted: every size is checked before it is read, and a result over the limit stops the
+    job."""
     recipient = x25519_public_key(job.seal_to)
     contexts = ResultSeal(job.request_id, job.domain_peer_id, job.requester)
     cap = int(job.max_result_bytes * 1.05) + 2**20  # Arrow's framing on top of the data
@@ -283,6 +325,10 @@ def _receive_result(job: JobSpec, sock: socket.socket) -> JobOutcome:
         if len(header) < _HEADER.size:
             return JobOutcome(ok=False, error=_NO_REPORT)
         kind, size = _HEADER.unpack(header)
+        if kind == _PROGRESS and size == _STEPS.size:
+            progress(_read_exactly(reader, size))
+            continue
+        progress(None)  # one held back: its turn, if a token is free
         if kind == _PART:
             received += size
             if size > MAX_CHUNK or received > cap:
@@ -417,9 +463,49 @@ def _receive_job(sock: socket.socket) -> tuple[JobOrder, list[int]]:
     return msgspec.msgpack.decode(reader.read(size), type=JobOrder), fds
 
 
+_SENDING = threading.Lock()  # a thread the job's code started may report progress meanwhile
+
+
 def _send(sock: socket.socket, kind: bytes, payload: bytes | bytearray | memoryview) -> None:
-    sock.sendall(_HEADER.pack(kind, len(payload)))
-    sock.sendall(payload)
+    with _SENDING:
+        sock.sendall(_HEADER.pack(kind, len(payload)))
+        sock.sendall(payload)
+
+
+class _ProgressSender:
+    """jobs.progress in a job process: sends (done, total) to the keeper at most every
+    PROGRESS_INTERVAL_S, and always the end (done == total), so a loop may call it each step."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._sent_at = -math.inf
+        self._sent = (-1, -1)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if (done, total) == self._sent or (
+            now - self._sent_at < PROGRESS_INTERVAL_S and done < total
+        ):
+            return
+        self._sent_at, self._sent = now, (done, total)
+        _send(self._sock, _PROGRESS, _STEPS.pack(done, min(total, 2**63 - 1)))
+
+
+def _report_tqdm() -> None:
+    """Make tqdm's bars inside the job report their steps as jobs.progress does (tqdm redraws
+    at most ~10 times a second; its bar text still goes to the job's log)."""
+    try:
+        from tqdm import std
+    except ImportError:  # not installed on this domain: nothing to report
+        return
+    display = std.tqdm.display
+
+    def reporting_display(bar: Any, *args: Any, **kwargs: Any) -> Any:
+        if bar.total and bar.total > 0:
+            jobs.progress(int(min(bar.n, bar.total)), int(bar.total))
+        return display(bar, *args, **kwargs)
+
+    std.tqdm.display = reporting_display
 
 
 def _run(job: JobSpec, fds: list[int], sock: socket.socket) -> JobReport:
@@ -468,6 +554,8 @@ def _enter(
             raise JobError(f"the sandbox could not be entered: {e}") from e
     if job.environment:
         sys.path.insert(0, job.environment)
+    jobs._report = _ProgressSender(sock)
+    _report_tqdm()
     import torch
 
     if not torch.cuda.is_available():
@@ -550,7 +638,7 @@ def _call(job: JobSpec, inputs: dict[str, Any]) -> Any:
 
 def _filename(job: JobSpec) -> str:
     """The name the job's code is compiled under: tracebacks show its lines by it."""
-    return f"<request {job.request_id}>"
+    return user_file(job.request_id)
 
 
 def _run_private(job: JobSpec, fds: dict[str, int]) -> Any:
@@ -657,8 +745,9 @@ def _failure(
     """(what the scientist may see, the whole text for the owner).
 
     The scientist's text names the exception's type and shows the frames of their own code by
-    line number and the line of the source they sent, never the exception's message, values, the
-    owner's paths or names the code made at run time: an approved job could raise the private
+    line number and the line of the source they sent (library frames as one line each run: "…
+    5 frames in pandas"), never the exception's message, values, the owner's paths or names the
+    code made at run time: an approved job could raise the private
     rows as its message (the attack this stops). Running out of memory shows as MemoryError
     (Python, numpy, pyarrow) or as torch's RuntimeError "can't allocate memory"; both become
     one clear message, as does a job that the sandbox stopped.
@@ -684,11 +773,18 @@ def _failure(
     lines = traceback.format_exception(type(error), error, tb)
     full = full + "\n" + "".join(lines).rstrip()
     source = job.code.splitlines()
-    frames = [
-        f"  line {frame.lineno}: {source[frame.lineno - 1].strip()}"
-        for frame in traceback.extract_tb(tb)
-        if frame.filename == filename and frame.lineno and 0 < frame.lineno <= len(source)
-    ]
+    frames: list[str] = []
+    libraries: list[str] = []  # a run of library frames, shown as one line
+    for frame in traceback.extract_tb(tb):
+        if frame.filename != filename:
+            libraries.append(library_of(frame.filename))
+        elif frame.lineno and 0 < frame.lineno <= len(source):
+            if libraries:
+                frames.append("  " + collapsed(libraries))
+                libraries = []
+            frames.append(f"  line {frame.lineno}: {source[frame.lineno - 1].strip()}")
+    if frames and libraries:
+        frames.append("  " + collapsed(libraries))
     if frames:
         public += "\nin your code (the message is for the owner to release):\n" + "\n".join(frames)
     return public, full

@@ -3,6 +3,7 @@ module (`jupyter_syft.safe_html`: escaping, the sanitiser, value rendering)."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,7 +66,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = ""
 
 
 def mock_result(label: str, value: Any) -> Bundle:
-    """A mock cell's value, framed and labelled so it cannot pass for a real result."""
+    """A mock cell's value, framed and labelled so it cannot pass for a real result; a figure
+    (Figure or Axes) as a PNG with the MOCK banner drawn into the image itself."""
+    from jupyter_syft.wire.values import figure_of
+
+    figure = figure_of(value)
+    if figure is not None:
+        return mock_figure(label, figure)
     banner = f"{badge(COLOURS['mock'], 'MOCK')} computed on mock data, not the private data: "
     markup = f"<div>{banner}{esc(label)}</div>"
     text = f"[MOCK data, not the private data: {label}]"
@@ -74,6 +81,40 @@ def mock_result(label: str, value: Any) -> Bundle:
         markup += value_html
         text += "\n" + value_text
     return bundle(frame(COLOURS["mock"], markup), text)
+
+
+MOCK_STAMP = "MOCK: computed on mock data, not the private data"
+
+
+def mock_figure(label: str, figure: Any) -> Bundle:
+    """A figure drawn on mocks: the MOCK banner is part of the image (it stays on the picture
+    when copied), and the figure is closed so the inline backend does not show it again
+    without it."""
+    from matplotlib import pyplot
+
+    from jupyter_syft.wire.values import figure_png
+
+    stamp = figure.text(
+        0.0, 1.0, f" {MOCK_STAMP} ", ha="left", va="bottom", color="white",
+        fontweight="bold", backgroundcolor=COLOURS["mock"], transform=figure.transFigure,
+    )  # fmt: skip
+    try:
+        data = figure_png(figure)
+    finally:
+        stamp.remove()
+        pyplot.close(figure)
+    return image(data, f"[MOCK data, not the private data: {label}] a figure")
+
+
+def image(data: bytes, text: str) -> Bundle:
+    """A PNG image output (checked again here: only a real, capped PNG is displayed)."""
+    from jupyter_syft.wire.values import check_png
+
+    width, height = check_png(data)
+    return {
+        "image/png": base64.b64encode(data).decode(),
+        "text/plain": f"{text} ({width}x{height})",
+    }
 
 
 def note(text: str, colour: str = COLOURS["pending"]) -> Bundle:
@@ -104,7 +145,7 @@ POLICY_TEXT = {
 
 def submission(sub: Submission) -> Bundle:
     """The live status of a `%%request` cell, or its result with provenance once done."""
-    elapsed = f"{time.monotonic() - sub.started:.1f} s"
+    elapsed = f"{(sub.ended or time.monotonic()) - sub.started:.1f} s"
     where = ", ".join(f"{s} as {s.name}" for s in sub.line.sources)
     parts, lines = [], []
     for target in sub.targets:
@@ -133,6 +174,10 @@ def _target(target: Target, sub: Submission) -> tuple[str, str]:
         origin = provenance(target)
         if is_a(target.value, "jupyter_syft.client.privacy", "DPResult"):
             return _dp_result(target.value, target.domain, origin)
+        if is_a(target.value, "jupyter_syft.wire.values", "PNGImage"):  # the image follows
+            caption = f"a figure, {target.value.width}x{target.value.height} PNG (below)"
+            markup = frame(COLOURS["done"], esc(caption) + small(esc(origin)))
+            return markup, f"{target.domain}: {caption}\n[{origin}]"
         value_html, value_text = render(target.value)
         markup = frame(COLOURS["done"], value_html + small(esc(origin)))
         return markup, f"{target.domain}: {value_text}\n[{origin}]"
@@ -172,7 +217,23 @@ def _status(target: Target, sub: Submission) -> tuple[str, str, str]:
         return state, STATUS_TEXT[state], target.request.info.reason or "(no reason given)"
     if state == "failed":
         return state, STATUS_TEXT[state], target.request.error
+    progress = target.request.info.progress
+    if state in ("building", "running") and progress is not None and not target.problem:
+        return state, STATUS_TEXT[state], progress_text(progress)
     return state, STATUS_TEXT[state], target.problem or target.request.info.note
+
+
+def progress_text(progress: Any) -> str:
+    """A job's progress (wire.messages.JobProgress) as a bar with its numbers, or the node's
+    stage of an environment build."""
+    if not progress.total:
+        return progress.stage
+    share = progress.done / progress.total
+    filled = round(GAUGE_WIDTH * share)
+    bar = "\u2588" * filled + "\u2591" * (GAUGE_WIDTH - filled)
+    return f"{bar} {progress.done}/{progress.total} ({share:.0%})"
+
+
 
 
 def provenance(target: Target) -> str:

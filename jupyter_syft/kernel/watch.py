@@ -2,7 +2,9 @@
 
 A cell returns as soon as its request is submitted; a thread per request then long-polls the
 domain and updates the cell's status line in place (a display with a display_id), so other
-cells run meanwhile. When the link to a domain breaks, the thread keeps reconnecting: the
+cells run meanwhile; one more thread ticks the elapsed time of every unfinished cell (an
+update of its display, no new output), and the node's progress reports (a bar) wake the
+long-poll as they come. When the link to a domain breaks, the thread keeps reconnecting: the
 request lives on the domain and is picked up again, then its result is bound to the cell's
 `--out` variable and shown in place of the status line.
 """
@@ -22,6 +24,7 @@ from jupyter_syft.kernel import display as show
 from jupyter_syft.kernel.cells import CellLine
 from jupyter_syft.kernel.dp import as_dp
 from jupyter_syft.kernel.session import SyftSession, reason
+from jupyter_syft.safe_html import is_a
 
 if TYPE_CHECKING:
     from ipykernel.zmqshell import ZMQInteractiveShell
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 FINAL_STATUSES = ("done", "denied", "failed", "withheld")
 POLL_S = 10.0  # longest single long-poll: how soon a watcher notices the kernel stopping
 RETRY_S = (0.1, 0.25, 0.5, 1.0, 2.0)  # waits between reconnection attempts
+TICK_S = 1.0  # how often an unfinished cell's elapsed time is redrawn
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Submission:
     skipped: list[str] = field(default_factory=list)  # domains offline at submission (`*`)
     display_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the last target finished: the elapsed time stops there
     done: threading.Event = field(default_factory=threading.Event)
     bound: bool = False
     superseded: bool = False  # a later cell bound the same --out: this one must not overwrite it
@@ -102,6 +107,7 @@ class Submission:
                 )
                 self.shell.user_ns[self.line.out] = value
                 self.bound = True
+            self.ended = time.monotonic()
             self.done.set()
 
 
@@ -112,6 +118,7 @@ class RequestBook:
         self.session = session
         self.submissions: list[Submission] = []
         self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def watch(self, submission: Submission) -> None:
         for earlier in self.submissions:
@@ -120,6 +127,9 @@ class RequestBook:
         self.submissions.append(submission)
         submission.finish_if_done()  # e.g. an auto-approved DP query, answered already
         submission.show()
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick, name="syft-tick", daemon=True)
+            self._ticker.start()
         for target in submission.targets:
             if not target.finished:
                 threading.Thread(
@@ -137,7 +147,22 @@ class RequestBook:
             submission.finish_if_done()
             if not self._stop.is_set():
                 submission.show(update=True)
+                if target.fetched and is_a(target.value, "jupyter_syft.wire.values", "PNGImage"):
+                    origin = f"{target.domain}: a figure, {show.provenance(target)}"
+                    display(show.image(target.value.data, origin), raw=True)
             submission.shell.reset_thread_parent(tokens)
+
+    def _tick(self) -> None:
+        """Redraw every unfinished cell each TICK_S, so its elapsed time moves."""
+        while not self._stop.wait(TICK_S):
+            for submission in list(self.submissions):
+                if submission.done.is_set():
+                    continue
+                tokens = submission.shell.set_thread_parent(submission.parent)
+                try:
+                    submission.show(update=True)
+                finally:
+                    submission.shell.reset_thread_parent(tokens)
 
     def _follow(self, submission: Submission, target: Target) -> None:
         """Long-poll until the request ends and its result is here, reconnecting as needed."""
@@ -165,9 +190,9 @@ class RequestBook:
                 if left <= 0:
                     target.stopped = True
                     return
-                before = request.info.status
+                before = request.info.status, request.info.progress
                 request.refresh(wait_s=min(left, POLL_S))
-                if request.info.status != before:
+                if (request.info.status, request.info.progress) != before:
                     submission.show(update=True)
             except (RequestDenied, RequestFailed):
                 return  # raced with the status: the next render says which

@@ -414,6 +414,16 @@ class ArrowData(Struct, tag="arrow_data"):
     nbytes: int = 0  # size of the data behind a ticket, for progress
 
 
+class JobProgress(Struct, tag="job_progress"):
+    """How far a queued or running request is: `done` of `total` steps, as the job reported
+    them (`jupyter_syft.progress`), and the node's own words on a stage (an environment build).
+    Never text from the job: see jupyter_syft.domain.jobs.progress for why."""
+
+    done: int = 0
+    total: int = 0  # 0: no step count (a stage only)
+    stage: str = ""  # the node's words, e.g. "building environment: resolving"
+
+
 class RequestInfo(Struct, tag="request_info"):
     request_id: str
     requester: str
@@ -439,6 +449,7 @@ class RequestInfo(Struct, tag="request_info"):
     released: bool = False  # error_full and log are the requester's to read
     requirements: list[str] = []  # declared packages, checked and in canonical form
     note: str = ""  # a passing word from the node on a queued or running job ("warming up")
+    progress: JobProgress | None = None  # a building or running job's latest progress
     # The node's signed receipts (jupyter_syft.wire.receipts) for the audit entries about this
     # request: its submission, the decisions on it, its run. In replies about one request.
     receipts: list[Signed] = []

@@ -7,10 +7,13 @@ Tabular data (pandas, pyarrow) becomes an ordinary Arrow table. Arrays and tenso
 "tensor" table: one column "values" with the flattened data in C order, cut into record batches of
 about 4 MiB (a good size for streaming), plus schema metadata giving kind, shape, dtype and library.
 torch is imported only when a tensor has to be rebuilt, so importing this module stays cheap.
+A matplotlib figure (or Axes) becomes PNG bytes in the job, checked again where it arrives
+(`PNGImage`): a figure's objects never travel.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import mmap
@@ -31,6 +34,10 @@ VALUES_COLUMN = "values"
 BATCH_BYTES = 4 * 2**20
 MAX_DEPTH = 100
 MANIFEST_VERSION = 1
+MAX_PNG_BYTES = 2 * 2**20  # a figure's PNG (it rides in the manifest)
+MAX_PNG_SIDE = 10_000  # pixels
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIGURE_DPI = 100
 
 # dtype name -> numpy dtype of the stored values. Arrow's bool is bit-packed and Arrow has no
 # bfloat16, so those keep their raw bytes (uint8, uint16): every dtype then converts without a copy.
@@ -54,7 +61,8 @@ _TORCH_DTYPES = sorted(_STORAGE)
 _SCALAR_KINDS = "biufcmMSU"  # numpy scalar kinds shipped as raw bytes (no object or void)
 _SUPPORTED = (
     "None, bool, int, float, str, numpy scalars, numpy arrays, torch tensors, pandas DataFrame "
-    "and Series, pyarrow Table, and dict (str keys), list and tuple of these"
+    "and Series, pyarrow Table, matplotlib Figure or Axes (as a PNG image), and dict (str "
+    "keys), list and tuple of these"
 )
 
 
@@ -342,6 +350,71 @@ def read_ipc_file(path: str | os.PathLike[str]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------
+# figures
+
+
+class PNGImage:
+    """A figure that came back from a request: PNG bytes, checked (signature, size, image
+    dimensions) before anything shows them; a notebook displays it inline (`_repr_png_`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.width, self.height = check_png(data)
+        self.data = bytes(data)
+
+    def _repr_png_(self) -> bytes:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"<PNG image {self.width}x{self.height}, {len(self.data)} bytes>"
+
+
+def check_png(data: bytes) -> tuple[int, int]:
+    """The (width, height) of a PNG image; ValueError if `data` is not one or is too big."""
+    if len(data) > MAX_PNG_BYTES:
+        raise ValueError(f"malformed result: a PNG image of {len(data)} bytes, over the cap")
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        raise ValueError("malformed result: an image that is not a PNG")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not (0 < width <= MAX_PNG_SIDE and 0 < height <= MAX_PNG_SIDE):
+        raise ValueError(f"malformed result: a PNG image of {width}x{height} pixels")
+    return width, height
+
+
+def figure_of(value: Any) -> Any:
+    """The matplotlib Figure that `value` is or draws on (an Axes, or pandas' array of Axes),
+    else None. matplotlib is looked for only if the process imported it already."""
+    figure_module, axes_module = (
+        sys.modules.get("matplotlib.figure"),
+        sys.modules.get("matplotlib.axes"),
+    )
+    if figure_module is None or axes_module is None:
+        return None
+    if isinstance(value, np.ndarray) and value.dtype == object and value.size:
+        value = value.flat[0]
+    if isinstance(value, figure_module.Figure):
+        return value
+    if isinstance(value, axes_module.Axes):
+        return value.get_figure(root=True)
+    return None
+
+
+def figure_png(figure: Any) -> bytes:
+    """A Figure as PNG bytes (rendered by Agg, whatever the backend); too big a figure is an
+    UnsupportedValueError that says how to shrink it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    data = buffer.getvalue()
+    try:
+        check_png(data)
+    except ValueError:
+        raise UnsupportedValueError(
+            f"the figure is a {len(data) / 2**20:.3g} MiB PNG, over the "
+            f"{MAX_PNG_BYTES // 2**20} MiB cap: make it smaller (figsize)"
+        ) from None
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
 # results: a manifest tree (msgspec) plus Arrow tables for the bulk leaves
 
 
@@ -411,6 +484,12 @@ class _Tensor(msgspec.Struct, tag="tensor"):
     part: int
 
 
+class _Png(msgspec.Struct, tag="png"):
+    """A figure, rendered to PNG in the job (PNGImage on arrival)."""
+
+    data: bytes
+
+
 _Node = (
     _None
     | _Bool
@@ -426,6 +505,7 @@ _Node = (
     | _Frame
     | _Series
     | _Tensor
+    | _Png
 )
 
 
@@ -452,6 +532,9 @@ def _encode(value: Any, tables: list[pa.Table], where: str, depth: int) -> Any:
         raise ValueError(f"{where} is nested more than {MAX_DEPTH} levels deep (a cycle?)")
     if value is None:
         return _None()
+    figure = figure_of(value)
+    if figure is not None:
+        return _Png(figure_png(figure))
     if isinstance(value, np.generic):
         array = np.asarray(value)  # as an array, np.str_("") has a dtype that fits its bytes
         if array.dtype.kind not in _SCALAR_KINDS:
@@ -553,6 +636,8 @@ def _decode(node: Any, tables: list[pa.Table], depth: int) -> Any:
             return series
         case _Tensor():
             return table_to_data(_part(tables, node.part, "tensor"))
+        case _Png():
+            return PNGImage(node.data)
     raise AssertionError(f"unhandled manifest node {node!r}")
 
 

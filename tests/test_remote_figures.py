@@ -1,0 +1,106 @@
+"""Figures: a request's figure comes back as a checked PNG and shows inline in the kernel; a
+figure on a mock carries the MOCK banner. A real domain process and a Syft kernel."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from kernel_client import SyftKernel
+from nodes import DomainProcess, person
+
+from jupyter_syft.client.admin import AdminClient
+from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.wire.values import PNG_SIGNATURE, PNGImage, check_png
+
+TABLE = pd.DataFrame({"bmi": np.linspace(18.0, 40.0, 60)})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("figures")
+    owner_home, owner = person(root, "owner")
+    scientist_home, scientist = person(root, "scientist")
+    node = DomainProcess(root, "clinic", owner_home)
+    try:
+        node.start()
+        admin = AdminClient(NodeConnection(node.address, owner))
+        admin.create_dataset("patients", private=TABLE, mock=TABLE.head(10))
+        admin.add_user(scientist.peer_id)
+        kernel = SyftKernel(scientist_home)
+        try:
+            assert kernel.execute(f"%syft connect {node.address}").status == "ok"
+            yield {"admin": admin, "kernel": kernel}
+        finally:
+            kernel.stop()
+    finally:
+        node.kill()
+
+
+def images(kernel: SyftKernel, msg_id: str) -> list[dict]:
+    return [
+        m["content"]["data"]
+        for m in kernel.messages
+        if m["parent_header"].get("msg_id") == msg_id
+        and m["msg_type"] == "display_data"
+        and "image/png" in m["content"]["data"]
+    ]
+
+
+def test_a_requests_figure_renders_inline_as_png(world: dict) -> None:
+    kernel = world["kernel"]
+    cell = kernel.execute('%%request clinic/patients as df --out plot\ndf["bmi"].hist()')
+    assert cell.status == "ok", cell.text
+    for review in world["admin"].requests("pending"):
+        review.approve()
+    done = kernel.update(cell.display_id, "result bound to plot", timeout=60)
+    assert "a figure" in done and "PNG" in done
+    msg_id = cell.reply["parent_header"]["msg_id"]
+    [image] = _wait_for_image(kernel, msg_id)  # the image follows the status
+    data = base64.b64decode(image["image/png"])
+    assert data.startswith(PNG_SIGNATURE) and check_png(data)[0] > 100
+    assert "computed on the private data of domain clinic" in image["text/plain"]
+
+
+def _wait_for_image(kernel: SyftKernel, msg_id: str) -> list[dict]:
+    deadline = time.monotonic() + 10
+    while not images(kernel, msg_id):
+        kernel._pump(deadline, "the figure's image output")
+    return images(kernel, msg_id)
+
+
+def test_a_mock_figure_has_the_mock_banner(world: dict) -> None:
+    kernel = world["kernel"]
+    cell = kernel.execute('%%mock clinic/patients as df\ndf["bmi"].hist()')
+    assert cell.status == "ok", cell.text
+    outputs = [m["content"]["data"] for m in cell.outputs if m["msg_type"] == "display_data"]
+    [figure] = outputs  # the stamped one only: the inline backend does not show it again
+    assert "MOCK" in figure["text/plain"]
+    from matplotlib import image
+
+    pixels = image.imread(io.BytesIO(base64.b64decode(figure["image/png"])), format="png")
+    banner = pixels[:20, :, :3].reshape(-1, 3)  # the stamp's background, atop the image
+    assert np.any(np.all(np.abs(banner - _colour()) < 0.05, axis=1))
+
+
+def _colour() -> np.ndarray:
+    from jupyter_syft.safe_html import COLOURS
+
+    hex_colour = COLOURS["mock"].lstrip("#")
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (0, 2, 4)]) / 255
+
+
+@pytest.mark.unit
+def test_only_a_real_capped_png_is_accepted() -> None:
+    with pytest.raises(ValueError, match="not a PNG"):
+        PNGImage(b"<svg onload=alert(1)>")
+    header = PNG_SIGNATURE + (13).to_bytes(4, "big") + b"IHDR"
+    with pytest.raises(ValueError, match="pixels"):
+        PNGImage(header + (10**6).to_bytes(4, "big") + (10).to_bytes(4, "big"))
+    with pytest.raises(ValueError, match="over the cap"):
+        PNGImage(header + b"\0" * (3 * 2**20))
