@@ -70,12 +70,15 @@ def peer_id_of(multiaddr: str) -> str:
 class NodeConnection:
     """Signs calls with this user's identity and turns error replies into exceptions."""
 
-    def __init__(self, multiaddr: str, identity: Identity | None = None) -> None:
+    def __init__(
+        self, multiaddr: str, identity: Identity | None = None, timeout: float = 60.0
+    ) -> None:
+        """Dial the node and say Hello, within `timeout` seconds (else `Unreachable`)."""
         self.multiaddr = multiaddr
         self.node_peer_id = peer_id_of(multiaddr)
         self.identity = identity or user_identity()
         self._peer = shared_peer(self.identity)
-        self.info = self.call(m.Hello())
+        self.info = self.call(m.Hello(), timeout=timeout)
         self._flight: FlightDataClient | None = None
         self.receipt_file = _user_receipts(self.identity)
 

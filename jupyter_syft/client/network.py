@@ -148,9 +148,10 @@ class NetworkClient:
         results.unreachable = list(reply.unreachable)
         return results
 
-    def domain(self, name: str) -> DomainClient:
-        """Dial the domain called `name` (or with that peer ID) directly, as this user."""
-        reply = self._connection.call(nm.Locate(name))
+    def domain(self, name: str, timeout: float = 30.0) -> DomainClient:
+        """Dial the domain called `name` (or with that peer ID) directly, as this user; each
+        step (asking the network, saying Hello to each address) within `timeout` seconds."""
+        reply = self._connection.call(nm.Locate(name), timeout=timeout)
         assert isinstance(reply, nm.LocateResult)
         if not reply.found:
             known = ", ".join(sorted(d.name for d in self.domains)) or "none"
@@ -158,9 +159,9 @@ class NetworkClient:
         if len({f.peer_id for f in reply.found}) > 1:
             ids = ", ".join(f.peer_id for f in reply.found)
             raise NotFoundError(f"several domains are called {name!r}; use a peer ID: {ids}")
-        return DomainClient(self._dial(reply.found[0]))
+        return DomainClient(self._dial(reply.found[0], timeout))
 
-    def _dial(self, located: nm.Located) -> NodeConnection:
+    def _dial(self, located: nm.Located, timeout: float) -> NodeConnection:
         if located.address is None:
             raise NotFoundError(f"no address for domain {located.name!r} was found in the DHT")
         try:
@@ -172,7 +173,7 @@ class NetworkClient:
         errors = []
         for address in record.addrs:
             try:
-                return NodeConnection(address, self._connection.identity)
+                return NodeConnection(address, self._connection.identity, timeout)
             except P2PError as exc:
                 errors.append(f"{address}: {exc}")
         state = "online" if located.online else "offline"

@@ -45,6 +45,15 @@ def registered() -> dict[str, Command]:
 
 
 def usage() -> str:
+    """What `%syft` and `%syft help` print: every command, then the two cell magics with the
+    line they take (cells.py's grammar, too long for the commands' column: on its own line)."""
+    from jupyter_syft.kernel.cells import _USAGE as CELL_LINE
+    from jupyter_syft.kernel.magics import SyftMagics
+
     lines = [(f"%syft {c.name} {c.arguments}".rstrip(), c.summary) for c in registered().values()]
     width = max(len(syntax) for syntax, _ in lines)
-    return "\n".join(f"{syntax:<{width}}  {summary}" for syntax, summary in lines)
+    text = [f"{syntax:<{width}}  {summary}" for syntax, summary in lines]
+    for magic in (SyftMagics.mock, SyftMagics.request):
+        summary = (magic.__doc__ or "").strip().splitlines()[0]
+        text += ["", f"%%{magic.__name__} {CELL_LINE}", f"    {summary}"]
+    return "\n".join(text)

@@ -45,24 +45,49 @@ def sandbox_cell(level: str) -> Marked:
     return Marked(esc(level), level)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> Bundle:
+def status_cell(status: str) -> Marked:
+    """A request's status as a coloured badge, its word whole (never wrapped or cut)."""
+    colour = COLOURS.get(status, COLOURS["pending"])
+    return Marked(f'<span style="white-space: nowrap">{badge(colour, status)}</span>', status)
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    title: str = "",
+    below: Sequence[str] = (),
+) -> Bundle:
     """A plain table of texts (all escaped, bar `Marked` cells): for domains, search hits and
-    requests."""
+    requests. `below[i]` (if given) is shown whole on its own line under row i: for peer
+    IDs and addresses, which a table column would squeeze or cut."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    notes = [*below, *[""] * (len(rows) - len(below))]
     body = "".join(
         "<tr>"
         + "".join(f"<td>{c.markup if isinstance(c, Marked) else esc(c)}</td>" for c in row)
         + "</tr>"
-        for row in rows
+        + (f'<tr><td colspan="{len(headers)}"><code>{esc(note)}</code></td></tr>' if note else "")
+        for row, note in zip(rows, notes, strict=True)
     )
     markup = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [headers, *rows]]  # fmt: skip
+    lines = []
+    for row, note in zip([headers, *rows], ["", *notes], strict=True):
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if note:
+            lines.append(f"    {note}")
     if title:
         markup = f"<b>{esc(title)}</b>{markup}"
         lines.insert(0, title)
     return bundle(markup, "\n".join(lines))
+
+
+def fields(rows: Sequence[tuple[str, str]]) -> Bundle:
+    """Labelled values one per line, each value whole (peer IDs, paths, multiaddrs wrap as
+    one word instead of being squeezed into a table column)."""
+    markup = "".join(f"<div><b>{esc(label)}</b> <code>{esc(v)}</code></div>" for label, v in rows)
+    width = max(len(label) for label, _ in rows)
+    return bundle(markup, "\n".join(f"{label:<{width}}  {v}" for label, v in rows))
 
 
 def mock_result(label: str, value: Any) -> Bundle:

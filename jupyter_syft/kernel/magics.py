@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
-from typing import Any
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 from ipykernel.zmqshell import ZMQInteractiveShell
 from IPython.core.error import UsageError
@@ -33,6 +35,9 @@ from jupyter_syft.kernel.cells import (
 from jupyter_syft.kernel.commands import COMMANDS, command, usage
 from jupyter_syft.kernel.session import SyftSession, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
+
+if TYPE_CHECKING:
+    from jupyter_syft.wire.messages import RequestInfo
 
 WAIT_TIMEOUT_S = 300.0
 
@@ -66,18 +71,14 @@ class SyftMagics(Magics):
 
     @command("budget", "your privacy budgets: epsilon spent and left per dataset and domain")
     def _budget(self, _: str) -> None:
-        if not self.session.domains:
-            raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
-        rows, offline = [], []
-        for name, client in sorted(self.session.domains.items()):
-            try:
-                found = client.budgets()
-            except Unreachable:
-                offline.append(name)
-                continue
-            except SyftError as exc:
-                raise UsageError(f"domain {name!r} cannot show your budgets: {exc}") from None
-            rows += [(name, found[dataset]) for dataset in sorted(found)]
+        self._check_connected()
+        answers = self.session.ask_every_domain(lambda domain: domain.budgets())
+        rows = [
+            (name, found[dataset])
+            for name, found in sorted(answers.by_domain.items())
+            for dataset in sorted(found)
+        ]
+        offline = [f"{name} ({why})" for name, why in sorted(answers.unanswered.items())]
         bundle: dict[str, Any] = show.budgets(rows, offline)
         if rows:  # the gauge widgets where widgets render; the HTML table elsewhere
             bundle = {**_gauges(rows)._repr_mimebundle_(), **bundle}
@@ -107,7 +108,7 @@ class SyftMagics(Magics):
 
     @command("domains", "the domains you can reach, and their datasets")
     def _domains(self, _: str) -> None:
-        rows = []
+        rows, peer_ids = [], []
         for name, client in sorted(self.session.domains.items()):
             try:
                 found, state = sorted(self.session.listing(name, fresh=True)), "online"
@@ -116,19 +117,21 @@ class SyftMagics(Magics):
                 found, state = [], "offline"
             sandbox = show.sandbox_cell(client.sandbox)
             role = client.role or "stranger"
-            rows.append([name, client.peer_id, state, role, sandbox, ", ".join(found)])
+            rows.append([name, state, role, sandbox, ", ".join(found)])
+            peer_ids.append(f"peer id {client.peer_id}")
         if self.session.network is not None:
             for domain in self.session.network_domains():
                 if domain.name not in self.session.domains:
                     state = "online" if domain.online else "offline"
                     count = _count(domain.dataset_count, "dataset")
-                    unknown = "(connect to see)"
-                    rows.append([domain.name, domain.peer_id, state, "(via the network)", unknown,
-                                 count])  # fmt: skip
+                    rows.append(
+                        [domain.name, state, "(via the network)", "(connect to see)", count]
+                    )
+                    peer_ids.append(f"peer id {domain.peer_id}")
         if not rows:
             raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
-        headers = ["domain", "peer id", "status", "you", "sandbox", "datasets"]
-        display(show.table(headers, rows), raw=True)
+        headers = ["domain", "status", "you", "sandbox", "datasets"]
+        display(show.table(headers, rows, below=peer_ids), raw=True)
 
     @command("search", "datasets whose name or description mentions TEXT", "TEXT")
     def _search(self, text: str) -> None:
@@ -142,49 +145,44 @@ class SyftMagics(Magics):
             for dataset in listing.values():
                 if needle in f"{dataset.name} {dataset.description}".lower():
                     rows[name, dataset.name] = [
-                        f"{name}/{dataset.name}", dataset.description, dataset.rows,
-                        ", ".join(dataset.schema), "online",
+                        f"{name}/{dataset.name}", "online", dataset.rows,
+                        ", ".join(dataset.schema), dataset.description,
                     ]  # fmt: skip
         if self.session.network is not None:
             for hit in self.session.network_search(text):
                 rows.setdefault((hit.domain, hit.dataset), [
-                    f"{hit.domain}/{hit.dataset}", hit.description, hit.rows,
-                    ", ".join(hit.schema), "online" if hit.online else "offline",
+                    f"{hit.domain}/{hit.dataset}", "online" if hit.online else "offline",
+                    hit.rows, ", ".join(hit.schema), hit.description,
                 ])  # fmt: skip
         if not rows:
             display(show.note(f"no dataset matches {text!r}"), raw=True)
             return
-        headers = ["dataset", "description", "rows", "columns", "domain"]
+        headers = ["dataset", "domain status", "rows", "columns", "description"]
         display(show.table(headers, list(rows.values())), raw=True)
 
-    @command("requests", "your requests on the connected domains")
+    @command("requests", "your requests on every domain you can reach, oldest first")
     def _requests(self, _: str) -> None:
+        self._check_connected()
         bound = {
             t.request.id: s.line.out
             for s in self.book.submissions
             for t in s.targets
             if t.request is not None and s.bound
         }
-        rows = []
-        for name, client in sorted(self.session.domains.items()):
-            try:
-                found = client.requests()
-            except Unreachable:
-                rows.append(["-", name, "", "offline", "", ""])
-                continue
-            for request in sorted(found, key=lambda r: r.info.submitted_at, reverse=True):
-                info = request.info
-                detail = info.reason or (info.error.strip().splitlines() or [""])[-1]
-                datasets = ", ".join(info.inputs.values())
-                rows.append(
-                    [info.request_id, name, datasets, info.status, detail,
-                     bound.get(info.request_id, "")]
-                )  # fmt: skip
-        if not rows:
-            display(show.note("no requests yet"), raw=True)
-            return
-        headers = ["request", "domain", "datasets", "status", "detail", "bound to"]
-        display(show.table(headers, rows), raw=True)
+        answers = self.session.ask_every_domain(lambda domain: domain.requests())
+        found = [(name, r.info) for name, listed in answers.by_domain.items() for r in listed]
+        missed = answers.unanswered_line()
+        if not found:
+            asked = _count(len(answers.by_domain), "domain")
+            display(show.note(f"no requests of yours on the {asked} asked"), raw=True)
+        else:
+            headers = ["submitted", "request", "domain", "function", "datasets", "status",
+                       "detail", "bound to"]  # fmt: skip
+            rows = _request_rows(found, bound)
+            title = f"your requests, oldest first (newest last): {_count(len(rows), 'request')}"
+            display(show.table(headers, rows, title), raw=True)
+        if missed:
+            display(show.note(missed, show.COLOURS["lost"]), raw=True)
 
     @command(
         "fetch", "follow one of them (e.g. after a restart); bind its result", "ID [--out VAR]"
@@ -216,22 +214,40 @@ class SyftMagics(Magics):
         unfinished = self.book.wait(timeout)
         if unfinished:
             raise UsageError(
-                f"{len(unfinished)} request(s) still running after {timeout:g} s; they carry on"
+                f"{_count(len(unfinished), 'request cell')} still running after {timeout:g} s; "
+                "they carry on"
             )
-        ended = len(self.book.submissions)
-        display(show.note(f"all {ended} request cell(s) of this kernel have ended"), raw=True)
+        ended = _count(len(self.book.submissions), "request cell")
+        display(show.note(f"every request cell of this kernel has ended ({ended})"), raw=True)
 
     @command("whoami", "your peer ID (give it to a data owner to be added)")
     def _whoami(self, _: str) -> None:
         from jupyter_syft.identity import syft_home
 
+        names = set(self.session.domains)
+        network = "none"
+        if self.session.network is not None:
+            network = f"{self.session.network.name} at {self.session.network_address}"
+            try:
+                names.update(d.name for d in self.session.network_domains())
+            except UsageError:
+                network += " (unreachable now)"
+        domains = f"{_count(len(names), 'domain')}: {', '.join(sorted(names))}" if names else "none"
         rows = [
-            ["peer id", self.session.node()],
-            ["identity", str(syft_home())],
-            ["domains", ", ".join(sorted(self.session.domains)) or "none"],
-            ["network", self.session.network_address or "none"],
+            ("peer id", self.session.node()),
+            ("identity", str(syft_home())),
+            ("domains", domains),
+            ("network", network),
         ]
-        display(show.table(["you", ""], rows), raw=True)
+        display(show.fields(rows), raw=True)
+
+    @command("help", "this list of commands and cell magics")
+    def _help(self, _: str) -> None:
+        print(usage())
+
+    def _check_connected(self) -> None:
+        if not self.session.domains and self.session.network is None:
+            raise UsageError("not connected yet: %syft connect ADDR (a domain or network) or demo")
 
     # ---- cells -----------------------------------------------------------------------------
 
@@ -399,6 +415,40 @@ def _dp_error(domain: str, exc: Exception) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _request_rows(found: list[tuple[str, RequestInfo]], bound: dict[str, str]) -> list[list]:
+    """One row per request, oldest first; a federated plan's rounds are counted in its row."""
+    rounds: dict[tuple[str, str], list[RequestInfo]] = {
+        (domain, info.request_id): [] for domain, info in found if info.plan is not None
+    }
+    shown = []
+    for domain, info in found:
+        plan = (domain, info.plan_round[0]) if info.plan_round is not None else None
+        if plan is not None and plan in rounds:
+            rounds[plan].append(info)
+        else:
+            shown.append((domain, info))
+    rows = []
+    for domain, info in sorted(shown, key=lambda pair: pair[1].submitted_at):
+        detail = info.reason or (info.error.strip().splitlines() or [""])[-1]
+        if info.plan is not None:
+            its_rounds = _rounds_summary(rounds[domain, info.request_id], info.plan.rounds)
+            detail = f"{its_rounds}; {detail}" if detail else its_rounds
+        submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.submitted_at))
+        rows.append(
+            [submitted, info.request_id, domain, info.function_name,
+             ", ".join(info.inputs.values()), show.status_cell(info.status), detail,
+             bound.get(info.request_id, "")]
+        )  # fmt: skip
+    return rows
+
+
+def _rounds_summary(rounds: list[RequestInfo], planned: int) -> str:
+    """A federated plan's rounds in a few words: how many ran, and in which status."""
+    statuses = Counter(info.status for info in rounds)
+    by_status = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    return f"rounds: {len(rounds)} of {planned}" + (f" ({by_status})" if by_status else "")
 
 
 def _syntax_error(exc: SyntaxError, outcome: str = "") -> str:

@@ -13,9 +13,10 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from IPython.core.error import UsageError
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset, DomainClient, RemoteRequest
 
 NODE_START_TIMEOUT_S = 60.0
+ASK_TIMEOUT_S = 10.0  # longest wait for each domain when asking every domain at once
+
+T = TypeVar("T")
 
 
 def reason(exc: Exception) -> str:
@@ -41,6 +45,19 @@ class Plan:
 
     domain: DomainClient
     inputs: dict[str, Dataset]
+
+
+@dataclass
+class Answers(Generic[T]):
+    """What every domain answered to one question, and the domains that did not answer."""
+
+    by_domain: dict[str, T] = field(default_factory=dict)
+    unanswered: dict[str, str] = field(default_factory=dict)  # domain -> why, in a few words
+
+    def unanswered_line(self) -> str:
+        """The domains that did not answer, in one line ("" if every domain did)."""
+        missed = "; ".join(f"{name}: {why}" for name, why in sorted(self.unanswered.items()))
+        return f"not reached: {missed}" if missed else ""
 
 
 class SyftSession:
@@ -165,18 +182,16 @@ class SyftSession:
         if name in self.domains:
             return self.domains[name]
         if self.network is not None:
-            from jupyter_syft.errors import NotFoundError, SyftError
+            from jupyter_syft.errors import SyftError
 
             try:
                 client = self.network.domain(name)
-            except NotFoundError as exc:
-                raise UsageError(f"the network knows no domain {name!r}: {exc}") from None
-            except SyftError as exc:
-                raise UsageError(str(exc)) from None
             except Unreachable as exc:
                 raise UsageError(
                     f"domain {name!r} is offline or unreachable ({reason(exc)})"
                 ) from None
+            except SyftError as exc:  # e.g. "no domain 'x' on network 'n' (domains: ...)"
+                raise UsageError(str(exc)) from None
             network = self.network
             self.add_domain(client, lambda: network.domain(name))
             return client
@@ -288,20 +303,61 @@ class SyftSession:
             inputs[source.name] = listing[source.dataset]
         return inputs
 
+    # ---- every domain at once ---------------------------------------------------------------
+
+    def ask_every_domain(self, question: Callable[[DomainClient], T]) -> Answers[T]:
+        """`question` put to every domain you are a user of, connected or on the network (those
+        dialled first), side by side, each within ASK_TIMEOUT_S: one slow or offline domain
+        delays the answer by that at most and is named, the others still answer."""
+        answers: Answers[T] = Answers(unanswered=self._reach_network_domains())
+        with self._lock:  # a dial that ran late may still be adding its domain
+            asked = {
+                n: d for n, d in self.domains.items() if d.role and n not in answers.unanswered
+            }
+        for name, outcome in _side_by_side(asked, question).items():
+            if isinstance(outcome, BaseException):
+                answers.unanswered[name] = _why(outcome)
+            else:
+                answers.by_domain[name] = outcome
+        return answers
+
+    def _reach_network_domains(self) -> dict[str, str]:
+        """Connect to each domain the network lists that is not connected yet; the ones that
+        could not be reached, with why."""
+        if self.network is None:
+            return {}
+        try:
+            listed = {d.name: d for d in self.network_domains() if d.name not in self.domains}
+        except UsageError:  # the network is unreachable; the connected domains still answer
+            return {f"network {self.network.name}": "offline or unreachable"}
+        network = self.network
+
+        def dial(summary: Any) -> None:
+            client = network.domain(summary.peer_id, timeout=ASK_TIMEOUT_S)
+            self.add_domain(client, lambda: network.domain(summary.peer_id))
+
+        outcomes = _side_by_side(listed, dial)
+        return {name: _why(o) for name, o in outcomes.items() if isinstance(o, BaseException)}
+
     def find_request(self, prefix: str) -> tuple[str, RemoteRequest]:
-        """Your request whose ID starts with `prefix`, on a connected domain, and its domain."""
-        found, offline = [], []
-        for name, domain in sorted(self.domains.items()):
-            try:
-                found += [(name, r) for r in domain.requests() if r.id.startswith(prefix)]
-            except Unreachable:
-                offline.append(name)
+        """Your request whose ID starts with `prefix` (or is it), on any domain you can
+        reach, and its domain's name."""
+        answers = self.ask_every_domain(lambda domain: domain.requests())
+        found = [
+            (name, r)
+            for name, requests in sorted(answers.by_domain.items())
+            for r in requests
+            if r.id.startswith(prefix)
+        ]
         if len(found) == 1:
             return found[0]
         if found:
             raise UsageError(f"{len(found)} requests start with {prefix!r}: give more of the ID")
-        skipped = f" (offline: {', '.join(offline)})" if offline else ""
-        raise UsageError(f"no request {prefix!r} of yours on the connected domains{skipped}")
+        missed = answers.unanswered_line()
+        raise UsageError(
+            f"no request {prefix!r} of yours on the domains you can reach"
+            + (f" ({missed})" if missed else "")
+        )
 
     def mock(self, domain: str, dataset: Dataset) -> Any:
         """A dataset's mock, fetched once per kernel. Cells cannot change the kept copy:
@@ -317,3 +373,37 @@ class SyftSession:
         value = self._mocks[key]
         torch = sys.modules.get("torch")
         return value.clone() if torch and isinstance(value, torch.Tensor) else value
+
+
+def _side_by_side(
+    domains: dict[str, Any], work: Callable[[Any], T]
+) -> dict[str, T | BaseException]:
+    """`work` on each value of `domains` in its own thread, each given ASK_TIMEOUT_S: what it
+    returned or raised, by name (a TimeoutError for one still running then, left to finish)."""
+    if not domains:
+        return {}
+    pool = ThreadPoolExecutor(len(domains), thread_name_prefix="syft-ask")
+    futures: dict[str, Future[T]] = {name: pool.submit(work, d) for name, d in domains.items()}
+    wait(futures.values(), timeout=ASK_TIMEOUT_S)
+    pool.shutdown(wait=False)
+    outcomes: dict[str, T | BaseException] = {}
+    for name, future in futures.items():
+        if not future.done():
+            outcomes[name] = TimeoutError(f"no answer within {ASK_TIMEOUT_S:g} s")
+        elif future.exception() is not None:
+            outcomes[name] = future.exception()  # type: ignore[assignment]
+        else:
+            outcomes[name] = future.result()
+    return outcomes
+
+
+def _why(exc: BaseException) -> str:
+    """A few words on why a domain did not answer; anything but a refusal, a broken link or
+    a timeout is a bug and raised."""
+    from jupyter_syft.errors import SyftError
+
+    if isinstance(exc, Unreachable):
+        return f"offline or unreachable ({reason(exc)})"
+    if isinstance(exc, SyftError | UsageError | TimeoutError):
+        return str(exc)
+    raise exc
