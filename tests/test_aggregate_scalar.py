@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from nodes import Approver, DomainProcess, person, start_all
+from kernel_client import SyftKernel
+from nodes import Approver, DomainProcess, person, start_all, write_demo
 
 import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
@@ -33,9 +34,9 @@ TOLERANCE = len(NAMES) * 2.0 ** -(FRAC_BITS + 1)  # n * 2^-(f+1), the library's 
 
 
 @pytest.fixture(scope="module")
-def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DomainClient]]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root: Path = tmp_path_factory.mktemp("secagg-scalar")
-    _, scientist = person(root, "scientist")
+    scientist_home, scientist = person(root, "scientist")
     nodes, owners = {}, {}
     for name in NAMES:
         home, owners[name] = person(root, f"owner-{name}")
@@ -51,12 +52,18 @@ def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DomainCli
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
             admins[name] = admin
         approver = Approver(admins)
-        yield [DomainClient(NodeConnection(node.address, scientist)) for node in nodes.values()]
+        clients = [DomainClient(NodeConnection(node.address, scientist)) for node in nodes.values()]
+        yield {"root": root, "nodes": nodes, "scientist_home": scientist_home, "domains": clients}
     finally:
         if approver is not None:
             approver.close()
         for node in nodes.values():
             node.kill()
+
+
+@pytest.fixture
+def domains(world: dict) -> list[DomainClient]:
+    return world["domains"]
 
 
 def total_y(df):
@@ -104,3 +111,18 @@ def test_a_bool_is_refused_before_any_request_is_sent(domains: list[DomainClient
     with pytest.raises(InvalidError, match=r"must return a number or a non-empty 1-D vector.*bool"):
         syft.aggregate(domains, any_large, dataset="table", timeout=60)
     assert len(domains[0].requests()) == before
+
+
+def test_a_kernel_cell_returning_a_number_binds_the_summed_number(world: dict) -> None:
+    demo = write_demo(world["nodes"], world["root"] / "kernel")  # its scientist: root/homes/
+    kernel = SyftKernel(world["scientist_home"], JUPYTER_SYFT_DEMO=str(demo))
+    try:
+        assert kernel.execute("%syft connect demo").status == "ok"
+        cell = kernel.execute("%%request */table as df --aggregate sum --out total\nlen(df)")
+        assert cell.status == "ok", cell.text
+        text = kernel.update(cell.display_id, "result bound to total", timeout=90)
+        assert f"sum over 3 domains = {len(NAMES) * ROWS}" in text, text
+        bound = kernel.execute("print(type(total).__name__, total)")
+        assert bound.text.strip() == f"int {len(NAMES) * ROWS}", bound.text
+    finally:
+        kernel.stop()
