@@ -45,10 +45,15 @@ def sandbox_cell(level: str) -> Marked:
     return Marked(esc(level), level)
 
 
+def whole(text: str, markup: str = "") -> Marked:
+    """A table cell kept on one line (a time, a domain/dataset): a browser would otherwise
+    break it at its spaces and hyphens to squeeze the column."""
+    return Marked(f'<span style="white-space: nowrap">{markup or esc(text)}</span>', text)
+
+
 def status_cell(status: str) -> Marked:
     """A request's status as a coloured badge, its word whole (never wrapped or cut)."""
-    colour = COLOURS.get(status, COLOURS["pending"])
-    return Marked(f'<span style="white-space: nowrap">{badge(colour, status)}</span>', status)
+    return whole(status, badge(COLOURS.get(status, COLOURS["pending"]), status))
 
 
 def table(

@@ -117,7 +117,7 @@ class SyftMagics(Magics):
                 found, state = [], "offline"
             sandbox = show.sandbox_cell(client.sandbox)
             role = client.role or "stranger"
-            rows.append([name, state, role, sandbox, ", ".join(found)])
+            rows.append([show.whole(name), state, role, sandbox, ", ".join(found)])
             peer_ids.append(f"peer id {client.peer_id}")
         if self.session.network is not None:
             for domain in self.session.network_domains():
@@ -125,8 +125,9 @@ class SyftMagics(Magics):
                     state = "online" if domain.online else "offline"
                     count = _count(domain.dataset_count, "dataset")
                     rows.append(
-                        [domain.name, state, "(via the network)", "(connect to see)", count]
-                    )
+                        [show.whole(domain.name), state, "(via the network)", "(connect to see)",
+                         count]
+                    )  # fmt: skip
                     peer_ids.append(f"peer id {domain.peer_id}")
         if not rows:
             raise UsageError("not connected to any domain yet: %syft connect ADDR (or demo)")
@@ -145,14 +146,15 @@ class SyftMagics(Magics):
             for dataset in listing.values():
                 if needle in f"{dataset.name} {dataset.description}".lower():
                     rows[name, dataset.name] = [
-                        f"{name}/{dataset.name}", "online", dataset.rows,
+                        show.whole(f"{name}/{dataset.name}"), "online", dataset.rows,
                         ", ".join(dataset.schema), dataset.description,
                     ]  # fmt: skip
         if self.session.network is not None:
             for hit in self.session.network_search(text):
+                state = "online" if hit.online else "offline"
                 rows.setdefault((hit.domain, hit.dataset), [
-                    f"{hit.domain}/{hit.dataset}", "online" if hit.online else "offline",
-                    hit.rows, ", ".join(hit.schema), hit.description,
+                    show.whole(f"{hit.domain}/{hit.dataset}"), state, hit.rows,
+                    ", ".join(hit.schema), hit.description,
                 ])  # fmt: skip
         if not rows:
             display(show.note(f"no dataset matches {text!r}"), raw=True)
@@ -176,8 +178,7 @@ class SyftMagics(Magics):
             asked = _count(len(answers.by_domain), "domain")
             display(show.note(f"no requests of yours on the {asked} asked"), raw=True)
         else:
-            headers = ["submitted", "request", "domain", "function", "datasets", "status",
-                       "detail", "bound to"]  # fmt: skip
+            headers = ["submitted", "request", "data", "function", "status", "detail", "bound to"]
             rows = _request_rows(found, bound)
             title = f"your requests, oldest first (newest last): {_count(len(rows), 'request')}"
             display(show.table(headers, rows, title), raw=True)
@@ -436,10 +437,11 @@ def _request_rows(found: list[tuple[str, RequestInfo]], bound: dict[str, str]) -
             its_rounds = _rounds_summary(rounds[domain, info.request_id], info.plan.rounds)
             detail = f"{its_rounds}; {detail}" if detail else its_rounds
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.submitted_at))
+        data = [show.whole(f"{domain}/{dataset}") for dataset in info.inputs.values()]
+        datasets = show.Marked(", ".join(d.markup for d in data), ", ".join(d.text for d in data))
         rows.append(
-            [submitted, info.request_id, domain, info.function_name,
-             ", ".join(info.inputs.values()), show.status_cell(info.status), detail,
-             bound.get(info.request_id, "")]
+            [show.whole(submitted), info.request_id[:8], datasets, info.function_name,
+             show.status_cell(info.status), detail, bound.get(info.request_id, "")]
         )  # fmt: skip
     return rows
 
