@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import functools
 import html
+import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -64,18 +66,10 @@ class DPQueries:
         quantile); `categories`: the values a histogram counts; `q`: which quantile. The
         domain refuses, before charging anything, an option the kind does not use.
         """
-        if kind not in query_kinds():
-            raise InvalidError(f"no DP query {kind!r}: the queries are {', '.join(query_kinds())}")
-        query = m.DPQuery(
-            kind,
-            epsilon,
-            column,
-            _bounds(bounds),
-            categories=_keys(categories),
-            quantile=q,
-            by=by,
-            groups=_keys(groups),
-        )
+        query = dp_query(
+            kind, column, epsilon=epsilon, bounds=bounds, categories=categories, q=q, by=by,
+            groups=groups,
+        )  # fmt: skip
         return self._ask(query, timeout)
 
     def __getattr__(self, kind: str) -> Callable[..., DPQueryRequest]:
@@ -157,6 +151,55 @@ class DPQueries:
         return request
 
 
+def dp_query(
+    kind: str,
+    column: str = "",
+    *,
+    epsilon: float,
+    bounds: tuple[float, float] | None = None,
+    categories: Iterable[m.Category] = (),
+    q: float = 0.5,
+    by: str = "",
+    groups: Iterable[m.Category] = (),
+) -> m.DPQuery:
+    """The query `DPQueries.ask` sends (and `mock_answer` answers here)."""
+    if kind not in query_kinds():
+        raise InvalidError(f"no DP query {kind!r}: the queries are {', '.join(query_kinds())}")
+    return m.DPQuery(
+        kind,
+        epsilon,
+        column,
+        _bounds(bounds),
+        categories=_keys(categories),
+        quantile=q,
+        by=by,
+        groups=_keys(groups),
+    )
+
+
+def mock_answer(
+    dataset: Dataset, mock: Any, kind: str, column: str = "", **options: Any
+) -> DPResult:
+    """A DP query answered here, on the dataset's mock (public data), by the same check and
+    OpenDP mechanism as the domain's: nothing is sent and no budget is charged, so a query
+    can be tried for free. Raises InvalidError for a query the domain would refuse."""
+    from jupyter_syft.privacy.queries import QueryError, check_query, run_query
+    from jupyter_syft.wire.values import data_to_table
+
+    options.pop("timeout", None)  # nothing to wait for
+    query = dp_query(kind, column, **options)
+    table = data_to_table(mock)
+    try:
+        check_query(query, dataset.schema, table.num_rows)
+    except QueryError as exc:
+        raise InvalidError(str(exc)) from None
+    answer = run_query(query, table)
+    return DPResult(
+        dataset.name, query, _label(query, answer["value"]), answer["accuracy"], query.epsilon,
+        on_mock=True,
+    )  # fmt: skip
+
+
 QUERY_OPTIONS = """Options: epsilon (required), bounds=(low, high), categories=[...], q (quantile),
 by=COLUMN with groups=[...] for one answer per group, timeout (seconds to wait for an
 auto-approved answer). See DPQueries.ask."""
@@ -177,7 +220,9 @@ class DPResult:
 
     `accuracy`: with 95 % confidence the noise added is within ±accuracy (per value), for
     answers that are one noisy sum, count or mean; None for others (quantiles, grouped means
-    and variances, which combine several noisy values).
+    and variances, which combine several noisy values). Its reprs show the value rounded to
+    that accuracy (`shown`); `value` keeps every digit for code. `on_mock`: computed here on
+    the mock, nothing charged (no budget is known then).
     """
 
     dataset: str
@@ -185,8 +230,9 @@ class DPResult:
     value: Any
     accuracy: float | None
     epsilon: float
-    epsilon_left: float
-    delta_left: float
+    epsilon_left: float | None = None
+    delta_left: float | None = None
+    on_mock: bool = False
 
     @property
     def label(self) -> str:
@@ -195,21 +241,72 @@ class DPResult:
         by = f" by {query.by}" if query.by else ""
         return f"{query.kind}({query.column}){by}"
 
+    @property
+    def shown(self) -> str:
+        """The value to its accuracy: "33.25 ± 7.09"; several values "{...} (each ± 7.09)"."""
+        return shown_answer(self.value, self.accuracy)
+
     def summary(self) -> str:
-        accuracy = "" if self.accuracy is None else f"±{self.accuracy:.4g} (95 %), "
+        confidence = "" if self.accuracy is None else "± is the noise at 95 % confidence; "
+        if self.on_mock:
+            return (
+                f"MOCK: computed here on the mock of {self.dataset!r} (public data), "
+                f"{confidence}epsilon {self.epsilon:g} not charged"
+            )
         return (
-            f"{accuracy}epsilon {self.epsilon:g} spent, "
+            f"{confidence}epsilon {self.epsilon:g} spent, "
             f"{self.epsilon_left:g} left on {self.dataset!r}"
         )
 
     def __repr__(self) -> str:
-        return f"{self.label} = {self.value!r}  [{self.summary()}]"
+        return f"{self.label} = {self.shown}  [{self.summary()}]"
 
     def _repr_html_(self) -> str:
         return (
-            f"<code>{html.escape(self.label)}</code> = <b>{html.escape(repr(self.value))}</b>"
+            f"<code>{html.escape(self.label)}</code> = <b>{html.escape(self.shown)}</b>"
             f"<br><small>{html.escape(self.summary())}</small>"
         )
+
+
+SIGNIFICANT_DIGITS = 3  # of an accuracy; the value is shown to the same decimal place
+
+
+def shown_answer(value: Any, accuracy: float | None) -> str:
+    """A DP answer as text, rounded to what its noise leaves meaningful: to the decimal place
+    of the accuracy's last significant digit, or to SIGNIFICANT_DIGITS + 1 of its own when
+    the accuracy is not known."""
+    if accuracy is None or not math.isfinite(accuracy) or accuracy <= 0:
+        return _rounded(value, None)
+    places = _places(accuracy, SIGNIFICANT_DIGITS)
+    plus_minus = f"± {accuracy:.{places}f}"
+    text = _rounded(value, places)
+    return f"{text} {plus_minus}" if _is_number(value) else f"{text} (each {plus_minus})"
+
+
+def _places(number: float, digits: int) -> int:
+    """Decimal places that keep `digits` significant digits of `number` (none for 123.4)."""
+    return max(0, digits - 1 - math.floor(math.log10(abs(number))))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) or (hasattr(value, "dtype") and value.ndim == 0)
+
+
+def _rounded(value: Any, places: int | None) -> str:
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k!r}: {_rounded(v, places)}" for k, v in value.items())
+        return "{" + inner + "}"
+    if isinstance(value, list | tuple) or (hasattr(value, "tolist") and not _is_number(value)):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return "[" + ", ".join(_rounded(v, places) for v in items) + "]"
+    if isinstance(value, numbers.Integral) or not _is_number(value):
+        return repr(value.item() if hasattr(value, "item") else value)
+    number = float(value)
+    if not math.isfinite(number):
+        return repr(number)
+    if places is None:
+        places = _places(number, SIGNIFICANT_DIGITS + 1) if number else 0
+    return f"{number:.{places}f}"
 
 
 class DPQueryRequest(RemoteRequest):

@@ -14,14 +14,16 @@ import math
 import re
 import shlex
 import tokenize
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 ALL_DOMAINS = "*"
-FUNCTION_NAME = "notebook_cell"
+FUNCTION_NAME = "notebook_cell"  # a cell with nothing to name it by
+MAX_NAME_CHARS = 40  # a name taken from the cell's first line is cut at a word to this length
 _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<name>\S+)\s*$")
 _USAGE = (
-    "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--timeout S] "
-    '[--dp-epsilon E] [--aggregate sum|mean] [--requirements "PACKAGE==VERSION ..."]'
+    "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--name NAME] "
+    '[--timeout S] [--dp-epsilon E] [--aggregate sum|mean] [--requirements "PACKAGE==VERSION ..."]'
 )
 AGGREGATE_OPS = ("sum", "mean")
 
@@ -46,6 +48,7 @@ class Source:
 class CellLine:
     sources: tuple[Source, ...]
     out: str = "_request"
+    name: str | None = None  # what the owner sees the request as; else from the cell's first line
     timeout: float | None = None
     dp_epsilon: float | None = None  # the cell is a DP query paying this epsilon
     aggregate: str | None = None  # "sum" / "mean": securely aggregated across domains
@@ -79,6 +82,8 @@ def parse_line(line: str) -> CellLine:
     one = len(sources) == 1 and sources[0].domain != ALL_DOMAINS
     if options.get("dp_epsilon") is not None and options.get("requirements"):
         raise CellError("--requirements is for code: a DP query runs the domain's own")
+    if options.get("dp_epsilon") is not None and options.get("name"):
+        raise CellError("--name names the code a request sends: a DP query sends none")
     if options.get("dp_epsilon") is not None and not one:
         raise CellError("--dp-epsilon takes one dataset on a named domain: DOMAIN/DATASET as NAME")
     return CellLine(sources, **options)
@@ -114,8 +119,8 @@ def _parse_source(text: str) -> Source:
 
 
 def parse_options(words: list[str]) -> dict:
-    """`--out VAR`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP` and `--requirements
-    "A==1 B"` (space-separated), as keyword arguments of CellLine."""
+    """`--out VAR`, `--name NAME`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP` and
+    `--requirements "A==1 B"` (space-separated), as keyword arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
@@ -126,6 +131,10 @@ def parse_options(words: list[str]) -> dict:
             if not value.isidentifier() or keyword.iskeyword(value):
                 raise CellError(f"--out {value}: not a valid Python name")
             options["out"] = value
+        elif option == "--name":
+            if not value.isidentifier() or keyword.iskeyword(value):
+                raise CellError(f"--name {value}: not a valid Python name (e.g. corr_bmi_age)")
+            options["name"] = value
         elif option == "--timeout":
             try:
                 options["timeout"] = float(value)
@@ -162,9 +171,12 @@ def split_last_expression(tree: ast.Module) -> tuple[ast.Module, ast.Expression 
     return tree, None
 
 
-def cell_to_function(cell: str, params: list[str]) -> str:
-    """Source text of `def notebook_cell(*params)` running `cell` and returning its last
-    expression. Raises SyntaxError for a cell that is not valid Python.
+def cell_to_function(
+    cell: str, params: list[str], name: str = FUNCTION_NAME, preamble: Sequence[str] = ()
+) -> str:
+    """Source text of `def name(*params)` running `cell` after the `preamble` lines (the
+    kernel values and imports the cell uses, jupyter_syft.kernel.inputs) and returning its
+    last expression. Raises SyntaxError for a cell that is not valid Python.
 
     The cell's own text is kept (indented; continuation lines of multi-line strings are left
     alone, as indenting them would change the strings), so the reviewer reads what was written.
@@ -183,7 +195,48 @@ def cell_to_function(cell: str, params: list[str]) -> str:
         indented[-1] += "\n"
     if not tree.body:
         indented.append("    pass\n")
-    return f"def {FUNCTION_NAME}({', '.join(params)}):\n{''.join(indented)}"
+    first = "".join(f"    {line}\n" for line in preamble)
+    return f"def {name}({', '.join(params)}):\n{first}{''.join(indented)}"
+
+
+def request_name(cell: str) -> str:
+    """What to call a cell's request when the line gives no `--name`: its first meaningful
+    line as an identifier-like name: the words of a first comment or docstring, the target
+    of a first assignment, or the words of the first statement (`df_bmi_describe`)."""
+    for line in cell.splitlines():
+        text = line.strip()
+        if text.startswith("#") and _name_from(text):
+            return _name_from(text)
+        if text and not text.startswith("#"):
+            break
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:
+        return FUNCTION_NAME
+    if not tree.body:
+        return FUNCTION_NAME
+    first = tree.body[0]
+    targets = first.targets if isinstance(first, ast.Assign) else [getattr(first, "target", None)]
+    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+        return _name_from(targets[0].id) or FUNCTION_NAME
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        return _name_from(str(first.value.value)) or FUNCTION_NAME
+    return _name_from(ast.get_source_segment(cell, first) or "") or FUNCTION_NAME
+
+
+def _name_from(text: str) -> str:
+    """Words of `text` joined by `_`, lower case, cut at a word to MAX_NAME_CHARS ("" if it
+    has no words); a name Python accepts for a function."""
+    name = ""
+    for word in re.findall(r"[^\W_]+", text.lower()):
+        if len(name) + len(word) + 1 > MAX_NAME_CHARS and name:
+            break
+        name = f"{name}_{word}" if name else word[:MAX_NAME_CHARS]
+    if name and not name.isidentifier():  # starts with a digit
+        name = f"cell_{name}"[:MAX_NAME_CHARS]
+    if keyword.iskeyword(name):
+        return f"{name}_cell"
+    return name if name.isidentifier() else ""
 
 
 def _lines_inside_strings(cell: str) -> set[int]:

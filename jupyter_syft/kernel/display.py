@@ -225,8 +225,9 @@ def _target(target: Target, sub: Submission) -> tuple[str, str]:
 
 
 def _dp_result(result: Any, domain: str, origin: str) -> tuple[str, str]:
-    """A DP answer: what was asked, the noisy value, and what it cost and left."""
-    value_html, value_text = render(result.value)
+    """A DP answer: what was asked, the noisy value (to its accuracy), what it cost and left."""
+    value_text = result.shown
+    value_html = f"<b>{esc(value_text)}</b>"
     summary = result.summary()
     markup = f"<div><code>{esc(result.label)}</code> = {value_html}</div>"
     markup += f"<div><b>{esc(summary)}</b></div>" + small(esc(origin))

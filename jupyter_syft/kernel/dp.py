@@ -1,4 +1,5 @@
-"""`%%request DOMAIN/DATASET as NAME --dp-epsilon E`: a cell whose value is one DP query.
+"""`%%request DOMAIN/DATASET as NAME --dp-epsilon E`: a cell whose value is one DP query
+(`%%mock` with the same line answers it on the mock, here and for free).
 
 In such a cell NAME is bound, here in the kernel, to a `DPTable`: its methods are the domain's
 built-in DP queries with `epsilon=E` filled in, so the cell reads as plain analysis
@@ -16,7 +17,7 @@ from jupyter_syft.kernel.cells import CellError
 
 if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset, RemoteRequest
-    from jupyter_syft.client.privacy import DPQueryRequest
+    from jupyter_syft.client.privacy import DPQueryRequest, DPResult
 
 QUICK_S = 2.0  # how long the cell waits for an auto-approved answer before the watcher takes over
 
@@ -37,21 +38,42 @@ class DPTable:
                 "cell without --dp-epsilon"
             )
 
-        def query(column: str = "", **options: Any) -> DPQueryRequest:
+        def query(column: str = "", **options: Any) -> Any:
             options.setdefault("epsilon", self._epsilon)
-            options.setdefault("timeout", QUICK_S)
-            return self._dataset.dp.ask(kind, column, **options)
+            return self._ask(kind, column, options)
 
         from jupyter_syft.client.privacy import QUERY_OPTIONS, query_kinds
 
         query.__doc__ = f"{query_kinds()[kind]}\n\n{QUERY_OPTIONS}"
         return query
 
+    def _ask(self, kind: str, column: str, options: dict[str, Any]) -> DPQueryRequest | DPResult:
+        options.setdefault("timeout", QUICK_S)
+        return self._dataset.dp.ask(kind, column, **options)
+
     def __dir__(self) -> list[str]:
         return [*super().__dir__(), *kinds()]
 
     def __repr__(self) -> str:
         return f"<DP queries on {self._dataset.name}, epsilon {self._epsilon:g} each>"
+
+
+class MockDPTable(DPTable):
+    """`%%mock ... --dp-epsilon E`: the same queries answered here on the dataset's mock
+    (public data) by the domain's own check and mechanism, to try a query for free: nothing
+    is sent, no budget charged, and the answer says MOCK."""
+
+    def __init__(self, dataset: Dataset, mock: Any, epsilon: float) -> None:
+        super().__init__(dataset, epsilon)
+        self._mock = mock
+
+    def _ask(self, kind: str, column: str, options: dict[str, Any]) -> DPResult:
+        from jupyter_syft.client.privacy import mock_answer
+
+        return mock_answer(self._dataset, self._mock, kind, column, **options)
+
+    def __repr__(self) -> str:
+        return f"<DP queries on the mock of {self._dataset.name}, epsilon {self._epsilon:g} each>"
 
 
 def kinds() -> tuple[str, ...]:

@@ -18,18 +18,19 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
+from jupyter_syft.client.mocks import plain_mock
 from jupyter_syft.errors import NotAuthorisedError, SyftError, Unreachable
 from jupyter_syft.kernel import display as show
-from jupyter_syft.kernel import dp
+from jupyter_syft.kernel import dp, inputs
 from jupyter_syft.kernel.aggregate import AggregateCell
 from jupyter_syft.kernel.cells import (
-    FUNCTION_NAME,
     CellError,
     CellLine,
     Source,
     cell_to_function,
     parse_line,
     parse_options,
+    request_name,
     split_last_expression,
 )
 from jupyter_syft.kernel.commands import COMMANDS, command, usage
@@ -254,37 +255,74 @@ class SyftMagics(Magics):
 
     @cell_magic
     def mock(self, line: str, cell: str) -> None:
-        """Run the cell here and now with each NAME bound to its dataset's mock."""
+        """Run the cell now on the mocks, as the function %%request sends (same kernel inputs).
+
+        The function gets the values and imports from this kernel that the request would
+        carry, and nothing else, so a name that would fail on the domain fails here too.
+        With --dp-epsilon the DP query is answered here on the mock: free, nothing sent."""
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         parsed = self._parse(line)
         if parsed.aggregate is not None:
             raise UsageError("--aggregate is for %%request cells (a secure sum across domains)")
-        if parsed.dp_epsilon is not None:
-            raise UsageError("--dp-epsilon is for %%request cells (a DP query on the private data)")
         plans, _ = self.session.resolve(parsed.sources, fresh=False)
         plan = plans[0]
-        try:
-            tree = ast.parse(cell)
-        except SyntaxError as exc:
-            raise UsageError(_syntax_error(exc)) from None
-        ast.increment_lineno(tree, 1)  # number lines as the editor does: the magic is line 1
-        mocks = {n: self.session.mock(plan.domain.name, d) for n, d in plan.inputs.items()}
-        shell = self.kernel_shell
-        filename = shell.compile.cache(f"%%mock {line}\n{cell}", shell.execution_count)
-        body, last = split_last_expression(tree)
-        namespace = shell.user_ns
-        namespace.update(mocks)
-        exec(compile(body, filename, "exec"), namespace)
-        value = eval(compile(last, filename, "eval"), namespace) if last is not None else None
+        mocks = {
+            n: plain_mock(self.session.mock(plan.domain.name, d)) for n, d in plan.inputs.items()
+        }
         label = ", ".join(
             f"{plan.domain.name}/{d.name} as {n} ({d.info.mock_rows} mock rows)"
             for n, d in plan.inputs.items()
         )
+        if parsed.dp_epsilon is not None:
+            [(name, dataset)] = plan.inputs.items()  # parse_line: one dataset with --dp-epsilon
+            table = dp.MockDPTable(dataset, mocks[name], parsed.dp_epsilon)
+            self._dp_mock(line, cell, name, table, label)
+            return
+        code, name, taken = self._cell_function(parsed, cell, list(mocks))
+        shell = self.kernel_shell
+        filename = shell.compile.cache(code, shell.execution_count)
+        namespace: dict[str, Any] = {"__name__": "__main__"}  # as the domain's job has it
+        exec(compile(code, filename, "exec"), namespace)
+        shell.user_ns.update(mocks)  # the mocks stay here to explore
+        value = namespace[name](**mocks)
+        if taken:
+            label += f"; from this kernel: {', '.join(taken)}"
+        display(show.mock_result(label, value), raw=True)
+
+    def _dp_mock(self, line: str, cell: str, name: str, table: dp.MockDPTable, label: str) -> None:
+        """A `--dp-epsilon` cell on the mock: run here with NAME bound to the DP queries on
+        the mock, which answer at once (nothing sent, nothing charged)."""
+        __tracebackhide__ = True
+        try:
+            tree = ast.parse(cell)
+            dp.check_cell(tree, name)
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc)) from None
+        except CellError as exc:
+            raise UsageError(str(exc)) from None
+        ast.increment_lineno(tree, 1)
+        shell = self.kernel_shell
+        filename = shell.compile.cache(f"%%mock {line}\n{cell}", shell.execution_count)
+        body, last = split_last_expression(tree)
+        assert last is not None  # check_cell: the cell ends with the query
+        namespace = shell.user_ns
+        namespace[name] = table
+        exec(compile(body, filename, "exec"), namespace)
+        try:
+            value = eval(compile(last, filename, "eval"), namespace)
+        except SyftError as exc:
+            refused = f"the DP query was refused: {exc} (on the mock: nothing was sent)"
+            raise UsageError(refused) from None
         display(show.mock_result(label, value), raw=True)
 
     @cell_magic
     def request(self, line: str, cell: str) -> None:
-        """Send the cell to run on the private data; returns at once, the status updates live."""
+        """Send the cell to run on the private data, with the kernel values it uses; live status.
+
+        The cell's free names go with it as its first lines, which the owner reviews: values
+        (`threshold = 30`) as literals, modules and installed functions (`np`, `sqrt`)
+        imported again; anything else is refused before sending. The request is named by
+        --name or the cell's first line; the call returns at once."""
         parsed = self._parse(line)
         if parsed.dp_epsilon is not None:
             self._dp_request(line, parsed, cell)
@@ -292,16 +330,14 @@ class SyftMagics(Magics):
         if parsed.aggregate is not None:
             self._aggregate_request(line, parsed, cell)
             return
-        try:
-            code = cell_to_function(cell, [s.name for s in parsed.sources])
-        except SyntaxError as exc:
-            raise UsageError(_syntax_error(exc, " (nothing was sent)")) from None
+        params = [s.name for s in parsed.sources]
+        code, function_name, _ = self._cell_function(parsed, cell, params, " (nothing was sent)")
         plans, skipped = self.session.resolve(parsed.sources, fresh=True)
         targets = []
         for plan in plans:
             datasets = {name: d.name for name, d in plan.inputs.items()}
             try:
-                request = plan.domain.submit(code, FUNCTION_NAME, datasets, parsed.requirements)
+                request = plan.domain.submit(code, function_name, datasets, parsed.requirements)
                 targets.append(Target(plan.domain.name, datasets, request))
             except SyftError as exc:
                 if len(plans) == 1:
@@ -347,10 +383,8 @@ class SyftMagics(Magics):
         """Run the cell as one function on each domain and securely sum its vectors; returns at
         once, a thread waits for the owners and runs the rounds."""
         source = parsed.sources[0]
-        try:
-            code = cell_to_function(cell, [source.name])
-        except SyntaxError as exc:
-            raise UsageError(_syntax_error(exc, " (nothing was sent)")) from None
+        outcome = " (nothing was sent)"
+        code, function_name, _ = self._cell_function(parsed, cell, [source.name], outcome)
         if parsed.every_domain:
             plans, skipped = self.session.resolve(parsed.sources, fresh=True)
         else:
@@ -368,10 +402,27 @@ class SyftMagics(Magics):
         namespace: dict[str, Any] = {}
         exec(compile(code, filename, "exec"), namespace)
         run = AggregateCell(
-            shell, parsed, [plan.domain for plan in plans], namespace[FUNCTION_NAME],
+            shell, parsed, [plan.domain for plan in plans], namespace[function_name],
             source.dataset, skipped,
         )  # fmt: skip
         run.start()
+
+    def _cell_function(
+        self, parsed: CellLine, cell: str, params: list[str], outcome: str = ""
+    ) -> tuple[str, str, list[str]]:
+        """The cell as the function a request sends and `%%mock` runs: its source, its name
+        (`--name`, else the cell's first line) and the kernel values and imports it takes
+        (jupyter_syft.kernel.inputs), shown to the owner as its first lines."""
+        name = parsed.name or request_name(cell)
+        try:
+            bare = cell_to_function(cell, params, name)
+            taken = inputs.capture(inputs.free_names(bare), self.kernel_shell.user_ns)
+        except SyntaxError as exc:
+            raise UsageError(_syntax_error(exc, outcome)) from None
+        except CellError as exc:
+            raise UsageError(f"{exc}{outcome}") from None
+        code = cell_to_function(cell, params, name, inputs.preamble(taken))
+        return code, name, [i.line for i in taken]
 
     def _parse(self, line: str) -> CellLine:
         try:
