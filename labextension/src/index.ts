@@ -7,6 +7,7 @@ import {
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { SyftModel } from './model';
+import { PendingNotices } from './notify';
 import { SyftSidebar } from './view';
 
 const syftIcon = new LabIcon({
@@ -17,7 +18,10 @@ const syftIcon = new LabIcon({
     '</g></svg>'
 });
 
-/** Adds the Syft sidebar (network, datasets, your requests, approvals) on the left. */
+/**
+ * Adds the Syft sidebar (network, datasets, your requests, approvals) on the left, and the
+ * owner's notifications of requests waiting for a decision (the sidebar open or not).
+ */
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-syft:sidebar',
   description: 'The Syft sidebar: network, datasets, your requests and approvals.',
@@ -37,6 +41,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     shell.add(sidebar, 'left', { rank: 950 });
     // Reopened after a reload if it was open (and by the demo's workspace).
     restorer?.add(sidebar, sidebar.id);
+    new PendingNotices(model, sidebar.title, review => {
+      shell.activateById(sidebar.id);
+      sidebar.reveal(review.id);
+    });
   }
 };
 

@@ -22,6 +22,16 @@ export interface INetwork {
   error: string;
 }
 
+/** One round of a federated plan, listed under its plan. */
+export interface IRound {
+  id: string;
+  round: number;
+  status: string;
+  error: string;
+  submitted_at: number;
+  finished_at: number | null;
+}
+
 export interface IRequest {
   domain: string;
   id: string;
@@ -37,6 +47,11 @@ export interface IRequest {
   finished_at: number | null;
   /** Packages the job runs with beyond the domain's own (built by the domain). */
   requirements: string[];
+  /** A federated plan: [term, what its approval lets every round do] lines. */
+  plan: [string, string][] | null;
+  /** A federated round: [plan id, round]; listed under its plan instead (`rounds`). */
+  plan_round: [string, number] | null;
+  rounds: IRound[];
 }
 
 /** A request as its reviewer sees it: who asked, and the code. */
@@ -97,6 +112,8 @@ export interface IPreview {
 }
 
 const POLL_MS = 2000;
+/** The requests waiting for a decision: polled with the sidebar open or closed. */
+const PENDING_POLL_MS = 2000;
 
 /**
  * What the Syft sidebar shows, refreshed by polling the server extension while the
@@ -113,6 +130,8 @@ export class SyftModel {
   previewError = '';
   /** The outcome of the last approve / deny (a refusal says why). */
   notice = '';
+  /** Requests waiting for your decision on the domains you administer. */
+  pending: IReview[] = [];
 
   constructor() {
     this._poll = new Poll({
@@ -121,10 +140,20 @@ export class SyftModel {
       standby: 'when-hidden',
       auto: false
     });
+    this._pendingPoll = new Poll({
+      factory: () => this.refreshPending(),
+      frequency: { interval: PENDING_POLL_MS, backoff: false },
+      standby: 'when-hidden'
+    });
   }
 
   get changed(): ISignal<this, void> {
     return this._changed;
+  }
+
+  /** Emitted after each read of the pending requests (for notifications and the badge). */
+  get pendingChanged(): ISignal<this, IReview[]> {
+    return this._pendingChanged;
   }
 
   /** Poll while the sidebar is visible. */
@@ -138,6 +167,7 @@ export class SyftModel {
 
   dispose(): void {
     this._poll.dispose();
+    this._pendingPoll.dispose();
     Signal.clearData(this);
   }
 
@@ -149,6 +179,17 @@ export class SyftModel {
       this.stateError = String((error as Error).message ?? error);
     }
     this._changed.emit();
+  }
+
+  /** Read the pending requests; a failure keeps the last ones (the sidebar shows why). */
+  async refreshPending(): Promise<void> {
+    try {
+      const found = await requestAPI<{ pending: IReview[] }>('pending');
+      this.pending = found.pending;
+    } catch {
+      return;
+    }
+    this._pendingChanged.emit(this.pending);
   }
 
   async search(text: string): Promise<void> {
@@ -185,12 +226,12 @@ export class SyftModel {
     this._changed.emit();
   }
 
-  /** Approve or deny at once on the domain; a refusal is kept as that request's notice. */
-  async decide(
-    review: IReview,
-    approve: boolean,
-    reason: string
-  ): Promise<void> {
+  /**
+   * Approve or deny at once on the domain (the sidebar's buttons and the notifications'
+   * Approve alike); a refusal is kept as that request's notice. True if it was decided.
+   */
+  async decide(review: IReview, approve: boolean, reason: string): Promise<boolean> {
+    let decided = false;
     try {
       const done = await requestAPI<IRequest>('decisions', {
         method: 'POST',
@@ -202,12 +243,14 @@ export class SyftModel {
         })
       });
       this.notice = `${done.function} (${done.id.slice(0, 8)}) on ${done.domain}: ${done.status}`;
+      decided = true;
     } catch (error) {
       this.notice = `${review.function} (${review.id.slice(0, 8)}) not changed: ${
         (error as Error).message
       }`;
     }
-    await this.refresh();
+    await Promise.all([this.refresh(), this.refreshPending()]);
+    return decided;
   }
 
   /** Let the scientist read a failed job's full error and log. */
@@ -249,5 +292,7 @@ export class SyftModel {
   }
 
   private _poll: Poll;
+  private _pendingPoll: Poll;
   private _changed = new Signal<this, void>(this);
+  private _pendingChanged = new Signal<this, IReview[]>(this);
 }

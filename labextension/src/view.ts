@@ -1,6 +1,6 @@
 import { Widget } from '@lumino/widgets';
 
-import { IHeldPreview, IHit, IPreview, IRequest, IReview, SyftModel } from './model';
+import { IHeldPreview, IHit, IPreview, IRequest, IReview, IRound, SyftModel } from './model';
 
 const MAX_HITS = 1000;
 
@@ -48,6 +48,54 @@ function when(seconds: number | null): string {
   return seconds ? new Date(seconds * 1000).toLocaleString() : '';
 }
 
+/** "1 dataset", "3 datasets". */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
+/** A federated plan's terms, one line each: what approving it lets every round do. */
+function planTerms(request: IRequest): HTMLElement[] {
+  if (!request.plan) {
+    return [];
+  }
+  const terms = el('div', 'jp-Syft-plan');
+  for (const [term, text] of request.plan) {
+    const line = el('div', 'jp-Syft-planTerm');
+    line.dataset.term = term;
+    line.append(el('b', '', `${term}: `), text);
+    terms.append(line);
+  }
+  return [terms];
+}
+
+/** A plan's rounds, folded: how many in each status, and each round with its times. */
+function rounds(request: IRequest): HTMLElement[] {
+  if (!request.rounds.length) {
+    return [];
+  }
+  const tally = new Map<string, number>();
+  request.rounds.forEach(r => tally.set(r.status, (tally.get(r.status) ?? 0) + 1));
+  const box = el('details', 'jp-Syft-rounds');
+  const parts = [...tally].map(([status, n]) => `${n} ${status}`).join(', ');
+  box.append(el('summary', '', `${count(request.rounds.length, 'round')}: ${parts}`));
+  const list = el('ul', 'jp-Syft-list');
+  request.rounds.forEach((r: IRound) => {
+    const item = el('li', 'jp-Syft-round');
+    item.dataset.requestId = r.id;
+    item.append(
+      badge(r.status),
+      `round ${r.round}`,
+      el('span', 'jp-Syft-muted', ` · ${when(r.finished_at ?? r.submitted_at)}`)
+    );
+    if (r.error) {
+      item.append(el('div', 'jp-Syft-reason', r.error));
+    }
+    list.append(item);
+  });
+  box.append(list);
+  return [box];
+}
+
 /**
  * The Syft sidebar: Network, Datasets, My requests and Approvals. It renders the model;
  * a section is rebuilt only when its data changed, and approval cards are kept across
@@ -92,6 +140,22 @@ export class SyftSidebar extends Widget {
     this.model.stop();
   }
 
+  /** Bring a request's approval card into view (now, or once the next state shows it). */
+  reveal(requestId: string): void {
+    this._reveal = requestId;
+    this._scrollToReveal();
+    void this.model.refresh();
+  }
+
+  private _scrollToReveal(): void {
+    const card = this._reveal ? this._cards.get(this._reveal) : undefined;
+    if (card) {
+      card.scrollIntoView({ block: 'nearest' });
+      card.querySelector<HTMLInputElement>('.jp-Syft-reasonInput')?.focus();
+      this._reveal = '';
+    }
+  }
+
   private _section(title: string, name: string): HTMLElement {
     const details = el('details', `jp-Syft-section jp-Syft-section-${name}`);
     details.open = true;
@@ -133,7 +197,7 @@ export class SyftSidebar extends Widget {
     if (this._changed('network', [state?.network, state?.domains, model.stateError])) {
       this._renderNetwork();
     }
-    if (this._changed('hits', [model.hits, model.unreachable, model.searchError])) {
+    if (this._changed('hits', [model.query, model.hits, model.unreachable, model.searchError])) {
       this._renderHits();
     }
     if (this._changed('preview', [model.preview, model.previewError])) {
@@ -145,6 +209,7 @@ export class SyftSidebar extends Widget {
     if (this._changed('approvals', [state?.approvals, model.notice])) {
       this._renderApprovals();
     }
+    this._scrollToReveal();
   }
 
   private _renderNetwork(): void {
@@ -181,9 +246,9 @@ export class SyftSidebar extends Widget {
       const item = el('li', 'jp-Syft-domain');
       item.dataset.domain = domain.name;
       item.append(badge(domain.online ? 'online' : 'offline'), el('b', '', domain.name));
-      const count = domain.datasets === null ? '' : ` · ${domain.datasets} datasets`;
+      const held = domain.datasets === null ? '' : ` · ${count(domain.datasets, 'dataset')}`;
       const role = domain.roles.length ? ` · you: ${domain.roles.join(', ')}` : '';
-      item.append(el('span', 'jp-Syft-muted', `${count}${role}`), sandbox(domain.sandbox));
+      item.append(el('span', 'jp-Syft-muted', `${held}${role}`), sandbox(domain.sandbox));
       item.title = domain.error || domain.peer_id;
       list.append(item);
     }
@@ -199,7 +264,7 @@ export class SyftSidebar extends Widget {
       return;
     }
     const what = query ? `matching “${query}”` : 'on the network';
-    body.append(el('div', 'jp-Syft-muted', `${hits.length} datasets ${what}`));
+    body.append(el('div', 'jp-Syft-muted', `${count(hits.length, 'dataset')} ${what}`));
     if (unreachable.length) {
       body.append(el('div', 'jp-Syft-muted', `not reached: ${unreachable.join(', ')}`));
     }
@@ -294,7 +359,7 @@ export class SyftSidebar extends Widget {
       const head = el('div');
       head.append(
         badge(request.status),
-        el('b', '', request.function),
+        el('b', 'jp-Syft-function', request.function),
         el('span', 'jp-Syft-muted', ` on ${request.domain}/${request.datasets.join(', ')}`)
       );
       item.append(head, ...requirements(request));
@@ -302,7 +367,10 @@ export class SyftSidebar extends Widget {
       if (detail) {
         item.append(el('div', 'jp-Syft-reason', detail));
       }
-      item.append(el('div', 'jp-Syft-muted', `submitted ${when(request.submitted_at)}`));
+      item.append(
+        el('div', 'jp-Syft-muted', `submitted ${when(request.submitted_at)}`),
+        ...rounds(request)
+      );
       list.append(item);
     }
     body.append(list);
@@ -356,12 +424,20 @@ export class SyftSidebar extends Widget {
       item.dataset.requestId = review.id;
       item.append(
         badge(review.status),
-        el('b', '', review.function),
-        el('span', 'jp-Syft-muted', ` ${review.domain} · ${review.requester_name || review.requester}`)
+        el('b', 'jp-Syft-function', review.function),
+        el('span', 'jp-Syft-muted', ` ${review.domain} · ${review.requester_name || review.requester}`),
+        el(
+          'div',
+          'jp-Syft-muted',
+          `${review.decided_at ? 'decided' : 'submitted'} ${when(
+            review.decided_at ?? review.submitted_at
+          )}`
+        )
       );
       if (review.reason) {
         item.append(el('div', 'jp-Syft-reason', review.reason));
       }
+      item.append(...rounds(review));
       if (review.error_full || review.log) {
         item.append(this._output(review));
       }
@@ -404,8 +480,8 @@ export class SyftSidebar extends Widget {
     approve.addEventListener('click', () => void act(true));
     deny.addEventListener('click', () => void act(false));
     const actions = el('div', 'jp-Syft-actions');
-    actions.append(approve, reason, deny);
-    card.append(head, who, meta, ...requirements(review), code, actions);
+    actions.append(reason, approve, deny);
+    card.append(head, who, meta, ...planTerms(review), ...requirements(review), code, actions);
     return card;
   }
 
@@ -474,7 +550,7 @@ export class SyftSidebar extends Widget {
     release.addEventListener('click', () => void act(true));
     withhold.addEventListener('click', () => void act(false));
     const actions = el('div', 'jp-Syft-actions');
-    actions.append(release, reason, withhold);
+    actions.append(reason, release, withhold);
     card.append(
       head,
       who,
@@ -501,4 +577,6 @@ export class SyftSidebar extends Widget {
   private _cards = new Map<string, HTMLElement>();
   private _keys = new Map<string, string>();
   private _searched = false;
+  /** A request whose card to bring into view once it is shown. */
+  private _reveal = '';
 }
