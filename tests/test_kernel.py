@@ -169,7 +169,7 @@ def test_mock_runs_here_on_the_mock_and_says_so(kernel: SyftKernel) -> None:
     assert "MOCK data, not the private data: hospital-a/diabetes as df (50 mock rows)" in cell.text
     assert "pandas DataFrame, 8 rows x 2 columns" in cell.text
     assert ">MOCK</span>" in cell.html
-    # the mock and what the cell defined stay in the namespace, like any cell
+    # the mock stays in the namespace to explore (the cell ran as the request's function)
     assert value(kernel, "len(df)") == 50
     assert value(kernel, "float(df.bmi.mean())") == pytest.approx(MOCKS["hospital-a"].bmi.mean())
 

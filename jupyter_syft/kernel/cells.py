@@ -201,21 +201,21 @@ def cell_to_function(
 
 def request_name(cell: str) -> str:
     """What to call a cell's request when the line gives no `--name`: its first meaningful
-    line as an identifier-like name: the words of a first comment or docstring, the target
-    of a first assignment, or the words of the first statement (`df_bmi_describe`)."""
-    for line in cell.splitlines():
-        text = line.strip()
-        if text.startswith("#") and _name_from(text):
-            return _name_from(text)
-        if text and not text.startswith("#"):
-            break
+    line as an identifier-like name (imports are not meaningful): the words of a comment
+    before it, else the target of an assignment, a docstring's words, or the statement's
+    words (`df_bmi_describe`)."""
     try:
         tree = ast.parse(cell)
     except SyntaxError:
         return FUNCTION_NAME
-    if not tree.body:
+    statements = [s for s in tree.body if not isinstance(s, ast.Import | ast.ImportFrom)]
+    before = statements[0].lineno - 1 if statements else None
+    for line in cell.splitlines()[:before]:
+        if line.strip().startswith("#") and _name_from(line):
+            return _name_from(line)
+    if not statements:
         return FUNCTION_NAME
-    first = tree.body[0]
+    first = statements[0]
     targets = first.targets if isinstance(first, ast.Assign) else [getattr(first, "target", None)]
     if len(targets) == 1 and isinstance(targets[0], ast.Name):
         return _name_from(targets[0].id) or FUNCTION_NAME
