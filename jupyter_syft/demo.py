@@ -304,7 +304,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 again = "[red]answered[/]"
             except SyftError as refused:
                 again = f"refused: {refused}"
-            value = f"{answer.value:.3f} {answer.summary()}"
+            value = f"{answer.shown} ({answer.summary()})"
             dp_table.add_row(name, value, f"{answer.epsilon_left:g}", again)
         console.print(dp_table)
 
