@@ -190,6 +190,11 @@ def test_free_names_are_the_globals_the_domain_would_look_up() -> None:
     )
     names = inputs.free_names(cell_to_function(cell, ["df"]))
     assert sorted(names) == ["n", "offset", "scale", "threshold", "width"]  # not df, math, len
+    made = "global counter\ncounter = 1\ncounter + step"
+    assert inputs.free_names(cell_to_function(made, [])) == ["step"]
+    with pytest.raises(SyntaxError) as star:
+        inputs.free_names(cell_to_function("x = 1\nfrom math import *", []))
+    assert star.value.lineno == 2  # the cell's own line number
 
 
 def test_values_travel_as_literals_the_owner_reads() -> None:
@@ -240,6 +245,7 @@ def test_modules_and_installed_functions_are_imported_again() -> None:
         ("big.sum()", "`big` is too large to go with the request (over 10,000 characters"),
         ("frame", "`frame` is a pandas DataFrame: only numbers, strings"),
         ("nope + 1", "`nope` is not defined, in the cell or in this kernel"),
+        ("display(df)", "`display` is IPython's, which the domain's Python does not have"),
         ("mine.x", "`mine` is the module tests_local_module from your own files"),
         ("loop", "`loop` is nested too deeply"),
         ("helper(Box)", "`helper` is a function defined in this kernel: define it inside the cell"

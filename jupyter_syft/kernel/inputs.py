@@ -35,8 +35,10 @@ from typing import Any
 from jupyter_syft.kernel.cells import CellError
 
 MAX_INPUT_CHARS = 10_000  # the longest literal one kernel value may take in the request's code
-# Names a Python process has without importing anything (IPython's own additions excluded).
-DOMAIN_BUILTINS = frozenset(dir(builtins)) - {"display", "get_ipython", "__IPYTHON__"}
+# Builtins IPython adds, which a job's plain Python does not have.
+IPYTHON_BUILTINS = frozenset({"display", "get_ipython", "__IPYTHON__"})
+# Names a Python process has without importing anything.
+DOMAIN_BUILTINS = frozenset(dir(builtins)) - IPYTHON_BUILTINS
 NUMPY_KINDS = "biufcUS"  # bool, integer, unsigned, float, complex, str, bytes
 TORCH_DTYPES = frozenset(
     ["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "bfloat16", "float32",
@@ -63,13 +65,18 @@ class Input:
 def free_names(function_source: str) -> list[str]:
     """The names the function (and anything nested in it) reads as globals, in order of first
     appearance, builtins left out: what the domain would look up and not find."""
-    table = symtable.symtable(function_source, "<cell>", "exec")
+    try:
+        table = symtable.symtable(function_source, "<cell>", "exec")
+    except SyntaxError as exc:  # `from x import *`, a stray `nonlocal`: counted as in the cell
+        exc.lineno = (exc.lineno or 2) - 1  # the function's line 1 is its `def`
+        raise
     [function] = table.get_children()
     found: dict[str, None] = {}
 
     def walk(scope: symtable.SymbolTable) -> None:
         for symbol in scope.get_symbols():
-            if symbol.is_referenced() and symbol.is_global():
+            made_here = symbol.is_declared_global() and symbol.is_assigned()
+            if symbol.is_referenced() and symbol.is_global() and not made_here:
                 found.setdefault(symbol.get_name())
         for child in scope.get_children():
             walk(child)
@@ -108,6 +115,11 @@ class _Refused(Exception):
 
 
 def _line(name: str, namespace: dict[str, Any]) -> str:
+    if name in IPYTHON_BUILTINS and name not in namespace:
+        raise _Refused(
+            "is IPython's, which the domain's Python does not have: end the cell with the "
+            "value to show instead (its last expression is its result)"
+        )
     if name not in namespace:
         raise _Refused("is not defined, in the cell or in this kernel: define it in the cell")
     value = namespace[name]
