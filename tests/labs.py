@@ -34,8 +34,9 @@ from jupyter_syft.identity import Identity
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN = "hospital-a"
-# A description a hostile owner might write: it must show as text everywhere.
+# A description a hostile owner might write and a name with markup: text everywhere.
 DESCRIPTION = "Blood pressure & BMI <img src=x onerror=alert(1)><script>alert(2)</script>"
+SCIENTIST_NAME = "Dr. <b>Ada</b>"
 # The demo's data (real patients; the example notebooks' cells expect its columns).
 PRIVATE = diabetes_frame()
 MOCK = fake_like(PRIVATE, 20, seed=0)
@@ -50,10 +51,16 @@ def free_port() -> int:
 
 
 class SyftWorld:
-    """Network + one domain with a `diabetes` dataset; owner, scientist and stranger."""
+    """Network + one domain with a `diabetes` dataset; owner, scientist and stranger. The
+    dataset's description and the scientist's name are hostile unless given (the browser
+    tests give realistic ones: their pictures are the README's)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, description: str = DESCRIPTION, scientist_name: str = SCIENTIST_NAME
+    ) -> None:
         self.root = root
+        self.description = description
+        self.scientist_name = scientist_name
         self.owner_home, self.owner = person(root, DOMAIN)
         self.scientist_home, self.scientist = person(root, "scientist")
         self.stranger_home, self.stranger = person(root, "stranger")
@@ -76,8 +83,8 @@ class SyftWorld:
         self.domain.extra += ["--network", self.network.address]
         self.domain.start()
         admin = self.admin(self.owner)
-        admin.create_dataset("diabetes", private=PRIVATE, mock=MOCK, description=DESCRIPTION)
-        admin.add_user(self.scientist.peer_id, "data_scientist", "Dr. <b>Ada</b>")
+        admin.create_dataset("diabetes", private=PRIVATE, mock=MOCK, description=self.description)
+        admin.add_user(self.scientist.peer_id, "data_scientist", self.scientist_name)
         demo = {
             "network": self.network.address,
             "domains": {DOMAIN: self.domain.address},

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: labs, nodes, networks
 
-from lab_ui import CHROMIUM, CHROMIUM_ARGS
+from lab_ui import CHROMIUM, CHROMIUM_ARGS, DESCRIPTION, SCIENTIST
 from labs import JupyterProcess, SyftWorld
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -38,7 +38,7 @@ def browser() -> Iterator:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyftWorld]:
-    world = SyftWorld(tmp_path_factory.mktemp("browser-world"))
+    world = SyftWorld(tmp_path_factory.mktemp("browser-world"), DESCRIPTION, SCIENTIST)
     try:
         yield world.start()
     finally:

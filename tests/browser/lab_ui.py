@@ -9,6 +9,10 @@ from typing import Any
 from labs import JupyterProcess
 
 SIDEBAR_PX = 430
+# The browser tests' world is a realistic one (their pictures are the README's); escaping is
+# checked with hostile text where a test brings it (bench_sidebar's synthetic state, a reason).
+SCIENTIST = "Dr. Ada Lovelace"
+DESCRIPTION = "Diabetes progression after one year, 10 baseline measurements incl. blood pressure"
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's: `playwright install` cannot download here
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from lab_ui import open_notebook, run, sidebar, start
-from labs import DESCRIPTION, JupyterProcess, SyftWorld, copy_example
+from lab_ui import DESCRIPTION, SCIENTIST, open_notebook, run, sidebar, start
+from labs import JupyterProcess, SyftWorld, copy_example
 from playwright.sync_api import expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -22,7 +22,7 @@ from bench_sidebar import HOSTILE, first_paint_ms, serve_synthetic
 
 pytestmark = pytest.mark.timeout(150)
 RESULT_S = 60_000  # ms: approve -> the job runs in a worker -> the kernel fetches the result
-REASON = "Too fine-grained for raw release " + HOSTILE
+REASON = "Row-level values are too fine-grained to release; please ask for the mean instead"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,7 +52,7 @@ def test_approve_in_sidebar_result_appears_in_scientist_notebook(page, lab) -> N
     page.shots("scientist-request-pending", keep="scientist-request", show=cell)
 
     bar, card = pending_card(page)
-    expect(card).to_contain_text("Dr. <b>Ada</b>")  # the owner's name for the user, as text
+    expect(card).to_contain_text(SCIENTIST)  # the owner's name for the user
     expect(card.locator(".jp-Syft-code")).to_contain_text("np.corrcoef")  # the scientist's code
     expect(bar.locator(".jp-Syft-myRequests")).to_contain_text("pending")
     page.shots("owner-sidebar-pending", keep="sidebar-approvals")
@@ -75,7 +75,7 @@ def test_approve_in_widget_result_appears_in_scientist_notebook(page, lab) -> No
     run(page, owner, "from jupyter_syft.widgets import review", above=True)
     card = page.locator(f"#{owner} .jp-Syft-widget-card")
     expect(card).to_have_count(1)
-    expect(card).to_contain_text("Dr. <b>Ada</b>")
+    expect(card).to_contain_text(SCIENTIST)
     expect(card).to_contain_text("np.corrcoef")
     page.shots("owner-widget-pending", keep="approval-widget", show=card)
 
@@ -90,7 +90,7 @@ def test_approve_in_widget_result_appears_in_scientist_notebook(page, lab) -> No
     page.shots("scientist-result-after-widget", show=output)
 
 
-def test_deny_with_reason_in_sidebar_reason_appears(page, lab) -> None:
+def test_deny_with_reason_in_sidebar_reason_appears(page, lab, world: SyftWorld) -> None:
     start(page, lab)
     cell = submit(page)
     bar, card = pending_card(page)
@@ -104,10 +104,17 @@ def test_deny_with_reason_in_sidebar_reason_appears(page, lab) -> None:
     card.locator(".jp-Syft-deny").click()
     output = cell.locator(".jp-OutputArea")
     expect(output).to_contain_text("denied", timeout=RESULT_S)
-    expect(output).to_contain_text(REASON)  # the reason, shown as text
+    expect(output).to_contain_text(REASON)
     expect(bar.locator(".jp-Syft-myRequests")).to_contain_text(REASON)
-    assert page.locator("img[src='x']").count() == 0  # no markup from a peer became HTML
     page.shots("scientist-sees-reason", keep="scientist-denied", show=output)
+
+    hostile = world.as_scientist().submit(
+        "def rows(df):\n    return len(df)\n", "rows", {"df": "diabetes"}
+    )
+    world.admin(world.owner).get_request(hostile.id).deny("no " + HOSTILE)  # type: ignore[attr-defined]
+    mine = bar.locator(f'.jp-Syft-myRequests [data-request-id="{hostile.id}"]')
+    expect(mine).to_contain_text("no " + HOSTILE)  # a peer's markup, shown as text
+    assert page.locator("img[src='x']").count() == 0
 
 
 def test_dataset_search_and_mock_preview(page, lab) -> None:
@@ -117,13 +124,13 @@ def test_dataset_search_and_mock_preview(page, lab) -> None:
     bar.locator(".jp-Syft-search button").click()
     hit = bar.locator(".jp-Syft-hit")
     expect(hit).to_have_count(1)
-    expect(hit).to_contain_text(DESCRIPTION)  # a peer's markup, as text
+    expect(hit).to_contain_text(DESCRIPTION)
     hit.click()
     expect(bar.locator(".jp-Syft-schema")).to_contain_text("bmi")
     expect(bar.locator(".jp-Syft-mock tr")).to_have_count(1 + 10)  # the mock's first rows
     expect(bar.locator(".jp-Syft-domains")).to_contain_text("hospital-a")
     assert page.locator("#jp-syft-sidebar img, #jp-syft-sidebar script").count() == 0
-    page.shots("datasets-mock-preview", keep="sidebar-datasets")
+    page.shots("datasets-mock-preview")  # the README's is test_lab_owner_day's, of 3 domains
 
 
 def test_domain_offline_then_back(page, lab, world: SyftWorld) -> None:
