@@ -56,6 +56,7 @@ class Input:
 
     name: str
     line: str  # `threshold = 30`, `import numpy as np`, `from math import sqrt`
+    needs: frozenset[str] = frozenset()  # modules the value's literal calls (numpy, torch)
 
     @property
     def is_import(self) -> bool:
@@ -63,8 +64,8 @@ class Input:
 
 
 def free_names(function_source: str) -> list[str]:
-    """The names the function (and anything nested in it) reads as globals, in order of first
-    appearance, builtins left out: what the domain would look up and not find."""
+    """The names the function (and anything nested in it) reads as globals, builtins left
+    out: what the domain would look up and not find. The function's own scope comes first."""
     try:
         table = symtable.symtable(function_source, "<cell>", "exec")
     except SyntaxError as exc:  # `from x import *`, a stray `nonlocal`: counted as in the cell
@@ -91,7 +92,7 @@ def capture(names: Iterable[str], namespace: dict[str, Any]) -> list[Input]:
     found, refused = [], []
     for name in names:
         try:
-            found.append(Input(name, _line(name, namespace)))
+            found.append(_input(name, namespace))
         except _Refused as exc:
             refused.append(f"`{name}` {exc}")
     if refused:
@@ -102,7 +103,7 @@ def capture(names: Iterable[str], namespace: dict[str, Any]) -> list[Input]:
 def preamble(inputs: list[Input]) -> list[str]:
     """The function's first lines: imports (the helpers literals need included), then values,
     each marked as coming from the kernel."""
-    helpers = sorted({f"import {m}" for i in inputs if not i.is_import for m in _modules(i.line)})
+    helpers = sorted({f"import {module}" for i in inputs for module in i.needs})
     imports = [i.line for i in inputs if i.is_import]
     lines = [f"{line}  # from the scientist's kernel" for line in imports]
     lines += [f"{line}  # to rebuild a value below" for line in helpers if line not in imports]
@@ -114,7 +115,7 @@ class _Refused(Exception):
     """Why one name cannot go with the request (the text after the name)."""
 
 
-def _line(name: str, namespace: dict[str, Any]) -> str:
+def _input(name: str, namespace: dict[str, Any]) -> Input:
     if name in IPYTHON_BUILTINS and name not in namespace:
         raise _Refused(
             "is IPython's, which the domain's Python does not have: end the cell with the "
@@ -124,17 +125,19 @@ def _line(name: str, namespace: dict[str, Any]) -> str:
         raise _Refused("is not defined, in the cell or in this kernel: define it in the cell")
     value = namespace[name]
     if isinstance(value, types.ModuleType):
-        return _import_module(name, value)
+        return Input(name, _import_module(name, value))
     if isinstance(value, type | types.FunctionType | types.BuiltinFunctionType | types.MethodType):
-        return _import_object(name, value)
+        return Input(name, _import_object(name, value))
     if _is(value, "numpy", "ufunc"):  # np.sqrt and the like
-        return _import_object(name, value)
+        return Input(name, _import_object(name, value))
     if isinstance(value, io.IOBase):
         raise _Refused(
             "is an open file, which the domain cannot read: read it into a value first "
             "(text = f.read()) and use that"
         )
-    return f"{name} = {literal(value)}"
+    writer = _Writer()
+    writer.write(value)
+    return Input(name, f"{name} = {''.join(writer.parts)}", frozenset(writer.modules))
 
 
 def _import_module(name: str, module: types.ModuleType) -> str:
@@ -177,27 +180,19 @@ def _installed(module: str) -> bool:
     return top in sys.stdlib_module_names or top in _distributed_packages()
 
 
-def _modules(line: str) -> set[str]:
-    """The helper modules a value's literal calls (numpy.array, torch.tensor)."""
-    return {m for m in ("numpy", "torch") if f"{m}." in line.partition(" = ")[2]}
-
-
-def literal(value: Any) -> str:
-    """`value` as Python source that rebuilds it, within MAX_INPUT_CHARS; raises _Refused."""
-    writer = _Writer()
-    try:
-        writer.value(value)
-    except RecursionError:
-        raise _Refused("is nested too deeply to go with the request") from None
-    return "".join(writer.parts)
-
-
 class _Writer:
     """Source text of a value, written piece by piece so an oversize value stops early."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.size = 0
+        self.modules: set[str] = set()  # of the calls written (numpy.array, torch.tensor)
+
+    def write(self, value: Any) -> None:
+        try:
+            self.value(value)
+        except RecursionError:
+            raise _Refused("is nested too deeply to go with the request") from None
 
     def add(self, text: str) -> None:
         self.size += len(text)
@@ -229,6 +224,7 @@ class _Writer:
                 self.value(item)
             self.add("}")
         elif _is(value, "numpy", "generic") and value.dtype.kind in NUMPY_KINDS:
+            self.modules.add("numpy")
             self.add(f"numpy.{type(value).__name__}(")
             self.value(value.item())
             self.add(")")
@@ -254,6 +250,7 @@ class _Writer:
         """`numpy.array([[1, 2]], dtype='int64')`; an empty array keeps its shape by reshape."""
         if 2 * math.prod(shape) > MAX_INPUT_CHARS:  # each element takes two characters or more
             raise self.too_large()
+        self.modules.add(make.partition(".")[0])
         self.add(f"{make}(")
         self.value(value.tolist())
         self.add(f", dtype={dtype})")
