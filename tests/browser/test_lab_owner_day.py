@@ -28,6 +28,14 @@ from jupyter_syft.demo import FEATURE_BOUNDS, HOSPITALS, diabetes_model
 pytestmark = pytest.mark.timeout(240)
 CODE = "def mean_bmi(df):\n    return float(df['bmi'].mean())\n"
 TAB = '.jp-SideBar [data-id="jp-syft-sidebar"]'
+# Whether an element's content fits its width (a pre's code, a table in its scroll box).
+FITS = "e => e.scrollWidth <= e.clientWidth"
+# Whether an input's placeholder fits its box, measured in the input's own font.
+PLACEHOLDER_FITS = """e => {
+  const context = document.createElement('canvas').getContext('2d');
+  context.font = getComputedStyle(e).font;
+  return context.measureText(e.placeholder).width <= e.clientWidth;
+}"""
 
 
 class Hospitals:
@@ -155,6 +163,10 @@ def test_search_lists_each_hospitals_dataset_once(page, owner_lab: JupyterProces
     expect(bar.locator(".jp-Syft-hitsBody")).to_contain_text("3 datasets matching")
     hits.first.click()
     expect(bar.locator(".jp-Syft-mock tr")).to_have_count(1 + 10)
+    mock = bar.locator(".jp-Syft-tableWrap:has(.jp-Syft-mock)")
+    assert mock.evaluate("e => getComputedStyle(e).overflowX") == "auto"  # it scrolls...
+    assert bar.evaluate(FITS)  # ...inside the sidebar, which itself stays its width
+    assert bar.locator(".jp-Syft-searchInput").evaluate(PLACEHOLDER_FITS)
     page.shots("datasets-mock-preview", keep="sidebar-datasets")
 
 
@@ -184,6 +196,8 @@ def test_a_federated_plan_card_says_what_it_allows_and_its_rounds_come_under_it(
         }
         for term, text in terms.items():
             expect(card.locator(f'.jp-Syft-planTerm[data-term="{term}"]')).to_contain_text(text)
+        assert card.locator(".jp-Syft-code").evaluate(FITS)  # long lines wrap, none cut
+        assert card.locator(".jp-Syft-reasonInput").evaluate(PLACEHOLDER_FITS)
         expect(toast_of(page, "a federated plan").first).to_be_in_viewport(ratio=1)
         page.shots("owner-reviews-federated-plan", keep="sidebar-federated-plan", show=card)
         for left in reversed(range(len(HOSPITALS))):
