@@ -33,8 +33,10 @@ $(STAMP): pyproject.toml kernels/syft/kernel.json $(NODE_STAMP) $(LAB_SOURCES)
 	touch $(STAMP)
 
 # JupyterLab with the demo network, both sides' notebooks and the Syft sidebar; prints its URL.
+# Your notebooks in demo-data/notebooks are kept from run to run; `make demo RESET=1` puts the
+# shipped ones (examples/) back.
 demo: $(STAMP)
-	$(BIN)/jupyter-syft demo --lab
+	$(BIN)/jupyter-syft demo --lab $(if $(RESET),--reset)
 
 # The scripted demo in the terminal, for machines without a browser.
 demo-headless: $(STAMP)

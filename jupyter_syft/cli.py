@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -94,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep them running and open JupyterLab with both sides' notebooks and the sidebar",
     )
     demo.add_argument("--no-browser", action="store_true", help="with --lab: only print the URL")
+    demo.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --lab: replace your notebooks in DIR/notebooks with the shipped ones "
+        "(by default they are kept, with your edits)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "whoami":
@@ -112,10 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.lab:
         from jupyter_syft.lab_demo import run_lab_demo
 
-        return run_lab_demo(args.dir, open_browser=not args.no_browser)
+        return run_lab_demo(args.dir, open_browser=not args.no_browser, reset=args.reset)
+    if args.reset:
+        parser.error("--reset goes with --lab: it resets the notebooks JupyterLab opens")
     from jupyter_syft.demo import run_demo
 
-    return run_demo(args.dir, keep_running=args.keep_running)
+    code = run_demo(args.dir, keep_running=args.keep_running)
+    # Its nodes are stopped and its files written: exit without the interpreter's teardown of
+    # torch, pandas and the rest, seconds of garbage collection on a busy machine (after
+    # Ctrl-C, the user waits for it).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _rekey_audit(data_dir: Path) -> int:

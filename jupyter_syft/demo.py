@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
 
 from jupyter_syft.client.admin import AdminClient, ReviewRequest
@@ -36,6 +37,8 @@ from jupyter_syft.errors import RequestDenied, SyftError
 from jupyter_syft.identity import USER_KEY_FILE, load_or_create
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from jupyter_syft.client.domain import DomainClient
@@ -64,7 +67,26 @@ FEDERATED: dict[str, Any] = {
     "batch_size": 32,
     "optimizer": "adam",
 }
-console = Console()
+NOTEBOOKS_DIR = "notebooks"  # in the demo folder: the user's notebooks, kept across runs
+STOP_S = 20.0  # a node still running this long after SIGTERM is killed
+PIPED_WIDTH = 200  # piped output: tables as wide as they need, lines never cut
+
+
+def make_console() -> Console:
+    """The demo's terminal output. Lines are never wrapped into several (a multiaddr must copy
+    as one line): a terminal soft-wraps them itself; piped output is laid out wide."""
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console.width = PIPED_WIDTH
+    return console
+
+
+console = make_console()
+
+
+def section(title: str) -> None:
+    """A step's heading: a rule across the terminal; 80 columns, not PIPED_WIDTH, when piped."""
+    console.print(Rule(f"[bold]{title}"), width=None if console.is_terminal else 80)
 
 
 def demo_domains() -> dict[str, DomainClient]:
@@ -109,7 +131,12 @@ def start_node(args: list[str], home: Path, log: Path) -> tuple[subprocess.Popen
         command, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True
     )
     assert process.stdout is not None
-    address = process.stdout.readline().strip()
+    try:
+        address = process.stdout.readline().strip()
+    except KeyboardInterrupt:  # not yet the caller's to stop
+        process.terminate()
+        process.wait(timeout=STOP_S)
+        raise
     if not address:
         process.wait(timeout=10)
         raise RuntimeError(f"{' '.join(args[:2])} did not start; see {log}")
@@ -187,22 +214,21 @@ def mse_on(model: torch.nn.Module, frame: pd.DataFrame) -> float:
 
 
 def run_demo(folder: Path, keep_running: bool = False) -> int:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    _clear(folder)
     frame = diabetes_frame()
     thirds = np.array_split(np.arange(len(frame)), len(HOSPITALS))
     scientist_home = (folder / "homes" / "scientist").resolve()
     scientist = load_or_create(scientist_home / "identity.key")
-    processes: list[subprocess.Popen] = []
+    nodes: dict[str, subprocess.Popen] = {}  # what each is, for the stopping messages
     demo_file = folder / "demo.json"
     try:
-        console.rule("[bold]1. An operator starts a network; three data owners join it")
+        section("1. An operator starts a network; three data owners join it")
         process, network = start_node(
             ["network", "start", "--name", "demo-network", "--data-dir", str(folder / "network")],
             folder / "homes" / "operator",
             folder / "network.log",
         )
-        processes.append(process)
+        nodes["the network node"] = process
         console.print(f"network demo-network: [cyan]{network}[/]")
         owners: dict[str, AdminClient] = {}
         addresses: dict[str, str] = {}
@@ -213,7 +239,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
             process, address = start_node(
                 [*command, "--network", network], home, folder / f"{name}.log"
             )
-            processes.append(process)
+            nodes[name] = process
             addresses[name] = address
             owners[name] = AdminClient(NodeConnection(address, owner_identity))
             console.print(f"{name}: [cyan]{address}[/]")
@@ -232,7 +258,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 f"{(time.perf_counter() - started) * 1000:.0f} ms; added the scientist as a user"
             )
 
-        console.rule("[bold]2. The data scientist searches the network and reads the mocks")
+        section("2. The data scientist searches the network and reads the mocks")
         net = NetworkClient(NetworkConnection(network, scientist))
         hits = _search_until(net, "diabetes", len(HOSPITALS))
         found = Table("domain", "dataset", "rows", "columns", "description", title="search")
@@ -249,7 +275,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
             console.print(f"{name}: {dataset!r}")
         console.print(domains[HOSPITALS[0]].datasets["diabetes"].mock.head(3))
 
-        console.rule("[bold]3. The scientist submits requests (code travels as source)")
+        section("3. The scientist submits requests (code travels as source)")
         summaries = {n: d.request(bmi_summary, df="diabetes") for n, d in domains.items()}
         dumps = {n: d.request(all_rows, df="diabetes") for n, d in domains.items()}
         for name, request in summaries.items():
@@ -257,7 +283,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 f"{name}: bmi_summary -> {request.status}; all_rows -> {dumps[name].status}"
             )
 
-        console.rule("[bold]4. The owners review: approve the summary, deny the raw dump")
+        section("4. The owners review: approve the summary, deny the raw dump")
         for name, owner in owners.items():
             for review in owner.requests(status="pending"):
                 assert isinstance(review, ReviewRequest)  # an AdminClient's request_type
@@ -268,7 +294,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                     review.deny("returns every private row")
                     console.print(f"{name}: denied {review.id[:8]} ({review.info.function_name})")
 
-        console.rule("[bold]5. Results come back; the scientist pools them")
+        section("5. Results come back; the scientist pools them")
         table = Table("domain", "patients", "mean BMI", "corr(BMI, progression)", "raw dump")
         total_n, total_bmi = 0, 0.0
         for name in HOSPITALS:
@@ -291,7 +317,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
         console.print(table)
         console.print(f"check against the full table: mean BMI {frame['bmi'].mean():.3f}")
 
-        console.rule("[bold]6. Differential privacy: a budget, DP queries, a refusal")
+        section("6. Differential privacy: a budget, DP queries, a refusal")
         for owner in owners.values():
             owner.set_budget(scientist.peer_id, "diabetes", epsilon=0.8)
             owner.set_policy("diabetes", auto_approve=True, max_query_epsilon=0.5)
@@ -308,7 +334,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
             dp_table.add_row(name, value, f"{answer.epsilon_left:g}", again)
         console.print(dp_table)
 
-        console.rule("[bold]7. Each owner's audit log")
+        section("7. Each owner's audit log")
         for name, owner in owners.items():
             log = owner.audit_log(limit=200)
             actions = ", ".join(sorted({e.action for e in log.entries}))
@@ -316,7 +342,7 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 f"{name}: {len(log.entries)} entries, hash chain "
                 f"{'verified' if log.chain_ok else '[red]BROKEN[/]'}: {actions}"
             )
-        console.rule("[bold]8. Federated learning: one model, three hospitals' rows")
+        section("8. Federated learning: one model, three hospitals' rows")
         _federated_step(frame, owners, domains)
         if keep_running:
             for owner in owners.values():  # enough for examples/federated.ipynb's DP training
@@ -328,14 +354,47 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
                 "scientist_home": str(scientist_home),
             }
             demo_file.write_text(json.dumps(description, indent=2))
-            return _wait_for_ctrl_c(processes, demo_file)
+            return _wait_for_ctrl_c(list(nodes.values()), demo_file)
         return 0
+    except KeyboardInterrupt:  # Ctrl-C before the script's end
+        return 130
     finally:
         demo_file.unlink(missing_ok=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=20)
+        stop_all(nodes, console.print)
+
+
+def _clear(folder: Path) -> None:
+    """Start clean: a fresh network and domains, but the user's notebooks stay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.name == NOTEBOOKS_DIR:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def stop_all(processes: dict[str, subprocess.Popen], say: Callable[[str], None]) -> None:
+    """SIGTERM to every process at once, then at most STOP_S for them all (the stragglers are
+    killed): a stop takes as long as the slowest, not the sum. `say` tells each step."""
+    running = {name: p for name, p in processes.items() if p.poll() is None}
+    if not running:
+        return
+    say(f"stopping {', '.join(running)}…")
+    started = time.monotonic()
+    for process in running.values():
+        process.terminate()
+    while running and time.monotonic() - started < STOP_S:
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                say(f"  stopped {name} ({time.monotonic() - started:.1f} s)")
+        time.sleep(0.05)
+    for name, process in running.items():
+        process.kill()
+        process.wait()
+        say(f"  {name} did not stop within {STOP_S:.0f} s: killed")
 
 
 def _federated_step(
@@ -405,7 +464,7 @@ def _search_until(net: NetworkClient, text: str, domains: int, timeout: float = 
 
 
 def _wait_for_ctrl_c(processes: list[subprocess.Popen], demo_file: Path) -> int:
-    console.rule("[bold]The network and the domains keep running")
+    section("The network and the domains keep running")
     console.print(
         f"{demo_file} describes them (the Syft kernel: %syft connect demo). Ctrl-C stops them."
     )
@@ -413,7 +472,6 @@ def _wait_for_ctrl_c(processes: list[subprocess.Popen], demo_file: Path) -> int:
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
     except KeyboardInterrupt:
-        console.print("stopping")
         return 0
     console.print("[red]a node stopped by itself[/]; see the logs in", demo_file.parent)
     return 1

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from jupyter_syft.demo import STOP_S
+
 DEMO = [sys.executable, "-m", "jupyter_syft.cli", "demo", "--dir"]
+MULTIADDR = r"/ip4/127\.0\.0\.1/tcp/\d+/p2p/12D3Koo\w{40,}"
 
 
 def test_scripted_demo_plays_both_roles(tmp_path: Path) -> None:
-    wide = {**os.environ, "COLUMNS": "250"}  # rich wraps table cells at the terminal width
+    narrow = {**os.environ, "COLUMNS": "80"}  # piped output is laid out wide all the same
     done = subprocess.run(
-        [*DEMO, str(tmp_path / "demo")], capture_output=True, text=True, timeout=110, env=wide
+        [*DEMO, str(tmp_path / "demo")], capture_output=True, text=True, timeout=110, env=narrow
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # Piped (not a terminal), no line is wrapped or cut: a multiaddr copies as one line.
+    for name in ("network demo-network", "hospital-a", "hospital-b", "hospital-c"):
+        assert re.search(rf"^{name}: {MULTIADDR}$", done.stdout, re.M), done.stdout
+    assert re.search(r"^\(the central reference .* no one holds it\)$", done.stdout, re.M)
     out = " ".join(done.stdout.split())
     assert "denied: returns every private row" in out
     # The pooled result of the approved requests equals the full table's mean BMI.
@@ -40,9 +48,11 @@ def test_scripted_demo_plays_both_roles(tmp_path: Path) -> None:
 
 def test_keep_running_describes_the_nodes_and_stops_cleanly(tmp_path: Path) -> None:
     folder = tmp_path / "demo"
-    demo = subprocess.Popen(
-        [*DEMO, str(folder), "--keep-running"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    output = tmp_path / "demo.out"
+    with output.open("w") as stdout:
+        demo = subprocess.Popen(
+            [*DEMO, str(folder), "--keep-running"], stdout=stdout, stderr=subprocess.PIPE
+        )
     try:
         deadline = time.monotonic() + 100
         while not (folder / "demo.json").exists():
@@ -51,9 +61,17 @@ def test_keep_running_describes_the_nodes_and_stops_cleanly(tmp_path: Path) -> N
         described = json.loads((folder / "demo.json").read_text())
         assert set(described["domains"]) == {"hospital-a", "hospital-b", "hospital-c"}
         assert described["network"].startswith("/ip4/127.0.0.1/tcp/")
+        started = time.monotonic()
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
+        seconds = time.monotonic() - started
         assert not (folder / "demo.json").exists()
+        # Each node is named as it stops; all stop at once, within the kill bound.
+        stop = output.read_text().split("Ctrl-C stops them.")[1]
+        assert "stopping the network node, hospital-a, hospital-b, hospital-c…" in stop, stop
+        for node in ("the network node", "hospital-a", "hospital-b", "hospital-c"):
+            assert re.search(rf"^  stopped {node} \((\d+\.\d) s\)$", stop, re.M), stop
+        assert seconds < STOP_S + 10, stop
     finally:
         if demo.poll() is None:
             demo.kill()

@@ -29,6 +29,7 @@ from jupyter_syft.client.aggregate import secure_sum
 from jupyter_syft.client.domain import (
     DomainClient,
     RemoteRequest,
+    as_function,
     function_source,
     requirement_list,
 )
@@ -87,10 +88,11 @@ def train(
     """Train `model` on `dataset` across `domains`; return the trained model and its history.
 
     `model` is an `nn.Sequential` of standard layers or a zero-argument function returning the
-    module (its source travels). `features` default to every numeric column but `target`.
-    `validation=(X, y)`, data the scientist holds, is scored after each round. With
-    `feature_bounds`, domains scale each feature to [0, 1] and the returned model does the
-    same to its inputs. `on_round(r)` is called before round r starts (tests, progress).
+    module (its source travels; or that source text, as for `DomainClient.request`).
+    `features` default to every numeric column but `target`. `validation=(X, y)`, data the
+    scientist holds, is scored after each round. With `feature_bounds`, domains scale each
+    feature to [0, 1] and the returned model does the same to its inputs. `on_round(r)` is
+    called before round r starts (tests, progress).
     `requirements`: packages the model code needs beyond the domains' own (see
     `DomainClient.request`); each owner reviews them with the plan.
     """
@@ -101,6 +103,7 @@ def train(
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
         raise InvalidError(f"each domain may appear once: {names}")
+    model = as_function(model)  # a function's source text (plain `python`) is one, made here
     code, function_name = model_source(model, function_source)
     network = model if isinstance(model, torch.nn.Module) else model()
     if not isinstance(network, torch.nn.Module):
