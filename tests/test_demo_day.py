@@ -309,3 +309,19 @@ def test_federated_training_takes_the_model_as_source_text(domain: dict) -> None
     """The text is made into the function here and called, as a function would be."""
     with pytest.raises(InvalidError, match=r"make_model\(\) must return a torch.nn.Module"):
         syft.federated.train("def make_model():\n    return 3", [domain["client"]], "table", "y")
+
+
+def test_dp_training_takes_the_model_as_source_text(domain: dict) -> None:
+    """The text is made into the function here, and the model it builds checked before
+    anything is sent (a BatchNorm's statistics would leave without noise)."""
+    before = len(domain["admin"].requests())
+    source = (
+        "def make_model():\n"
+        "    import torch\n"
+        "\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.BatchNorm1d(2))\n"
+    )
+    queries = domain["client"].datasets["table"].dp
+    with pytest.raises(InvalidError, match="is a BatchNorm1d"):
+        queries.train(source, features=["y"], label="y", epsilon=1.0, delta=1e-5)
+    assert len(domain["admin"].requests()) == before

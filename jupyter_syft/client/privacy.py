@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jupyter_syft.client.connection import NodeConnection
-from jupyter_syft.client.domain import RemoteRequest, function_source, requirement_list
+from jupyter_syft.client.domain import (
+    RemoteRequest,
+    as_function,
+    function_source,
+    requirement_list,
+)
 from jupyter_syft.errors import InvalidError
 from jupyter_syft.privacy.model_state import ModelStateError, check_model
 from jupyter_syft.wire import messages as m
@@ -91,7 +96,7 @@ class DPQueries:
 
     def train(
         self,
-        model: Callable[[], Any],
+        model: Callable[[], Any] | str,
         *,
         features: Iterable[str],
         label: str,
@@ -107,7 +112,8 @@ class DPQueries:
     ) -> DPTrainingRequest:
         """Ask to train the torch model `model()` returns with DP-SGD (Opacus) to (ε, δ).
 
-        `model` is a plain `def` taking no arguments (its source travels, as for requests).
+        `model` is a plain `def` taking no arguments (its source travels, as for requests),
+        or that source text (see `DomainClient.request`).
         The model sees `features` (scaled to [0, 1] by `feature_bounds` when given) and learns
         `label` (class indices for "cross_entropy", numbers for "mse"). The owner reviews the
         request; (ε, δ) is charged when they approve, before training starts. Only the
@@ -115,6 +121,7 @@ class DPQueries:
         state is refused, here and by the domain. `requirements`: packages the model code
         needs beyond the domain's own (see `DomainClient.request`).
         """
+        model = as_function(model)  # source text (a plain `python` REPL's) is made one here
         source = function_source(model)
         try:
             check_model(model())
