@@ -265,8 +265,6 @@ def progress_text(progress: Any) -> str:
     return f"{bar} {progress.done}/{progress.total} ({share:.0%})"
 
 
-
-
 def provenance(target: Target) -> str:
     """Where a result comes from: domain, datasets, request and the policy that released it."""
     assert target.request is not None
