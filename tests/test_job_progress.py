@@ -1,7 +1,8 @@
 """What a running job reports back, and how a remote error looks to the scientist: a real
 domain process, the scientist's client and Syft kernel, the owner as a script.
 
-- `syft.progress(i, n)` inside a job reaches the client's status and the kernel cell's bar;
+- `syft.progress(i, n)` inside a job reaches the client's status, the kernel cell's bar and,
+  in a plain `python` on a terminal, a bar drawn while `result()` waits;
 - a job calling it a million times leaves the node responsive and the store no bigger;
 - an unfinished cell's elapsed time ticks;
 - a traceback through pandas shows the scientist their line and "… N frames in pandas",
@@ -11,8 +12,11 @@ domain process, the scientist's client and Syft kernel, the owner as a script.
 from __future__ import annotations
 
 import contextlib
+import os
+import pty
 import re
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -91,6 +95,52 @@ def test_progress_reaches_the_client_status(world: dict) -> None:
     assert len(seen) >= 3, seen  # several intermediate values, not only the end
     assert request.info.progress is None  # gone once the job ended
     assert request.result() == pytest.approx(TABLE["bmi"].mean())
+
+
+STEPS_AS_TEXT = """
+def steps(df):
+    import time
+    import jupyter_syft as syft
+
+    for i in range(10):
+        syft.progress(i, 10)
+        time.sleep(0.4)
+    return float(df["bmi"].mean())
+"""
+WAIT_IN_A_TERMINAL = """
+import sys
+import jupyter_syft as syft
+domain = syft.connect(sys.argv[1])
+request = domain.request(sys.argv[2], df=domain.datasets["patients"])
+print("submitted", request.id, flush=True)
+print("mean", request.result(timeout=60), flush=True)
+"""
+
+
+def test_result_draws_the_jobs_progress_in_a_terminal(world: dict) -> None:
+    """A scientist in a plain python on a terminal sees the bar move while result() waits."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "JUPYTER_SYFT_HOME": str(world["home"]), "COLUMNS": "120"}
+    script = [sys.executable, "-c", WAIT_IN_A_TERMINAL, world["node"].address, STEPS_AS_TEXT]
+    with subprocess.Popen(script, stdout=follower, stderr=follower, env=env) as python:
+        os.close(follower)
+        seen = b""
+        deadline = time.monotonic() + 90
+        try:
+            while b"mean " not in seen and time.monotonic() < deadline:
+                if b"submitted" in seen:
+                    approve_all(world["admin"])
+                try:
+                    seen += os.read(leader, 65536)
+                except OSError:  # the python ended and closed its side
+                    break
+        finally:
+            python.kill()
+            os.close(leader)
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).decode(errors="replace")
+    assert f"mean {TABLE['bmi'].mean()}" in text, text
+    counts = set(re.findall(r"(\d+)/10", text))
+    assert len(counts) >= 3, text  # the bar moved: several of the job's steps drawn
 
 
 def test_progress_flood_leaves_the_node_responsive_and_the_store_bounded(world: dict) -> None:

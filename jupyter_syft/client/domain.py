@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.mocks import labelled_mock
+from jupyter_syft.client.progress import job_progress
 from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
 from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed, ResultWithheld
 from jupyter_syft.wire import messages as m
@@ -178,15 +179,18 @@ class RemoteRequest:
         return self.info
 
     def wait(self, timeout: float | None = None) -> m.RequestInfo:
-        """Block until the request is done, denied or failed (or `timeout` passes)."""
+        """Block until the request is done, denied or failed (or `timeout` passes), drawing the
+        job's progress as a bar while it reports any."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.info.status not in FINAL_STATES:
-            left = POLL_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(
-                    f"request {self.id} is still {self.info.status} after {timeout} s"
-                )
-            self.refresh(wait_s=min(left, POLL_S))
+        with job_progress(f"request {self.id[:8]} ({self.info.function_name})") as show:
+            while self.info.status not in FINAL_STATES:
+                show(self.info.progress)
+                left = POLL_S if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"request {self.id} is still {self.info.status} after {timeout} s"
+                    )
+                self.refresh(wait_s=min(left, POLL_S))
         return self.info
 
     def result(self, timeout: float | None = None) -> Any:
