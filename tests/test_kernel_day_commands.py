@@ -227,3 +227,7 @@ def test_an_offline_domain_is_named_in_one_line_and_the_others_answer(
     assert missed.startswith("not reached: hospital-c: offline or unreachable")
     fetch = fresh.execute(f"%syft fetch {world['ids']['hospital-c'][:8]}")
     assert fetch.status == "error" and "not reached: hospital-c: offline" in fetch.text
+    budget = fresh.execute("%syft budget")
+    assert budget.status == "ok", budget.text
+    [missed] = [line for line in budget.text.splitlines() if "not reached" in line]
+    assert missed.startswith("not reached: hospital-c: offline or unreachable"), budget.text

@@ -51,6 +51,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from jupyter_syft.wire.messages import RequirementsPolicy
+from jupyter_syft.words import counted
 
 PYPI = "https://pypi.org/simple"
 MAX_REQUIREMENTS = 32
@@ -235,7 +236,7 @@ class Environments:
             (build / "constraints.txt").write_text("".join(p + "\n" for p in self._base))
             (build / "requirements.lock").write_text("")
             if needed:
-                on_stage(f"resolving {_count(len(needed), 'requirement')}")
+                on_stage(f"resolving {counted(len(needed), 'requirement')}")
                 await self._uv_run("could not resolve the requirements", self._compile(build))
             lock = (build / "requirements.lock").read_text()
             lock_hash = hashlib.sha256(lock.encode()).hexdigest()
@@ -245,7 +246,7 @@ class Environments:
                 if built:
                     (build / "site-packages").mkdir()
                     if _pins(lock):
-                        on_stage(f"installing {_count(len(_pins(lock)), 'package')}")
+                        on_stage(f"installing {counted(len(_pins(lock)), 'package')}")
                         await self._uv_run("could not install them", self._install(build))
                     os.rename(build, folder)  # complete, or not there at all
             _write_atomically(self.root / "resolved" / key, lock_hash)
@@ -315,10 +316,6 @@ def _public(version: str) -> str:
         return Version(version).public
     except InvalidVersion:
         return ""
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _pins(lock: str) -> list[str]:

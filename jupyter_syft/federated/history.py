@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jupyter_syft.words import counted
+
 PLOT_WIDTH, PLOT_HEIGHT, MARGIN = 360, 150, 36
 
 
@@ -51,9 +53,8 @@ class History:
             loss = "" if r.train_loss is None else f"train loss {r.train_loss:.4g}, "
             out = f", left out {sorted(r.failures)}" if r.failures else ""
             note = f"; {r.note}" if r.note else ""
-            lines.append(
-                f"  round {r.round}: {loss}{scores} ({len(r.contributors)} domains{out}){note}"
-            )
+            domains = counted(len(r.contributors), "domain")
+            lines.append(f"  round {r.round}: {loss}{scores} ({domains}{out}){note}")
         if self.excluded:
             lines.append(f"  excluded: {self.excluded}")
         return "\n".join(lines)

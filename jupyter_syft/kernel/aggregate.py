@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import display
 
 from jupyter_syft.kernel import display as show
+from jupyter_syft.words import counted
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,7 +105,7 @@ def render(cell: AggregateCell) -> show.Bundle:
     if cell.result is not None:
         result = cell.result
         value_html, value_text = show.render(result.value)
-        label = f"{result.op} over {len(result.contributors)} domains"
+        label = f"{result.op} over {counted(len(result.contributors), 'domain')}"
         origin = (
             f"contributed: {', '.join(sorted(result.contributors))}; dataset {cell.dataset}; "
             f"policy: {POLICY}"

@@ -296,10 +296,10 @@ def gauge(spent: float, left: float) -> tuple[str, str]:
     return markup, bar_spent + bar_left
 
 
-def budgets(rows: Sequence[tuple[str, Any]], offline: Sequence[str]) -> Bundle:
+def budgets(rows: Sequence[tuple[str, Any]], missed: str) -> Bundle:
     """`%syft budget`: per domain and dataset, epsilon spent and left with a gauge.
 
-    `rows` are (domain, Budget); `offline` the domains that could not be asked.
+    `rows` are (domain, Budget); `missed` names the domains that did not answer, and why.
     """
     headers = ["domain", "dataset", "epsilon spent", "left", "of", "gauge", "delta spent / of"]
     cells, lines = [], []
@@ -326,8 +326,7 @@ def budgets(rows: Sequence[tuple[str, Any]], offline: Sequence[str]) -> Bundle:
     if not rows:
         markup = text[0] = "no privacy budget granted to you on the connected domains"
         text = text[:1]
-    if offline:
-        skipped = f"not asked, offline: {', '.join(offline)}"
-        markup += small(esc(skipped))
-        text.append(skipped)
+    if missed:
+        markup += small(esc(missed))
+        text.append(missed)
     return bundle(markup, "\n".join(text))

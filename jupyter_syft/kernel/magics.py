@@ -36,6 +36,7 @@ from jupyter_syft.kernel.cells import (
 from jupyter_syft.kernel.commands import COMMANDS, command, usage
 from jupyter_syft.kernel.session import SyftSession, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
+from jupyter_syft.words import counted
 
 if TYPE_CHECKING:
     from jupyter_syft.wire.messages import RequestInfo
@@ -79,8 +80,7 @@ class SyftMagics(Magics):
             for name, found in sorted(answers.by_domain.items())
             for dataset in sorted(found)
         ]
-        offline = [f"{name} ({why})" for name, why in sorted(answers.unanswered.items())]
-        bundle: dict[str, Any] = show.budgets(rows, offline)
+        bundle: dict[str, Any] = show.budgets(rows, answers.unanswered_line())
         if rows:  # the gauge widgets where widgets render; the HTML table elsewhere
             bundle = {**_gauges(rows)._repr_mimebundle_(), **bundle}
         display(bundle, raw=True)
@@ -98,9 +98,9 @@ class SyftMagics(Magics):
             colour = show.COLOURS["done"]
             if client is self.session.network:
                 count = len(self.session.network_domains())
-                text = f"connected to network {client.name} ({_count(count, 'domain')})"
+                text = f"connected to network {client.name} ({counted(count, 'domain')})"
             else:
-                datasets = _count(len(self.session.listing(client.name)), "dataset")
+                datasets = counted(len(self.session.listing(client.name)), "dataset")
                 role = client.role or "stranger: ask the owner to add you (%syft whoami)"
                 text = f"connected to domain {client.name} ({datasets}; you: {role})"
                 if client.sandbox == "off":  # approved code there runs unconfined
@@ -124,7 +124,7 @@ class SyftMagics(Magics):
             for domain in self.session.network_domains():
                 if domain.name not in self.session.domains:
                     state = "online" if domain.online else "offline"
-                    count = _count(domain.dataset_count, "dataset")
+                    count = counted(domain.dataset_count, "dataset")
                     rows.append(
                         [show.whole(domain.name), state, "(via the network)", "(connect to see)",
                          count]
@@ -176,12 +176,12 @@ class SyftMagics(Magics):
         found = [(name, r.info) for name, listed in answers.by_domain.items() for r in listed]
         missed = answers.unanswered_line()
         if not found:
-            asked = _count(len(answers.by_domain), "domain")
+            asked = counted(len(answers.by_domain), "domain")
             display(show.note(f"no requests of yours on the {asked} asked"), raw=True)
         else:
             headers = ["submitted", "request", "data", "function", "status", "detail", "bound to"]
             rows = _request_rows(found, bound)
-            title = f"your requests, oldest first (newest last): {_count(len(rows), 'request')}"
+            title = f"your requests, oldest first (newest last): {counted(len(rows), 'request')}"
             display(show.table(headers, rows, title), raw=True)
         if missed:
             display(show.note(missed, show.COLOURS["lost"]), raw=True)
@@ -216,10 +216,10 @@ class SyftMagics(Magics):
         unfinished = self.book.wait(timeout)
         if unfinished:
             raise UsageError(
-                f"{_count(len(unfinished), 'request cell')} still running after {timeout:g} s; "
+                f"{counted(len(unfinished), 'request cell')} still running after {timeout:g} s; "
                 "they carry on"
             )
-        ended = _count(len(self.book.submissions), "request cell")
+        ended = counted(len(self.book.submissions), "request cell")
         display(show.note(f"every request cell of this kernel has ended ({ended})"), raw=True)
 
     @command("whoami", "your peer ID (give it to a data owner to be added)")
@@ -234,7 +234,9 @@ class SyftMagics(Magics):
                 names.update(d.name for d in self.session.network_domains())
             except UsageError:
                 network += " (unreachable now)"
-        domains = f"{_count(len(names), 'domain')}: {', '.join(sorted(names))}" if names else "none"
+        domains = "none"
+        if names:
+            domains = f"{counted(len(names), 'domain')}: {', '.join(sorted(names))}"
         rows = [
             ("peer id", self.session.node()),
             ("identity", str(syft_home())),
@@ -463,10 +465,6 @@ def _dp_error(domain: str, exc: Exception) -> str:
             "(nothing was charged; `%syft budget` shows what is left)"
         )
     return f"domain {domain!r} refused the DP query: {exc} (nothing was charged)"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _request_rows(found: list[tuple[str, RequestInfo]], bound: dict[str, str]) -> list[list]:

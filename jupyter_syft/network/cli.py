@@ -9,6 +9,7 @@ from pathlib import Path
 
 from jupyter_syft.foreground import run_until_signalled
 from jupyter_syft.network.membership import POLICIES
+from jupyter_syft.words import counted
 
 
 def add_network_commands(commands: argparse._SubParsersAction) -> None:
@@ -108,9 +109,10 @@ def _manage(args: argparse.Namespace) -> int:
         else:
             now = time.time()
             for member in network.members():
+                datasets = counted(member.dataset_count, "dataset")
                 print(
                     f"{member.peer_id}  {member.status:8}  {member.name:24}  "
-                    f"{member.dataset_count:5} datasets  seen {now - member.last_seen:7.1f} s ago"
+                    f"{datasets:>14}  seen {now - member.last_seen:7.1f} s ago"
                 )
     except (SyftError, P2PError, FileNotFoundError) as exc:
         print(f"jupyter-syft: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.client.network import NetworkClient
 from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import PREVIEW_ROWS, BrowserModel, Hit
+from jupyter_syft.words import counted
 
 
 class DatasetBrowser(w.VBox):
@@ -32,7 +33,7 @@ class DatasetBrowser(w.VBox):
         self.model.search(text)
         self.results.options = [(_label(hit), hit) for hit in self.model.hits]
         self.results.value = None
-        summary = self.model.problem or f"{len(self.model.hits)} datasets"
+        summary = self.model.problem or counted(len(self.model.hits), "dataset")
         self.preview.value = h.sanitise(f"<small>{h.esc(summary)}</small>")
 
     def _selected(self, change: dict) -> None:
