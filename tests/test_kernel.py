@@ -206,6 +206,7 @@ def test_request_returns_at_once_and_shows_the_result_in_place(
     )
     assert cell.status == "ok", cell.text
     assert "request" in cell.text and "pending: waiting for the owner's review" in cell.text
+    assert "waiting for the owner's review" in cell.html and "pending: waiting" not in cell.html
     assert kernel.execute("2 + 2").status == "ok"  # other cells run while it waits
     [review] = world["admins"]["hospital-a"].requests("pending")
     assert "# the owner reads this" in review.code and "return float(m)" in review.code

@@ -365,3 +365,11 @@ def test_mocks_say_mock_in_every_display_and_behave_as_their_kind() -> None:
     assert type(tensor * 2) is torch.Tensor and type(plain_mock(tensor)) is torch.Tensor
     array = labelled_mock(np.arange(3.0), "counts")
     assert "MOCK" in repr(array) and type(array.sum()) is np.float64
+
+
+def test_a_status_beside_its_badge_does_not_repeat_it() -> None:
+    from jupyter_syft.words import REQUEST_STATUS, after_badge
+
+    assert after_badge("pending") == "waiting for the owner's review"
+    for status in REQUEST_STATUS:
+        assert not after_badge(status).startswith(f"{status}:"), status

@@ -20,6 +20,7 @@ from jupyter_syft.safe_html import (
     render,
     small,
 )
+from jupyter_syft.words import REQUEST_STATUS
 
 if TYPE_CHECKING:
     from jupyter_syft.kernel.watch import Submission, Target
@@ -154,19 +155,6 @@ def note(text: str, colour: str = COLOURS["pending"]) -> Bundle:
 
 # ---- requests -----------------------------------------------------------------------------
 
-STATUS_TEXT = {
-    "pending": "pending: waiting for the owner's review",
-    "approved": "approved: queued to run on the private data",
-    "building": "approved: building environment (its declared requirements)",
-    "running": "running on the private data",
-    "done": "done: fetching the result",
-    "denied": "denied by the owner",
-    "failed": "failed on the domain",
-    "awaiting_release": "ran: awaiting the owner's release of the result",
-    "withheld": "the owner withheld the result",
-    "lost": "connection lost, reconnecting (the request stays on the domain)",
-    "error": "error",
-}
 POLICY_TEXT = {
     "raw": "raw result, released after the owner's review",
     "dp": "dp (differential privacy: OpenDP noise, epsilon charged to your budget)",
@@ -215,7 +203,7 @@ def _target(target: Target, sub: Submission) -> tuple[str, str]:
     short = target.request.id[:8] if target.request is not None else "-"
     text = f"{target.domain}: request {short} {status}" + (f": {detail}" if detail else "")
     markup = f"{badge(COLOURS[state], state)} <b>{esc(target.domain)}</b> request {esc(short)}: "
-    markup += esc(status)
+    markup += esc(status.removeprefix(f"{state}: "))  # the badge says it
     if "\n" in detail:  # a remote traceback: its last line, the rest a click away
         summary = detail.strip().splitlines()[-1]
         markup += f"<details><summary>{esc(summary)}</summary><pre>{esc(detail)}</pre></details>"
@@ -239,19 +227,19 @@ def _status(target: Target, sub: Submission) -> tuple[str, str, str]:
     """The state to show (a request status, "lost" or "error"), its words, and details."""
     state = target.state
     if target.stopped:
-        watched = f"stopped watching after {sub.line.timeout:g} s ({STATUS_TEXT[state]})"
+        watched = f"stopped watching after {sub.line.timeout:g} s ({REQUEST_STATUS[state]})"
         return state, f"{watched}; the request stays on the domain: `%syft requests` lists it", ""
     if state == "error":
-        return state, STATUS_TEXT[state], target.error
+        return state, REQUEST_STATUS[state], target.error
     assert target.request is not None
     if state in ("denied", "withheld"):
-        return state, STATUS_TEXT[state], target.request.info.reason or "(no reason given)"
+        return state, REQUEST_STATUS[state], target.request.info.reason or "(no reason given)"
     if state == "failed":
-        return state, STATUS_TEXT[state], target.request.error
+        return state, REQUEST_STATUS[state], target.request.error
     progress = target.request.info.progress
     if state in ("building", "running") and progress is not None and not target.problem:
-        return state, STATUS_TEXT[state], progress_text(progress)
-    return state, STATUS_TEXT[state], target.problem or target.request.info.note
+        return state, REQUEST_STATUS[state], progress_text(progress)
+    return state, REQUEST_STATUS[state], target.problem or target.request.info.note
 
 
 def progress_text(progress: Any) -> str:

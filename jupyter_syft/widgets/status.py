@@ -10,21 +10,10 @@ from jupyter_syft.client.domain import RemoteRequest
 from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import RequestModel
 from jupyter_syft.widgets.poller import Poller
+from jupyter_syft.words import after_badge
 
 LONG_POLL_S = 10.0  # one long-poll; also how soon `close()` ends the watcher
 RETRY_S = 1.0  # between reconnection attempts when the link broke
-
-TEXT = {
-    "pending": "waiting for the owner's review",
-    "approved": "approved: queued to run on the private data",
-    "building": "approved: building environment (its declared requirements)",
-    "running": "running on the private data",
-    "done": "done: fetching the result",
-    "denied": "denied by the owner",
-    "failed": "failed on the domain",
-    "awaiting_release": "ran: the owner is looking at the result before releasing it",
-    "withheld": "the owner withheld the result",
-}
 
 
 class RequestStatus(w.VBox):
@@ -55,7 +44,7 @@ class RequestStatus(w.VBox):
         head = (
             f"{h.badge(h.COLOURS[status], status)} request <code>{h.esc(info.request_id[:8])}"
             f"</code> <b>{h.esc(info.function_name)}</b> on "
-            f"{h.esc(', '.join(info.inputs.values()))}: {h.esc(TEXT[model.status])}"
+            f"{h.esc(', '.join(info.inputs.values()))}: {h.esc(after_badge(model.status))}"
         )
         body = ""
         if model.problem:
