@@ -396,8 +396,8 @@ def test_review_surfaces_show_requirements(world: dict) -> None:
 
 
 def test_request_cell_with_requirements_shows_the_build(world: dict) -> None:
-    """`%%request ... --requirements`: the cell shows "building environment" while the domain
-    builds (held here on a wheel that is a FIFO), then the result."""
+    """`%%request ... --requirements`: the cell shows the build's stage while the domain builds
+    (held here resolving, on a wheel that is a FIFO), then the result."""
     from kernel_client import SyftKernel
 
     kernel = SyftKernel(world["alice_home"])
@@ -412,7 +412,9 @@ def test_request_cell_with_requirements_shows_the_build(world: dict) -> None:
         pending = world["admin"].requests("pending")
         [review] = [r for r in pending if r.requirements == ["gatepkg"]]
         review.approve()  # type: ignore[attr-defined]
-        assert "building environment" in kernel.update(cell.display_id, "building environment")
+        # the node's words on the build's stage (held resolving, on the FIFO)
+        shown = kernel.update(cell.display_id, "building environment: resolving 1 requirement")
+        assert shown.count("building environment") == 1, shown
         with (world["index"] / wheel_name("gatepkg", "1.0")).open("wb") as fifo:
             fifo.write(wheel_bytes("gatepkg", "1.0", "VALUE = 1000\n"))
         kernel.update(cell.display_id, "result bound to gated", timeout=60)

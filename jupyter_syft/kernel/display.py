@@ -238,7 +238,9 @@ def _status(target: Target, sub: Submission) -> tuple[str, str, str]:
         return state, REQUEST_STATUS[state], target.request.error
     progress = target.request.info.progress
     if state in ("building", "running") and progress is not None and not target.problem:
-        return state, REQUEST_STATUS[state], progress_text(progress)
+        # a build's stage says "building environment: ..." itself
+        words = "approved" if progress.stage and not progress.total else REQUEST_STATUS[state]
+        return state, words, progress_text(progress)
     return state, REQUEST_STATUS[state], target.problem or target.request.info.note
 
 
