@@ -112,7 +112,7 @@ def test_request_approve_result(world: dict) -> None:
     assert set(datasets) == {"patients", "scans"}
     assert datasets["patients"].rows == 1000
     assert datasets["patients"].schema == {"age": "int64", "bmi": "double"}
-    pd.testing.assert_frame_equal(datasets["patients"].mock, MOCK)
+    pd.testing.assert_frame_equal(pd.DataFrame(datasets["patients"].mock), MOCK)  # labelled
 
     request = alice.request(mean_bmi, df=datasets["patients"])
     assert request.status == "pending"

@@ -122,7 +122,9 @@ def test_domain_joins_announces_and_is_dialled_directly(world: dict) -> None:
 
     domain = net.domain("hospital-a")  # dialled at the address record the DHT holds
     assert isinstance(domain, DomainClient) and domain.role == "data_scientist"
-    pd.testing.assert_frame_equal(domain.datasets["diabetes"].mock, MOCK)
+    mock = domain.datasets["diabetes"].mock
+    pd.testing.assert_frame_equal(pd.DataFrame(mock), MOCK)  # a labelled MOCK frame
+    assert repr(mock).startswith("[MOCK data")
     assert net.domain(hit.domain_peer_id).peer_id == hit.domain_peer_id
     with pytest.raises(NotFoundError, match="hospital-a"):
         net.domain("hospital-z")
