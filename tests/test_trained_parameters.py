@@ -7,6 +7,7 @@ may appear in anything the scientist receives: weights, update vectors or error 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,26 @@ def make_writer():
             return self.out(torch.relu(self.hidden(x)))
 
     return Writer()
+
+
+def make_reporter():
+    import time
+
+    import torch
+
+    import jupyter_syft as syft
+
+    class Reporter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 1)
+
+        def forward(self, x):
+            syft.progress(int(x.detach().reshape(-1)[0]), 100_000)  # a private value as a step
+            time.sleep(0.2)
+            return self.linear(x)
+
+    return Reporter()
 
 
 def make_batchnorm():
@@ -226,3 +247,20 @@ def test_normal_training_still_returns_only_the_parameters(world: dict) -> None:
                                             show=False)  # fmt: skip
     assert [r.contributors for r in history.rounds] == [["clinic"], ["clinic"]]
     assert set(trained.state_dict()) == expected
+
+
+def test_progress_numbers_from_dp_training_code_reach_only_the_owner(world: dict) -> None:
+    """The job's progress numbers are chosen by its code: under DP training they could carry
+    private values past the noise, so only the owner sees them (the scientist sees none)."""
+    rows = world["domain"].datasets["rows"]
+    request = rows.dp.train(make_reporter, features=FEATURES, label="y", epsilon=1.0,
+                            delta=1e-3, loss="mse", epochs=2, batch_size=50)  # fmt: skip
+    scientist_saw, owner_saw = [], []
+    deadline = time.monotonic() + 90
+    while request.refresh().status not in ("done", "failed") and time.monotonic() < deadline:
+        scientist_saw.append(request.info.progress)
+        owner_saw.append(world["admin"].get_request(request.id).info.progress)
+        time.sleep(0.05)
+    assert request.info.status == "done", request.info.error
+    assert [p for p in owner_saw if p is not None and p.done >= 7000], owner_saw  # the channel
+    assert scientist_saw and all(p is None for p in scientist_saw), scientist_saw  # closed to them

@@ -182,11 +182,13 @@ class DomainCore:
         return msgspec.structs.replace(info, error_full=error_full, log=log, released=released)
 
     def _steps_public(self, info: m.RequestInfo) -> bool:
-        """Whether the job's own progress numbers reach its requester: only when its result
-        would too without another look (not aggregate-only, not held for the owner's review),
-        as they are numbers the job's code chose (jobs.progress)."""
+        """Whether the job's own progress numbers reach its requester: only for a raw result
+        that leaves without another look, as they are numbers the job's code chose
+        (jobs.progress). Under any other policy they would carry private values past what
+        protects that result: DP training's noise (`progress(int(x[0]), n)` in `forward`), a
+        secure aggregate's masking, the owner's review of a held result."""
         release = self.store.disclosure(info.inputs.values())[1]
-        return info.policy != "aggregate" and release != "after_review"
+        return info.policy == "raw" and release != "after_review"
 
 
 class NodeCalls:
