@@ -88,6 +88,17 @@ def test_a_mock_figure_has_the_mock_banner(world: dict) -> None:
     assert np.any(np.all(np.abs(banner - _colour()) < 0.05, axis=1))
 
 
+def test_a_figure_a_mock_cell_draws_but_does_not_return_has_the_banner_too(world: dict) -> None:
+    kernel = world["kernel"]
+    cell = kernel.execute('%%mock clinic/patients as df\ndf["bmi"].hist()\nlen(df)')
+    assert cell.status == "ok", cell.text
+    outputs = [m["content"]["data"] for m in cell.outputs if m["msg_type"] == "display_data"]
+    figures = [o for o in outputs if "image/png" in o]
+    [figure] = figures  # stamped, and not shown bare again by the inline backend
+    assert "MOCK" in figure["text/plain"]
+    assert any("10" in o["text/plain"] and "MOCK" in o["text/plain"] for o in outputs)
+
+
 def _colour() -> np.ndarray:
     from jupyter_syft.safe_html import COLOURS
 

@@ -4,6 +4,7 @@ module (`jupyter_syft.safe_html`: escaping, the sanitiser, value rendering)."""
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,6 +116,25 @@ def mock_result(label: str, value: Any) -> Bundle:
 
 
 MOCK_STAMP = "MOCK: computed on mock data, not the private data"
+
+
+def open_figures() -> set[int]:
+    """The numbers of matplotlib's open figures (none while pyplot was never imported)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    return set() if pyplot is None else set(pyplot.get_fignums())
+
+
+def drawn_mock_figures(label: str, before: set[int], returned: Any) -> list[Bundle]:
+    """The figures a mock cell drew but did not return (`before`: those open when it began),
+    each with the MOCK banner and closed, so the inline backend never shows one bare."""
+    from jupyter_syft.wire.values import figure_of
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    kept = figure_of(returned)
+    drawn = [pyplot.figure(n) for n in sorted(open_figures() - before)]
+    return [mock_figure(label, figure) for figure in drawn if figure is not kept]
 
 
 def mock_figure(label: str, figure: Any) -> Bundle:

@@ -286,9 +286,14 @@ class SyftMagics(Magics):
         namespace: dict[str, Any] = {"__name__": "__main__"}  # as the domain's job has it
         exec(compile(code, filename, "exec"), namespace)
         shell.user_ns.update(mocks)  # the mocks stay here to explore
-        value = namespace[name](**mocks)
         if taken:
             label += f"; from this kernel: {', '.join(taken)}"
+        figures, value = show.open_figures(), None
+        try:
+            value = namespace[name](**mocks)
+        finally:  # what it drew, stamped MOCK, even if it then failed
+            for drawn in show.drawn_mock_figures(label, figures, value):
+                display(drawn, raw=True)
         display(show.mock_result(label, value), raw=True)
 
     def _dp_mock(self, line: str, cell: str, name: str, table: dp.MockDPTable, label: str) -> None:
