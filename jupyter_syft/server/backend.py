@@ -349,8 +349,11 @@ def _is_frame(value: Any) -> bool:
 
 
 def _pending_of(admin: AdminClient) -> list[dict[str, Any]]:
-    users = {u.peer_id: u.name for u in admin.users()}
-    return [review_json(admin.name, r.info, users) for r in admin.requests(status="pending")]
+    """An administered domain's pending requests, with their requesters' names (asked for only
+    when something is pending: this runs every few seconds for every open Lab)."""
+    waiting = admin.requests(status="pending")
+    users = {u.peer_id: u.name for u in admin.users()} if waiting else {}
+    return [review_json(admin.name, r.info, users) for r in waiting]
 
 
 def _requests_of(client: DomainClient) -> tuple[str, list[m.RequestInfo], dict[str, str]]:
