@@ -24,6 +24,7 @@ import glob
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from jupyter_syft.domain.jobs import (
 )
 from jupyter_syft.domain.sandbox import SandboxStatus, cgroups, confinement, probe
 from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment
-from jupyter_syft.wire.messages import DPQuery, JobProgress
+from jupyter_syft.wire.messages import DPQuery, JobProgress, Placement, Resources
 
 PRELOAD = [
     "torch",
@@ -170,7 +171,12 @@ class Executor(ExecutorBackend):
         if not outcome.ok:
             _remove_result_files(job.output_dir, created)
         outcome.seconds = time.monotonic() - started
+        outcome.placement = Placement(BACKEND, socket.gethostname(), job.resources, outcome.seconds)
         return outcome
+
+    def capacity(self) -> Resources:
+        """This machine: its cpus, its GPUs (as the NVIDIA driver lists them), its memory."""
+        return machine_capacity()
 
     def close(self) -> None:
         """Kill running jobs (their run() reports it) and refuse new ones.
@@ -389,6 +395,13 @@ def _remove_result_files(output_dir: str, remove_dir: bool) -> None:
     if remove_dir:
         with suppress(OSError):
             os.rmdir(output_dir)
+
+
+def machine_capacity() -> Resources:
+    """What one job could get on this machine at most; no torch import (the node has none)."""
+    gpus = len(glob.glob("/proc/driver/nvidia/gpus/*"))
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return Resources(cpus=float(os.cpu_count() or 1), gpus=gpus, memory_mb=memory_mb)
 
 
 BACKEND = "local"

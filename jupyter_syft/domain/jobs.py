@@ -27,7 +27,14 @@ from types import CodeType
 import msgspec
 
 from jupyter_syft.domain.sandbox import SandboxStatus
-from jupyter_syft.wire.messages import DPQuery, DPTraining, FederatedPlan, JobProgress
+from jupyter_syft.wire.messages import (
+    DPQuery,
+    DPTraining,
+    FederatedPlan,
+    JobProgress,
+    Placement,
+    Resources,
+)
 
 MANIFEST_FILE = "manifest.sealed"
 PART_FILE = "part-{}.sealed"
@@ -72,6 +79,9 @@ class JobSpec(msgspec.Struct):
     # A declared environment: the site-packages folder of its build, put first on sys.path
     # and shown read-only to the job ("" = the domain's own packages only).
     environment: str = ""
+    # What the job runs with, filled in by the node (never 0: the request's ask, capped by the
+    # policy, defaults from the node's limits). memory_bytes above is the same memory limit.
+    resources: Resources = Resources(cpus=1.0, gpus=0, memory_mb=4096)
 
 
 class JobOrder(msgspec.Struct):
@@ -96,6 +106,8 @@ class JobOutcome(msgspec.Struct, tag="outcome"):
     part_count: int = 0
     result_bytes: int = 0  # bytes of the result files written
     seconds: float = 0.0
+    # Where it ran; set by the backend (the worker leaves it None).
+    placement: Placement | None = None
 
 
 ProgressCallback = Callable[[JobProgress], None]
@@ -294,6 +306,7 @@ class BackendOptions:
 
     sandbox: str = "on"  # "off": jobs run unconfined (see jupyter_syft.domain.sandbox)
     data_dir: str | None = None
+    address: str = ""  # the engine's cluster, for a backend that has one ("local": start one)
 
 
 class ExecutorBackend(ABC):
@@ -313,6 +326,11 @@ class ExecutorBackend(ABC):
         `keep_for` (a federated plan's id) may keep the job's worker for the next round;
         `on_progress` is called (from this thread) with the job's progress as it reports it,
         a few times a second at most."""
+
+    @abstractmethod
+    def capacity(self) -> Resources:
+        """The most one job can get here (the largest machine's cpus, gpus and memory): a
+        request asking for more is refused at submission, with these numbers."""
 
     @abstractmethod
     def close(self) -> None:

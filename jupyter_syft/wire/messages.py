@@ -96,6 +96,9 @@ class SubmitRequest(Call["RequestInfo"], tag="submit_request"):
     # Packages the code needs beyond the domain's own ("statsmodels==0.14.4"): wheels from the
     # domain's package index, built into a cached environment (jupyter_syft.domain.environments)
     requirements: list[str] = []
+    # What the job asks the executor for (cpus, gpus, memory); the owner's policy caps it and
+    # a request for more than the executor has is refused at submission, saying what it has.
+    resources: Resources | None = None
 
 
 class GetRequest(Call["RequestInfo"], tag="get_request"):
@@ -424,6 +427,24 @@ class JobProgress(Struct, tag="job_progress"):
     stage: str = ""  # the node's words, e.g. "building environment: resolving"
 
 
+class Resources(Struct, frozen=True):
+    """What one job runs with. In a request: what it asks for (0 = the node's default)."""
+
+    cpus: float = 0.0
+    gpus: int = 0
+    memory_mb: int = 0
+
+
+class Placement(Struct):
+    """Where a job ran and with what: every review surface and the audit log show it."""
+
+    executor: str  # the backend's name: "local" or "ray"
+    node: str  # the machine: "hostname" (local) or "ray node <id> (<address>)"
+    resources: Resources  # what the job was given
+    seconds: float  # wall time of the job
+    attempts: int = 1  # >1: retried after the machine running it died
+
+
 class RequestInfo(Struct, tag="request_info"):
     request_id: str
     requester: str
@@ -450,6 +471,8 @@ class RequestInfo(Struct, tag="request_info"):
     requirements: list[str] = []  # declared packages, checked and in canonical form
     note: str = ""  # a passing word from the node on a queued or running job ("warming up")
     progress: JobProgress | None = None  # a building or running job's latest progress
+    resources: Resources | None = None  # what the request asked for (None: the defaults)
+    placement: Placement | None = None  # where its job ran, once it ran
     # The node's signed receipts (jupyter_syft.wire.receipts) for the audit entries about this
     # request: its submission, the decisions on it, its run. In replies about one request.
     receipts: list[Signed] = []
