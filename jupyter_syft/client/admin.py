@@ -23,6 +23,7 @@ from jupyter_syft.identity import whoami
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
 from jupyter_syft.wire.node_info import read_node_info
+from jupyter_syft.wire.resources import ResourceError, check_resources, resources_line
 
 
 class ReviewRequest(RemoteRequest):
@@ -84,6 +85,7 @@ class ReviewRequest(RemoteRequest):
         if self.info.requirements:
             needs = html.escape(", ".join(self.info.requirements))
             cost += f"<br>requirements (built from the package index): <code>{needs}</code>"
+        cost += f"<br>{html.escape(resources_line(self.info))}"
         said = ""
         if self.info.error_full:
             said += f"<br>error (full):<pre>{html.escape(self.info.error_full)}</pre>"
@@ -196,6 +198,9 @@ class AdminClient(DomainClient):
         errors: m.ErrorPolicy | None = None,
         release: m.ReleasePolicy | None = None,
         requirements: Literal["any", "none"] | Iterable[str] | None = None,
+        max_cpus: float | None = None,
+        max_gpus: int | None = None,
+        max_memory_mb: int | None = None,
     ) -> m.PolicyInfo:
         """Change `dataset`'s policy; what you leave out stays as it is.
 
@@ -208,6 +213,8 @@ class AdminClient(DomainClient):
         strictest of their policies.
         `requirements`: which packages requests may declare, "any" (the default), "none", or
         a list of package names (any version); others are refused at submission.
+        `max_cpus`, `max_gpus`, `max_memory_mb`: the most one request may ask for (0: no cap
+        beyond the executor's largest machine); a request asking for more is refused.
         """
         name = dataset.name if isinstance(dataset, Dataset) else dataset
         if errors not in (None, "redacted", "full"):
@@ -224,7 +231,12 @@ class AdminClient(DomainClient):
             allowed = "any" if requirements == "any" else "none"
         elif requirements is not None:
             allowed = [str(package) for package in requirements]
-        call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed)
+        caps = (max_cpus, max_gpus, max_memory_mb)
+        try:
+            check_resources(m.Resources(*(cap or 0 for cap in caps)), "the caps")  # type: ignore[arg-type]
+        except ResourceError as exc:
+            raise InvalidError(str(exc)) from None
+        call = m.SetPolicy(name, auto_approve, max_query_epsilon, errors, release, allowed, *caps)
         return self._connection.call(call)
 
     def review(self) -> Any:

@@ -22,6 +22,7 @@ from jupyter_syft.errors import InvalidError, RequestDenied, RequestFailed, Resu
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire import values
 from jupyter_syft.wire.receipts import AuditReceipt
+from jupyter_syft.wire.resources import ResourceError, describe_placement, resources_from
 
 if TYPE_CHECKING:
     from jupyter_syft.client.models import ModelMap
@@ -173,6 +174,19 @@ class RemoteRequest:
         """The job's stdout and stderr: shown once the owner released them ("" until then)."""
         return self.info.log
 
+    @property
+    def resources(self) -> m.Resources | None:
+        """What the request asked its domain's executor for (None: the domain's defaults)."""
+        return self.info.resources
+
+    @property
+    def placement(self) -> m.Placement | None:
+        """Where its job ran, with what, for how long and in how many attempts (None until it
+        ran). The requester sees it too: it names machines and numbers, no private data, and
+        its seconds are no more than the status times (decided_at, finished_at) already show;
+        it tells them what their ask was given, e.g. after a cap."""
+        return self.info.placement
+
     def refresh(self, wait_s: float = 0.0) -> m.RequestInfo:
         call = m.GetRequest(self.id, wait_s=wait_s, known_status=self.info.status)
         self.info = self._connection.call(call, timeout=wait_s + 30)
@@ -241,6 +255,8 @@ class RemoteRequest:
         info = self.info
         detail = info.reason or (self.error.splitlines()[-1] if self.error else "")
         extra = html.escape(detail)
+        if info.placement is not None:
+            extra += f"<br>ran: {html.escape(describe_placement(info.placement))}"
         return (
             f"<b>request {info.request_id[:8]}</b> <code>{html.escape(info.function_name)}"
             f"</code> on {html.escape(', '.join(info.inputs.values()))}: "
@@ -359,6 +375,7 @@ class DomainClient:
         function: Callable[..., Any] | str,
         *,
         requirements: Iterable[str] = (),
+        resources: m.Resources | Mapping[str, float] | None = None,
         **inputs: Dataset | str,
     ) -> RemoteRequest:
         """Ask to run `function` on the private data of `inputs` (argument -> dataset).
@@ -369,10 +386,16 @@ class DomainClient:
         (`domain.request("def f(df): ...", df=ds)`: for a plain `python` REPL, which keeps
         no source). `requirements` ("statsmodels==0.14.4", ...) are packages it needs beyond
         the domain's own: the owner reviews them with the code, and the domain builds them
-        (wheels from its package index) before the job runs.
+        (wheels from its package index) before the job runs. `resources` ({"cpus": 2,
+        "gpus": 1, "memory_mb": 4096} or a `Resources`) is what the job asks the domain's
+        executor for (a field left out: the domain's default; memory_mb is also the job's
+        memory limit); the owner's policy caps it, and a domain whose machines have less
+        refuses it at once, saying what they have.
         """
         function = as_function(function)
-        return self.submit(function_source(function), function.__name__, inputs, requirements)
+        return self.submit(
+            function_source(function), function.__name__, inputs, requirements, resources
+        )
 
     def submit(
         self,
@@ -380,11 +403,21 @@ class DomainClient:
         function_name: str,
         inputs: Mapping[str, Dataset | str],
         requirements: Iterable[str] = (),
+        resources: m.Resources | Mapping[str, float] | None = None,
     ) -> RemoteRequest:
-        """Submit source `code` whose function `function_name` takes `inputs` as arguments."""
+        """Submit source `code` whose function `function_name` takes `inputs` as arguments;
+        `resources` are checked here (unknown names, negative, NaN: InvalidError) first."""
+        try:
+            asked = resources_from(resources)
+        except ResourceError as exc:
+            raise InvalidError(str(exc)) from None
         names = {arg: d.name if isinstance(d, Dataset) else str(d) for arg, d in inputs.items()}
         call = m.SubmitRequest(
-            code, function_name, names, requirements=requirement_list(requirements)
+            code,
+            function_name,
+            names,
+            requirements=requirement_list(requirements),
+            resources=asked,
         )
         info = self._connection.call(call)
         return self.request_type(self._connection, info)

@@ -29,6 +29,7 @@ from jupyter_syft.domain.environments import (
     check_allowed,
     check_requirements,
 )
+from jupyter_syft.domain.executor import machine_capacity
 from jupyter_syft.domain.jobs import for_scientist, owner_paths
 from jupyter_syft.domain.store import Store
 from jupyter_syft.identity import Identity, IdentityError, public_key_of
@@ -57,6 +58,11 @@ class Limits:
     max_result_bytes: int = 2 * 2**30
     max_upload_bytes: int = 16 * 2**30
 
+    def job_resources(self) -> m.Resources:
+        """What a job gets where its request asks for nothing: 1 cpu, no GPU, the node's
+        memory limit per job (--job-memory-mb)."""
+        return m.Resources(cpus=1.0, gpus=0, memory_mb=self.job_memory_bytes // 2**20)
+
 
 @dataclass
 class DomainCore:
@@ -74,6 +80,9 @@ class DomainCore:
     sandbox: str  # the job sandbox's level, as NodeInfo shows it
     identity: Identity | None = None  # the node's key: signs its secure-aggregation frames
     environments: Environments | None = None  # builds what requests declare; None: refused
+    # The most one job can get from the executor (ExecutorBackend.capacity: its largest
+    # machine); asked at each submission that asks for resources, as a cluster can change.
+    capacity: Callable[[], m.Resources] = machine_capacity
     # True until the executor's workers have preloaded torch and Opacus (~4 s after start):
     # requests waiting to run meanwhile say so (RequestInfo.note) instead of looking hung.
     warming_up: bool = True

@@ -26,6 +26,7 @@ from jupyter_syft.domain.core import DomainCore, Limits
 from jupyter_syft.domain.environments import PYPI, BuildError, Environments
 from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.jobs import BACKENDS, BackendOptions, ExecutorBackend, InputSpec, JobSpec
+from jupyter_syft.domain.requests.resources import granted
 from jupyter_syft.domain.router import RATE_BURST, RATE_PER_S, domain_router
 from jupyter_syft.domain.secagg.handlers import result_vector
 from jupyter_syft.domain.store import Store, StoreError
@@ -91,6 +92,7 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
             limits=config.limits,
             on_approved=jobs_in.send,
             sandbox=executor.sandbox.summary,
+            capacity=executor.capacity,
             identity=node_identity,
             environments=Environments(store.paths.environments, config.package_index),
         )
@@ -188,6 +190,10 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
         and not aggregate
         and info.plan_round is None
     )
+    # As asked (the node's defaults where not), capped by today's policies and machines.
+    policies = [store.policy(dataset) for dataset in set(info.inputs.values())]
+    capacity = await trio.to_thread.run_sync(executor.capacity)
+    resources = granted(info.resources, limits.job_resources(), policies, capacity)
     job = JobSpec(
         request_id=request_id,
         code=info.code,
@@ -198,10 +204,11 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
         requester=info.requester,
         seal_to=core.peer_id if aggregate or held else info.requester,
         timeout_s=limits.job_timeout_s,
-        memory_bytes=limits.job_memory_bytes,
+        memory_bytes=resources.memory_mb * 2**20,
         max_result_bytes=limits.max_result_bytes,
         privacy=info.privacy,
         environment=environment,
+        resources=resources,
     )
     if info.plan_round is not None:
         found = store.federated_plan(info.plan_round[0])
@@ -231,12 +238,12 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
     # The log and the full error go to the store, which seals them; never to this node's log.
     if outcome.ok:
         parts, size = outcome.part_count, outcome.result_bytes
-        store.finish_run(request_id, parts, size, outcome.log, held=held)
+        store.finish_run(request_id, parts, size, outcome.log, held, outcome.placement)
     else:
         shutil.rmtree(output_dir, ignore_errors=True)
         # Errors the executor writes itself (timeouts, crashes) hold no data: both texts alike.
         error_full = outcome.error_full or outcome.error
-        store.fail_run(request_id, outcome.error, error_full, outcome.log)
+        store.fail_run(request_id, outcome.error, error_full, outcome.log, outcome.placement)
     core.set_progress(request_id, None)  # and wake the long-polls: the job ended
 
 

@@ -87,16 +87,27 @@ CREATE TABLE IF NOT EXISTS request_requirements (
     request_id TEXT PRIMARY KEY REFERENCES requests (id), requirements_json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS requirement_policies (
     dataset TEXT PRIMARY KEY, policy_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS request_resources (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id),
+    cpus REAL NOT NULL, gpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS run_placements (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), placement_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resource_policies (
+    dataset TEXT PRIMARY KEY,
+    max_cpus REAL NOT NULL, max_gpus INTEGER NOT NULL, max_memory_mb INTEGER NOT NULL);
 """
 
 REQUESTS = (
     "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta,"
     " f.spec AS plan_spec, fr.plan_id AS round_plan, fr.round AS round_number,"
-    " q.requirements_json"
+    " q.requirements_json, rr.cpus AS asked_cpus, rr.gpus AS asked_gpus,"
+    " rr.memory_mb AS asked_memory_mb, rp.placement_json"
     " FROM requests r LEFT JOIN dp_requests p ON p.request_id = r.id"
     " LEFT JOIN federated_plans f ON f.request_id = r.id"
     " LEFT JOIN federated_rounds fr ON fr.request_id = r.id"
     " LEFT JOIN request_requirements q ON q.request_id = r.id"
+    " LEFT JOIN request_resources rr ON rr.request_id = r.id"
+    " LEFT JOIN run_placements rp ON rp.request_id = r.id"
 )
 
 GENESIS_HASH = "0" * 64
@@ -309,6 +320,26 @@ class StoreCore(SqliteFile):
                 (request_id, json.dumps(requirements)),
             )
 
+    def _add_resources(
+        self, db: sqlite3.Connection, request_id: str, resources: m.Resources | None
+    ) -> None:
+        """What a request asks its executor for (none: the node's defaults)."""
+        if resources is not None:
+            db.execute(
+                "INSERT INTO request_resources VALUES (?, ?, ?, ?)",
+                (request_id, resources.cpus, resources.gpus, resources.memory_mb),
+            )
+
+    def _keep_placement(
+        self, db: sqlite3.Connection, request_id: str, placement: m.Placement | None
+    ) -> None:
+        """Where the request's job ran (the last run, if a restart ran it again)."""
+        if placement is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO run_placements VALUES (?, ?)",
+                (request_id, msgspec.json.encode(placement).decode()),
+            )
+
     def set_policy(
         self,
         actor: str,
@@ -318,8 +349,10 @@ class StoreCore(SqliteFile):
         errors: str | None = None,
         release: str | None = None,
         requirements: m.RequirementsPolicy | None = None,
+        caps: tuple[float | None, int | None, int | None] = (None, None, None),
     ) -> m.PolicyInfo:
-        """Change the fields given (None keeps the current value), in one transaction."""
+        """Change the fields given (None keeps the current value), in one transaction.
+        `caps`: the most one request may ask for, (max_cpus, max_gpus, max_memory_mb)."""
         with self._transaction() as db:
             current = self.policy(dataset)
             auto_approve = current.auto_approve if auto_approve is None else auto_approve
@@ -339,12 +372,23 @@ class StoreCore(SqliteFile):
                 "INSERT OR REPLACE INTO requirement_policies VALUES (?, ?)",
                 (dataset, json.dumps(requirements)),
             )
+            current_caps = (current.max_cpus, current.max_gpus, current.max_memory_mb)
+            max_cpus, max_gpus, max_memory_mb = (
+                old if new is None else new for new, old in zip(caps, current_caps, strict=True)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO resource_policies VALUES (?, ?, ?, ?)",
+                (dataset, max_cpus, max_gpus, max_memory_mb),
+            )
             detail = {
                 "auto_approve": auto_approve,
                 "max_query_epsilon": max_query_epsilon,
                 "errors": errors,
                 "release": release,
                 "requirements": requirements,
+                "max_cpus": max_cpus,
+                "max_gpus": max_gpus,
+                "max_memory_mb": max_memory_mb,
             }
             self._audit(db, actor, "set_policy", dataset, json.dumps(detail))
         return self.policy(dataset)
@@ -358,12 +402,21 @@ class StoreCore(SqliteFile):
             allowed = self._db.execute(
                 "SELECT policy_json FROM requirement_policies WHERE dataset = ?", (dataset,)
             ).fetchone()
+            caps = self._db.execute(
+                "SELECT * FROM resource_policies WHERE dataset = ?", (dataset,)
+            ).fetchone()
         policy = default_policy(dataset)
         if row is not None:
             policy = m.PolicyInfo(dataset, bool(row["auto_approve"]), row["max_query_epsilon"])
         requirements = json.loads(allowed["policy_json"]) if allowed else "any"
         return msgspec.structs.replace(
-            policy, errors=errors, release=release, requirements=requirements
+            policy,
+            errors=errors,
+            release=release,
+            requirements=requirements,
+            max_cpus=caps["max_cpus"] if caps else 0.0,
+            max_gpus=caps["max_gpus"] if caps else 0,
+            max_memory_mb=caps["max_memory_mb"] if caps else 0,
         )
 
     def disclosure(self, datasets: Iterable[str]) -> tuple[str, str]:
@@ -478,6 +531,7 @@ def audit_entry_from_row(r: sqlite3.Row) -> m.AuditEntry:
 
 
 DP_SPEC = msgspec.msgpack.Decoder(m.DPQuery | m.DPTraining)
+PLACEMENT = msgspec.json.Decoder(m.Placement)
 PLAN_SPEC = msgspec.msgpack.Decoder(m.FederatedPlan)
 
 
@@ -511,4 +565,10 @@ def request_from_row(row: sqlite3.Row) -> m.RequestInfo:
         plan=plan,
         plan_round=(row["round_plan"], row["round_number"]) if row["round_plan"] else None,
         requirements=json.loads(row["requirements_json"] or "[]"),
+        resources=(
+            m.Resources(row["asked_cpus"], row["asked_gpus"], row["asked_memory_mb"])
+            if row["asked_cpus"] is not None
+            else None
+        ),
+        placement=PLACEMENT.decode(row["placement_json"]) if row["placement_json"] else None,
     )

@@ -17,6 +17,8 @@ import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jupyter_syft.wire.resources import ResourceError, resources_from
+
 ALL_DOMAINS = "*"
 FUNCTION_NAME = "notebook_cell"  # a cell with nothing to name it by
 MAX_NAME_CHARS = 40  # a name taken from the cell's first line is cut at a word to this length
@@ -24,7 +26,14 @@ _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<n
 _USAGE = (
     "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--name NAME] "
     '[--timeout S] [--dp-epsilon E] [--aggregate sum|mean] [--requirements "PACKAGE==VERSION ..."]'
+    " [--cpus N] [--gpus N] [--memory-mb MB]"
 )
+# What a request's job asks the executor for: option -> (Resources field, its number type).
+RESOURCE_OPTIONS = {
+    "--cpus": ("cpus", float),
+    "--gpus": ("gpus", int),
+    "--memory-mb": ("memory_mb", int),
+}
 AGGREGATE_OPS = ("sum", "mean")
 
 
@@ -53,6 +62,7 @@ class CellLine:
     dp_epsilon: float | None = None  # the cell is a DP query paying this epsilon
     aggregate: str | None = None  # "sum" / "mean": securely aggregated across domains
     requirements: tuple[str, ...] = ()  # packages the request's job needs beyond the domain's
+    resources: tuple[tuple[str, float], ...] = ()  # (field, value) the job asks for, as given
 
     @property
     def every_domain(self) -> bool:
@@ -82,6 +92,10 @@ def parse_line(line: str) -> CellLine:
     one = len(sources) == 1 and sources[0].domain != ALL_DOMAINS
     if options.get("dp_epsilon") is not None and options.get("requirements"):
         raise CellError("--requirements is for code: a DP query runs the domain's own")
+    if options.get("dp_epsilon") is not None and options.get("resources"):
+        raise CellError(
+            "--cpus, --gpus and --memory-mb are for code: a DP query runs the domain's own"
+        )
     if options.get("dp_epsilon") is not None and options.get("name"):
         raise CellError("--name names the code a request sends: a DP query sends none")
     if options.get("dp_epsilon") is not None and not one:
@@ -96,6 +110,10 @@ def _aggregate_line(sources: tuple[Source, ...], options: dict) -> CellLine:
         raise CellError("--aggregate and --dp-epsilon cannot be combined")
     if options.get("requirements"):
         raise CellError("--aggregate runs with the domains' own packages: no --requirements")
+    if options.get("resources"):
+        raise CellError(
+            "--aggregate runs with the domains' defaults: no --cpus, --gpus, --memory-mb"
+        )
     usage = "--aggregate takes */DATASET as NAME, or DOMAIN/DATASET as NAME on several domains"
     if len({(s.dataset, s.name) for s in sources}) != 1:
         raise CellError(f"{usage}: one dataset and one NAME")
@@ -119,8 +137,9 @@ def _parse_source(text: str) -> Source:
 
 
 def parse_options(words: list[str]) -> dict:
-    """`--out VAR`, `--name NAME`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP` and
-    `--requirements "A==1 B"` (space-separated), as keyword arguments of CellLine."""
+    """`--out VAR`, `--name NAME`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP`,
+    `--requirements "A==1 B"` (space-separated) and `--cpus N --gpus N --memory-mb MB`, as
+    keyword arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
@@ -153,6 +172,18 @@ def parse_options(words: list[str]) -> dict:
             if value not in AGGREGATE_OPS:
                 raise CellError(f"--aggregate {value}: expected sum or mean")
             options["aggregate"] = value
+        elif option in RESOURCE_OPTIONS:
+            field, number = RESOURCE_OPTIONS[option]
+            try:
+                asked = number(value)
+            except ValueError:
+                kind = "a number" if number is float else "a whole number"
+                raise CellError(f"{option} {value}: not {kind}") from None
+            try:
+                resources_from({field: asked})
+            except ResourceError as exc:
+                raise CellError(f"{option} {value}: {exc}") from None
+            options["resources"] = (*options.get("resources", ()), (field, asked))
         elif option == "--requirements":
             if not value.split():
                 raise CellError('--requirements needs packages, e.g. --requirements "humanize"')

@@ -36,6 +36,7 @@ from jupyter_syft.kernel.cells import (
 from jupyter_syft.kernel.commands import COMMANDS, command, usage
 from jupyter_syft.kernel.session import SyftSession, reason
 from jupyter_syft.kernel.watch import RequestBook, Submission, Target
+from jupyter_syft.wire.resources import resources_line
 from jupyter_syft.words import counted
 
 if TYPE_CHECKING:
@@ -179,7 +180,10 @@ class SyftMagics(Magics):
             asked = counted(len(answers.by_domain), "domain")
             display(show.note(f"no requests of yours on the {asked} asked"), raw=True)
         else:
-            headers = ["submitted", "request", "data", "function", "status", "detail", "bound to"]
+            headers = [
+                "submitted", "request", "data", "function", "status", "detail", "resources",
+                "bound to",
+            ]  # fmt: skip
             rows = _request_rows(found, bound)
             title = f"your requests, oldest first (newest last): {counted(len(rows), 'request')}"
             display(show.table(headers, rows, title), raw=True)
@@ -344,7 +348,9 @@ class SyftMagics(Magics):
         for plan in plans:
             datasets = {name: d.name for name, d in plan.inputs.items()}
             try:
-                request = plan.domain.submit(code, function_name, datasets, parsed.requirements)
+                request = plan.domain.submit(
+                    code, function_name, datasets, parsed.requirements, dict(parsed.resources)
+                )
                 targets.append(Target(plan.domain.name, datasets, request))
             except SyftError as exc:
                 if len(plans) == 1:
@@ -495,7 +501,8 @@ def _request_rows(found: list[tuple[str, RequestInfo]], bound: dict[str, str]) -
         datasets = show.Marked(", ".join(d.markup for d in data), ", ".join(d.text for d in data))
         rows.append(
             [show.whole(submitted), info.request_id[:8], datasets, info.function_name,
-             show.status_cell(info.status), detail, bound.get(info.request_id, "")]
+             show.status_cell(info.status), detail, resources_line(info),
+             bound.get(info.request_id, "")]
         )  # fmt: skip
     return rows
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
@@ -27,6 +29,7 @@ from jupyter_syft.errors import (
 )
 from jupyter_syft.identity import USER_KEY_FILE, Identity, load_or_create
 from jupyter_syft.wire import messages as m
+from jupyter_syft.wire.resources import asks, describe_placement
 
 HISTORY = 50  # decided requests kept in the Approvals history
 PREVIEW_ROWS = 10
@@ -379,6 +382,10 @@ def request_json(domain: str, info: m.RequestInfo) -> dict[str, Any]:
         "decided_at": info.decided_at,
         "finished_at": info.finished_at,
         "requirements": list(info.requirements),
+        # What the job asks for, and (once it ran) where it ran: in words and as numbers.
+        "resources": asks(info.resources),
+        "ran": describe_placement(info.placement) if info.placement else "",
+        "placement": msgspec.to_builtins(info.placement) if info.placement else None,
         # A federated plan: what its approval lets every round do; a round: (plan id, round).
         "plan": plan_terms(info.plan) if info.plan else None,
         "plan_round": list(info.plan_round) if info.plan_round else None,

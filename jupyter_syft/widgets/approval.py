@@ -14,6 +14,7 @@ from jupyter_syft.federated.plan import describe_plan
 from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import ReviewModel
 from jupyter_syft.widgets.poller import Poller
+from jupyter_syft.wire.resources import asks, describe_placement
 
 POLL_S = 2.0  # every request re-read
 CHECK_S = 0.3  # the pending ones checked, so a decision made elsewhere shows at once
@@ -38,6 +39,7 @@ class RequestCard(w.VBox):
             f"submitted {h.esc(h.when(info.submitted_at))}</div>"
             + (f"<div>{h.esc(describe_plan(info.plan))}</div>" if info.plan else "")
             + requirements_markup(info.requirements)
+            + f"<div class='jp-Syft-resources'>{h.esc(asks(info.resources))}</div>"
             + h.code(info.code)
         )
         self.approve_button = w.Button(description="Approve", button_style="success")
@@ -223,12 +225,12 @@ class ApprovalPanel(w.VBox):
                     model.names.get(r.info.requester, "") or r.info.requester,
                     h.when(r.info.decided_at),
                     h.detail(r.info),
+                    describe_placement(r.info.placement) if r.info.placement else "",
                 ]
                 for r in model.history
             ]
-            self._history.value = h.sanitise(
-                h.table(["status", "function", "requester", "decided", "reason"], rows)
-            )
+            headers = ["status", "function", "requester", "decided", "reason", "ran"]
+            self._history.value = h.sanitise(h.table(headers, rows))
             self._history_box.set_title(0, f"History ({len(model.history)})")
 
     def close(self) -> None:

@@ -191,6 +191,10 @@ class SetPolicy(Call["PolicyInfo"], tag="set_policy"):
     errors: ErrorPolicy | None = None
     release: ReleasePolicy | None = None
     requirements: RequirementsPolicy | None = None  # what requests may declare
+    # Caps on what one request's job may ask for (0 = no cap beyond the executor's machines).
+    max_cpus: float | None = None
+    max_gpus: int | None = None
+    max_memory_mb: int | None = None
 
 
 class SecAggStep(Call["SecAggFrame"], tag="secagg_step"):
@@ -553,6 +557,9 @@ class PolicyInfo(Struct, tag="policy_info"):
     errors: ErrorPolicy = "redacted"
     release: ReleasePolicy = "on_approval"
     requirements: RequirementsPolicy = "any"
+    max_cpus: float = 0.0  # 0: no cap beyond the executor's largest machine
+    max_gpus: int = 0
+    max_memory_mb: int = 0
 
 
 class SecAggFrame(Struct, tag="secagg_frame"):

@@ -47,6 +47,10 @@ export interface IRequest {
   finished_at: number | null;
   /** Packages the job runs with beyond the domain's own (built by the domain). */
   requirements: string[];
+  /** What the job asks the executor for, in words ("asks for 2 cpus, 0 gpus, 4 GiB"). */
+  resources: string;
+  /** Where its job ran, with what, how long, in how many attempts ("" until it ran). */
+  ran: string;
   /** A federated plan: [term, what its approval lets every round do] lines. */
   plan: [string, string][] | null;
   /** A federated round: [plan id, round]; listed under its plan instead (`rounds`). */

@@ -44,6 +44,15 @@ function requirements(request: IRequest): HTMLElement[] {
   return [line];
 }
 
+/** What a request's job asks for and, once it ran, where: one muted line each. */
+function resources(request: IRequest): HTMLElement[] {
+  const lines = [el('div', 'jp-Syft-muted jp-Syft-resources', request.resources)];
+  if (request.ran) {
+    lines.push(el('div', 'jp-Syft-muted jp-Syft-ran', `ran ${request.ran}`));
+  }
+  return lines;
+}
+
 function when(seconds: number | null): string {
   return seconds ? new Date(seconds * 1000).toLocaleString() : '';
 }
@@ -362,7 +371,7 @@ export class SyftSidebar extends Widget {
         el('b', 'jp-Syft-function', request.function),
         el('span', 'jp-Syft-muted', ` on ${request.domain}/${request.datasets.join(', ')}`)
       );
-      item.append(head, ...requirements(request));
+      item.append(head, ...requirements(request), ...resources(request));
       const detail = request.reason || request.error;
       if (detail) {
         item.append(el('div', 'jp-Syft-reason', detail));
@@ -437,7 +446,7 @@ export class SyftSidebar extends Widget {
       if (review.reason) {
         item.append(el('div', 'jp-Syft-reason', review.reason));
       }
-      item.append(...rounds(review));
+      item.append(...resources(review), ...rounds(review));
       if (review.error_full || review.log) {
         item.append(this._output(review));
       }
@@ -481,7 +490,16 @@ export class SyftSidebar extends Widget {
     deny.addEventListener('click', () => void act(false));
     const actions = el('div', 'jp-Syft-actions');
     actions.append(reason, approve, deny);
-    card.append(head, who, meta, ...planTerms(review), ...requirements(review), code, actions);
+    card.append(
+      head,
+      who,
+      meta,
+      ...planTerms(review),
+      ...requirements(review),
+      ...resources(review),
+      code,
+      actions
+    );
     return card;
   }
 

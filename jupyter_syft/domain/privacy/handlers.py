@@ -22,6 +22,7 @@ from jupyter_syft.privacy.policy import PolicyError, auto_approves, check_policy
 from jupyter_syft.privacy.queries import QueryError, check_query, describe_query
 from jupyter_syft.privacy.training import TrainingError, check_training, noise_multiplier
 from jupyter_syft.wire import messages as m
+from jupyter_syft.wire.resources import ResourceError, check_resources
 from jupyter_syft.wire.rpc import Caller, Refused, handles
 
 
@@ -99,7 +100,9 @@ class Privacy:
                 check_policy(call.max_query_epsilon)
             if call.requirements is not None:
                 requirements = check_requirements_policy(call.requirements)
-        except (PolicyError, RequirementError) as exc:
+            caps = (call.max_cpus, call.max_gpus, call.max_memory_mb)
+            check_resources(m.Resources(*(cap or 0 for cap in caps)), "the caps")  # type: ignore[arg-type]
+        except (PolicyError, RequirementError, ResourceError) as exc:
             raise Refused("invalid", str(exc)) from exc
         return self.store.set_policy(
             caller.peer_id,
@@ -109,4 +112,5 @@ class Privacy:
             call.errors,
             call.release,
             requirements,
+            caps,
         )

@@ -26,6 +26,7 @@ from jupyter_syft.domain.core import (
     DomainCore,
 )
 from jupyter_syft.domain.jobs import MANIFEST_FILE, PART_FILE, CodeError, check_code
+from jupyter_syft.domain.requests.resources import checked_ask
 from jupyter_syft.identity import Identity
 from jupyter_syft.wire import messages as m
 from jupyter_syft.wire.rpc import Caller, Refused, handles
@@ -55,8 +56,17 @@ class Requests:
         except CodeError as exc:
             raise Refused("invalid", str(exc)) from exc
         requirements = self.core.requirements(call.requirements, call.inputs.values())
-        checked = msgspec.structs.replace(call, requirements=requirements)
+        resources = await self._resources(call)
+        checked = msgspec.structs.replace(call, requirements=requirements, resources=resources)
         return self.store.add_request(caller.peer_id, checked)
+
+    async def _resources(self, call: m.SubmitRequest) -> m.Resources | None:
+        """The resources asked for, if within the caps of every dataset read and the
+        executor's largest machine (asked in a thread: a cluster's answer takes a moment)."""
+        if call.resources is None or call.resources == m.Resources():
+            return None
+        capacity = await trio.to_thread.run_sync(self.core.capacity)
+        return checked_ask(call.resources, self.store, call.inputs.values(), capacity)
 
     @handles(m.GetRequest, allow=MEMBERS)
     async def get_request(self, caller: Caller, call: m.GetRequest) -> m.RequestInfo:

@@ -16,12 +16,15 @@ import time
 import uuid
 from collections.abc import Callable
 
+import msgspec
+
 from jupyter_syft.crypto.seal import open_sealed, output_context, seal, x25519_public_key
 from jupyter_syft.domain.privacy.tables import PrivacyTables
 from jupyter_syft.domain.store_core import (
     StoreError,
 )
 from jupyter_syft.wire import messages as m
+from jupyter_syft.wire.resources import describe_placement
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS job_outputs (
@@ -40,6 +43,7 @@ class RequestTables(PrivacyTables):
                 db, request_id, requester, call.code, call.function_name, call.inputs, call.policy
             )
             self._add_requirements(db, request_id, call.requirements)
+            self._add_resources(db, request_id, call.resources)
         return self._request_or_fail(request_id)
 
     def decide(self, actor: str, request_id: str, approve: bool, reason: str) -> m.RequestInfo:
@@ -77,9 +81,16 @@ class RequestTables(PrivacyTables):
             self._audit(db, "node", "build_failed", request_id, error.splitlines()[0][:200])
 
     def finish_run(
-        self, request_id: str, parts: int, result_bytes: int, log: bytes = b"", held: bool = False
+        self,
+        request_id: str,
+        parts: int,
+        result_bytes: int,
+        log: bytes = b"",
+        held: bool = False,
+        placement: m.Placement | None = None,
     ) -> None:
-        """Record a finished job; `held`: its result (sealed to this node) awaits release."""
+        """Record a finished job; `held`: its result (sealed to this node) awaits release;
+        `placement`: where it ran, kept with the request and named in the audit entry."""
         status = "awaiting_release" if held else "done"
         with self._transaction() as db:
             db.execute(
@@ -87,12 +98,21 @@ class RequestTables(PrivacyTables):
                 " result_bytes = ? WHERE id = ? AND status = 'running'",
                 (status, time.time(), parts, result_bytes, request_id),
             )
-            detail = json.dumps({"bytes": result_bytes, "held": held})
-            self._audit(db, "node", "run_done", request_id, detail)
+            detail = {"bytes": result_bytes, "held": held, **_placement_detail(placement)}
+            self._audit(db, "node", "run_done", request_id, json.dumps(detail))
+            self._keep_placement(db, request_id, placement)
             self._keep_output(db, request_id, "", log)
 
-    def fail_run(self, request_id: str, error: str, error_full: str = "", log: bytes = b"") -> None:
-        """Record a failed job: `error` (redacted) in the clear, the full text and log sealed."""
+    def fail_run(
+        self,
+        request_id: str,
+        error: str,
+        error_full: str = "",
+        log: bytes = b"",
+        placement: m.Placement | None = None,
+    ) -> None:
+        """Record a failed job: `error` (redacted) in the clear, the full text and log sealed;
+        the audit entry holds the error's first line and where the job ran."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE requests SET status = 'failed', finished_at = ?, error = ?"
@@ -100,7 +120,9 @@ class RequestTables(PrivacyTables):
                 (time.time(), error, request_id),
             )
             first = error.strip().splitlines()[0][:200] if error.strip() else ""
-            self._audit(db, "node", "run_failed", request_id, first)
+            detail = {"error": first, **_placement_detail(placement)}
+            self._audit(db, "node", "run_failed", request_id, json.dumps(detail))
+            self._keep_placement(db, request_id, placement)
             self._keep_output(db, request_id, error_full, log)
 
     def _keep_output(
@@ -214,3 +236,11 @@ class RequestTables(PrivacyTables):
                 db.execute("UPDATE requests SET status = 'approved' WHERE id = ?", (row["id"],))
                 self._audit(db, "node", "run_requeued", row["id"], "node restarted mid-run")
         return [r["id"] for r in self._all("SELECT id FROM requests WHERE status = 'approved'")]
+
+
+def _placement_detail(placement: m.Placement | None) -> dict[str, object]:
+    """An audit entry's words on where a job ran: executor, node, resources, seconds, attempts."""
+    if placement is None:
+        return {}
+    placement = msgspec.structs.replace(placement, seconds=round(placement.seconds, 3))
+    return {"placement": msgspec.to_builtins(placement), "ran": describe_placement(placement)}
