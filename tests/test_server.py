@@ -275,3 +275,23 @@ def test_a_federated_plan_shows_its_terms_and_its_rounds_come_under_it(
         ]
         assert not [r for r in listing if r["plan_round"]]  # no round listed on its own
         assert listing[0]["id"] == plan["id"]  # its last round is the latest activity
+
+
+def test_what_a_request_asks_for_and_where_it_ran(server: JupyterProcess, world: SyftWorld) -> None:
+    """The owner's card says what the job asks for; once it ran, the history and the
+    scientist's list say where, with what, for how long."""
+    request = world.as_scientist().submit(
+        CODE, "mean_bmi", {"df": "diabetes"}, resources={"cpus": 1, "memory_mb": 768}
+    )
+    state = server.get(f"{API}/state")
+    [card] = [r for r in state["approvals"]["pending"] if r["id"] == request.id]
+    assert card["resources"] == "asks for 1 cpu, 0 gpus, 768 MiB" and card["ran"] == ""
+    assert decide(server, request.id, approve=True)[0] == 200
+    request.result(timeout=60)
+    state = server.get(f"{API}/state")
+    [done] = [r for r in state["approvals"]["history"] if r["id"] == request.id]
+    assert done["ran"].startswith("local on ") and "with 1 cpu, 0 gpus, 768 MiB for" in done["ran"]
+    assert done["placement"]["resources"] == {"cpus": 1.0, "gpus": 0, "memory_mb": 768}
+    assert done["placement"]["attempts"] == 1 and done["placement"]["seconds"] > 0
+    [mine] = [r for r in state["requests"] if r["id"] == request.id]
+    assert mine["ran"] == done["ran"]  # the scientist sees where their job ran too
