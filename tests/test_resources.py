@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from kernel_client import SyftKernel
 from nodes import DomainProcess, person
 
 from jupyter_syft.client.admin import AdminClient
@@ -48,7 +49,7 @@ def rows(df):
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("resources")
     owner_home, owner = person(root, "owner")
-    _, alice = person(root, "alice")
+    alice_home, alice = person(root, "alice")
     node = DomainProcess(root, "clinic", owner_home, "--job-timeout", "30")
     node.start()
     try:
@@ -60,6 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             "node": node,
             "admin": admin,
             "alice": DomainClient(NodeConnection(node.address, alice)),
+            "alice_home": alice_home,
         }
     finally:
         node.kill()
@@ -260,6 +262,34 @@ def test_asking_nothing_runs_with_the_nodes_defaults(world: dict) -> None:
     assert request.resources is None and request.result() == 50
     assert request.placement is not None
     assert request.placement.resources == m.Resources(1.0, 0, 4096)  # --job-memory-mb 4096
+
+
+def test_request_cell_asks_and_syft_requests_shows_where_it_ran(world: dict) -> None:
+    admin = world["admin"]
+    admin.set_policy("capped", max_cpus=1)
+    kernel = SyftKernel(world["alice_home"])
+    try:
+        assert kernel.execute(f"%syft connect {world['node'].address}").status == "ok"
+        before = state(world)
+        bad = kernel.execute("%%request clinic/patients as df --cpus -1\nlen(df)")
+        assert bad.status == "error" and "--cpus -1: resources: cpus must be a finite" in bad.text
+        over = kernel.execute("%%request clinic/capped as df --cpus 4\nlen(df)")
+        assert over.status == "error" and "caps a request at 1 cpu (max_cpus)" in over.text
+        assert state(world) == before  # nothing sent, or nothing recorded
+        cell = kernel.execute(
+            "%%request clinic/patients as df --cpus 1 --memory-mb 512 --out n\nlen(df)"
+        )
+        assert cell.status == "ok", cell.text
+        [pending] = admin.requests("pending")
+        assert pending.resources == m.Resources(1.0, 0, 512)
+        pending.approve()
+        kernel.update(cell.display_id, "result bound to n", timeout=60)
+        listing = kernel.execute("%syft requests")
+        [row] = [line for line in listing.text.splitlines() if pending.id[:8] in line]
+        assert "asks for 1 cpu, 0 gpus, 512 MiB; ran local on " in row
+        assert "with 1 cpu, 0 gpus, 512 MiB for " in row
+    finally:
+        kernel.stop()
 
 
 # ---- a data dir made by the previous version ------------------------------------------------
