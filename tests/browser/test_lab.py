@@ -54,6 +54,7 @@ def test_approve_in_sidebar_result_appears_in_scientist_notebook(page, lab) -> N
     bar, card = pending_card(page)
     expect(card).to_contain_text(SCIENTIST)  # the owner's name for the user
     expect(card.locator(".jp-Syft-code")).to_contain_text("np.corrcoef")  # the scientist's code
+    expect(card.locator(".jp-Syft-resources")).to_have_text("asks for the domain's defaults")
     expect(bar.locator(".jp-Syft-myRequests")).to_contain_text("pending")
     page.shots("owner-sidebar-pending", keep="sidebar-approvals")
 
@@ -64,6 +65,8 @@ def test_approve_in_sidebar_result_appears_in_scientist_notebook(page, lab) -> N
     expect(output).to_contain_text("corr_bmi_progression")
     expect(bar.locator(".jp-Syft-myRequests")).to_contain_text("done")
     expect(bar.locator(".jp-Syft-review")).to_have_count(0)
+    ran = bar.locator(".jp-Syft-history .jp-Syft-ran")  # where the job ran, with what
+    expect(ran).to_contain_text(re.compile(r"ran local on .* with 1 cpu, 0 gpus, .* for "))
     page.shots("scientist-result", keep="scientist-result", show=output)
 
 
