@@ -9,21 +9,24 @@ from collections.abc import Iterable
 
 from jupyter_syft.domain.store import Store
 from jupyter_syft.wire import messages as m
-from jupyter_syft.wire.resources import FIELDS, ResourceError, amount, check_resources
-from jupyter_syft.wire.resources import describe_resources as described
+from jupyter_syft.wire.resources import (
+    FIELDS,
+    ResourceError,
+    amount,
+    check_resources,
+    describe_resources,
+)
 from jupyter_syft.wire.rpc import Refused
 
 CAP_FIELDS = {"cpus": "max_cpus", "gpus": "max_gpus", "memory_mb": "max_memory_mb"}
 
 
 def checked_ask(
-    asked: m.Resources | None, store: Store, datasets: Iterable[str], capacity: m.Resources
-) -> m.Resources | None:
+    asked: m.Resources, store: Store, datasets: Iterable[str], capacity: m.Resources
+) -> m.Resources:
     """`asked` if it is a valid ask within every dataset's cap and the executor's largest
     machine; else Refused("invalid") naming the field and the cap or what is available. Only
     what is asked is checked: a default beyond a cap is capped when the job runs."""
-    if asked is None or asked == m.Resources():
-        return None
     try:
         check_resources(asked)
     except ResourceError as exc:
@@ -43,7 +46,7 @@ def checked_ask(
             raise Refused(
                 "invalid",
                 f"asks for {amount(name, getattr(asked, name))}; the largest machine of this "
-                f"domain's executor has {described(capacity)}",
+                f"domain's executor has {describe_resources(capacity)}",
             )
     return asked
 
