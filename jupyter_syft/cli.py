@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         "or a folder of wheels (then no index is asked)",
     )
     start.add_argument(
+        "--storage",
+        default="",
+        metavar="URI",
+        help="store new table datasets as partitioned Parquet here: a folder (or file:// or "
+        "s3:// URI) the cluster shares (default: the data dir, as Arrow files)",
+    )
+    start.add_argument(
         "--rate-per-s", type=float, default=100.0, help="calls per second per peer (sustained)"
     )
     start.add_argument("--rate-burst", type=float, default=200.0, help="calls per peer at once")
@@ -220,6 +227,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         rate_burst=args.rate_burst,
         rate_peers=args.rate_peers,
         refusal_window_s=args.refusal_window,
+        storage=args.storage,
     )
 
     return run_until_signalled(

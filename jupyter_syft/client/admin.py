@@ -112,12 +112,20 @@ class AdminClient(DomainClient):
         mock: Any,
         description: str = "",
         public: bool = False,
+        location: str = "",
+        partition_rows: int = 0,
     ) -> m.DatasetInfo:
         """Upload `private` and its `mock` (DataFrame, Arrow table, numpy array or tensor).
 
         The mock must have the private data's schema (for tensors: dtype and shape but for
         the row count); this is checked here, before anything is sent, and again by the node.
         `public` lets strangers see the dataset's metadata and mock (never the private data).
+        `location`: a folder the domain's cluster shares (a path or `file://` URI; an
+        S3-compatible `s3://` URI goes through the same pyarrow.fs code, untested here), where
+        the domain writes a table as partitioned Parquet files of at most `partition_rows`
+        rows (0: about 64 MiB each) in a folder named after the dataset, so requests may take
+        it as a ray.data Dataset (`ds.distributed()`). Default: the domain's `--storage`, else
+        its data dir. The upload itself still goes to the domain; the mock stays there.
         """
         private_table = values.data_to_table(private)
         mock_table = values.data_to_table(mock)
@@ -125,7 +133,12 @@ class AdminClient(DomainClient):
             values.check_mock_schema(private_table.schema, mock_table.schema)
         except values.SchemaMismatchError as exc:
             raise InvalidError(f"mock does not match the private data: {exc}") from exc
-        tickets = self._connection.call(m.BeginUpload(name, description, public))
+        if location and values.table_kind(private_table.schema) != "table":
+            raise InvalidError(
+                "only tables are stored as partitions at a location: give a tensor no location"
+            )
+        call = m.BeginUpload(name, description, public, location, partition_rows)
+        tickets = self._connection.call(call)
         assert isinstance(tickets, m.UploadTickets)
         flight = self._connection.flight
         with transfer_progress(f"uploading {name}", private_table.nbytes) as bar:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 
 from jupyter_syft.client.connection import NodeConnection
+from jupyter_syft.client.distributed import Distributed
 from jupyter_syft.client.mocks import labelled_mock
 from jupyter_syft.client.progress import job_progress
 from jupyter_syft.crypto.seal import ResultSeal, SealError, open_sealed
@@ -55,6 +56,13 @@ class Dataset:
 
         return DPQueries(self)
 
+    def distributed(self) -> Distributed:
+        """This dataset as a ray.data Dataset over its partitions on the domain, for
+        `domain.request(fn, df=ds.distributed())`: the job maps and aggregates over more rows
+        than one machine holds. Only for a dataset stored as partitions (`info.partitions`);
+        the domain refuses others at submission."""
+        return Distributed(self)
+
     @property
     def mock(self) -> Any:
         if self._mock is None:
@@ -64,7 +72,11 @@ class Dataset:
         return self._mock
 
     def __repr__(self) -> str:
-        return f"<Dataset {self.name}: {self.info.kind}, {self.rows} rows, {self.description!r}>"
+        stored = f", {self.info.partitions} partitions" if self.info.partitions else ""
+        return (
+            f"<Dataset {self.name}: {self.info.kind}, {self.rows} rows{stored}, "
+            f"{self.description!r}>"
+        )
 
     def _repr_html_(self) -> str:
         columns = "".join(
@@ -259,9 +271,17 @@ class RemoteRequest:
             extra += f"<br>ran: {html.escape(describe_placement(info.placement))}"
         return (
             f"<b>request {info.request_id[:8]}</b> <code>{html.escape(info.function_name)}"
-            f"</code> on {html.escape(', '.join(info.inputs.values()))}: "
+            f"</code> on {html.escape(inputs_line(info))}: "
             f"<b>{info.status}</b> {extra}"
         )
+
+
+def inputs_line(info: m.RequestInfo) -> str:
+    """A request's datasets as its review surfaces show them: "diabetes (distributed), notes"."""
+    return ", ".join(
+        f"{dataset} (distributed)" if argument in info.distributed else dataset
+        for argument, dataset in info.inputs.items()
+    )
 
 
 def requirement_list(requirements: Iterable[str]) -> list[str]:
@@ -376,9 +396,10 @@ class DomainClient:
         *,
         requirements: Iterable[str] = (),
         resources: m.Resources | Mapping[str, float] | None = None,
-        **inputs: Dataset | str,
+        **inputs: Dataset | Distributed | str,
     ) -> RemoteRequest:
-        """Ask to run `function` on the private data of `inputs` (argument -> dataset).
+        """Ask to run `function` on the private data of `inputs` (argument -> dataset; a
+        `ds.distributed()` argument is a ray.data Dataset over its partitions on the domain).
 
         The function's source text travels, not a pickle: it must be a plain `def` whose
         source Python can find (in a file or a notebook cell), using only its arguments and
@@ -401,9 +422,10 @@ class DomainClient:
         self,
         code: str,
         function_name: str,
-        inputs: Mapping[str, Dataset | str],
+        inputs: Mapping[str, Dataset | Distributed | str],
         requirements: Iterable[str] = (),
         resources: m.Resources | Mapping[str, float] | None = None,
+        distributed: Iterable[str] = (),
     ) -> RemoteRequest:
         """Submit source `code` whose function `function_name` takes `inputs` as arguments;
         `resources` are checked here (unknown names, negative, NaN: InvalidError) first."""
@@ -411,13 +433,17 @@ class DomainClient:
             asked = resources_from(resources)
         except ResourceError as exc:
             raise InvalidError(str(exc)) from None
-        names = {arg: d.name if isinstance(d, Dataset) else str(d) for arg, d in inputs.items()}
+        names = {
+            arg: d if isinstance(d, str) else d.name for arg, d in inputs.items()
+        }  # `distributed` names the arguments taken as ray.data, as do Distributed inputs
+        as_ray = [*distributed, *(a for a, d in inputs.items() if isinstance(d, Distributed))]
         call = m.SubmitRequest(
             code,
             function_name,
             names,
             requirements=requirement_list(requirements),
             resources=asked,
+            distributed=list(dict.fromkeys(as_ray)),
         )
         info = self._connection.call(call)
         return self.request_type(self._connection, info)

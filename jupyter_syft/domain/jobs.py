@@ -52,8 +52,11 @@ class CodeError(ValueError):
 
 
 class InputSpec(msgspec.Struct):
-    path: str  # an Arrow IPC file written by write_ipc_file
-    kind: str  # "table" or "tensor"
+    # An Arrow IPC file written by write_ipc_file, or a dataset's folder of partitioned Parquet
+    # files at its location (jupyter_syft.domain.datasets.partitions): the keeper opens either.
+    path: str
+    # "table" or "tensor"; "distributed": a ray.data Dataset over the partition folder `path`
+    kind: str
 
 
 class JobSpec(msgspec.Struct):

@@ -23,6 +23,7 @@ from jupyter_syft.crypto.seal import ResultSeal
 from jupyter_syft.domain import executor as local_executor
 from jupyter_syft.domain.audit import REFUSAL_WINDOW_S, RefusalLog
 from jupyter_syft.domain.core import DomainCore, Limits
+from jupyter_syft.domain.datasets.partitions import location
 from jupyter_syft.domain.environments import PYPI, BuildError, Environments
 from jupyter_syft.domain.flight_server import FlightDataServer
 from jupyter_syft.domain.jobs import BACKENDS, BackendOptions, ExecutorBackend, InputSpec, JobSpec
@@ -38,6 +39,7 @@ from jupyter_syft.tls import ensure_tls_cert
 from jupyter_syft.wire.messages import DOMAIN_PROTOCOL, JobProgress
 from jupyter_syft.wire.node_info import remove_node_info, write_node_info
 from jupyter_syft.wire.ratelimit import MAX_TRACKED, RateLimiter
+from jupyter_syft.wire.rpc import Refused
 from jupyter_syft.wire.tickets import TicketIssuer
 
 
@@ -59,11 +61,20 @@ class DomainConfig:
     rate_burst: float = RATE_BURST
     rate_peers: int = MAX_TRACKED
     refusal_window_s: float = REFUSAL_WINDOW_S  # refused calls: one audit summary per window
+    # Where new table datasets are stored as partitioned Parquet (a folder or URI the cluster
+    # shares: jupyter_syft.domain.datasets.partitions); "" = the data dir, as Arrow files.
+    storage: str = ""
 
 
 async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str], None]) -> None:
     """Serve until cancelled. `admin` becomes the admin when this call creates the data dir."""
+    if config.storage:  # a bad location stops the start before anything is created
+        try:
+            location(config.storage, config.data_dir)
+        except Refused as exc:
+            raise StoreError(f"--storage: {exc}") from None
     store = Store(config.data_dir)
+    store.storage = config.storage
     flight: FlightDataServer | None = None
     executor: ExecutorBackend | None = None
     refusals: RefusalLog | None = None
@@ -178,7 +189,9 @@ async def _run_job(request_id: str, core: DomainCore, executor: ExecutorBackend)
     for argument, dataset in info.inputs.items():
         dataset_info = store.dataset(dataset)
         kind = dataset_info.kind if dataset_info else "table"
-        inputs[argument] = InputSpec(path=str(store.private_path(dataset)), kind=kind)
+        if argument in info.distributed:  # a ray.data Dataset over the partition folder
+            kind = "distributed"
+        inputs[argument] = InputSpec(path=store.private_path(dataset), kind=kind)
     limits = core.limits
     # An aggregate-only result is sealed to this node: only secure aggregation here reads it.
     aggregate = info.policy == "aggregate"

@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS request_requirements (
     request_id TEXT PRIMARY KEY REFERENCES requests (id), requirements_json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS requirement_policies (
     dataset TEXT PRIMARY KEY, policy_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS request_distributed (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id), arguments_json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS request_resources (
     request_id TEXT PRIMARY KEY REFERENCES requests (id),
     cpus REAL NOT NULL, gpus INTEGER NOT NULL, memory_mb INTEGER NOT NULL);
@@ -101,11 +103,12 @@ REQUESTS = (
     "SELECT r.*, p.spec AS dp_spec, p.epsilon_units AS dp_epsilon, p.delta_units AS dp_delta,"
     " f.spec AS plan_spec, fr.plan_id AS round_plan, fr.round AS round_number,"
     " q.requirements_json, rr.cpus AS asked_cpus, rr.gpus AS asked_gpus,"
-    " rr.memory_mb AS asked_memory_mb, rp.placement_json"
+    " rr.memory_mb AS asked_memory_mb, rp.placement_json, rd.arguments_json AS distributed_json"
     " FROM requests r LEFT JOIN dp_requests p ON p.request_id = r.id"
     " LEFT JOIN federated_plans f ON f.request_id = r.id"
     " LEFT JOIN federated_rounds fr ON fr.request_id = r.id"
     " LEFT JOIN request_requirements q ON q.request_id = r.id"
+    " LEFT JOIN request_distributed rd ON rd.request_id = r.id"
     " LEFT JOIN request_resources rr ON rr.request_id = r.id"
     " LEFT JOIN run_placements rp ON rp.request_id = r.id"
 )
@@ -318,6 +321,16 @@ class StoreCore(SqliteFile):
             db.execute(
                 "INSERT INTO request_requirements VALUES (?, ?)",
                 (request_id, json.dumps(requirements)),
+            )
+
+    def _add_distributed(
+        self, db: sqlite3.Connection, request_id: str, arguments: list[str]
+    ) -> None:
+        """The arguments a request takes as ray.data Datasets (SubmitRequest.distributed)."""
+        if arguments:
+            db.execute(
+                "INSERT INTO request_distributed VALUES (?, ?)",
+                (request_id, json.dumps(arguments)),
             )
 
     def _add_resources(
@@ -565,6 +578,7 @@ def request_from_row(row: sqlite3.Row) -> m.RequestInfo:
         plan=plan,
         plan_round=(row["round_plan"], row["round_number"]) if row["round_plan"] else None,
         requirements=json.loads(row["requirements_json"] or "[]"),
+        distributed=json.loads(row["distributed_json"] or "[]"),
         resources=(
             m.Resources(row["asked_cpus"], row["asked_gpus"], row["asked_memory_mb"])
             if row["asked_cpus"] is not None

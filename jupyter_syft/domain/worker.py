@@ -50,6 +50,7 @@ import pyarrow as pa
 
 from jupyter_syft.crypto.seal import ResultSeal, SealingWriter, x25519_public_key
 from jupyter_syft.domain import jobs
+from jupyter_syft.domain.datasets import partitions
 from jupyter_syft.domain.jobs import (
     MANIFEST_FILE,
     MAX_LOG_BYTES,
@@ -272,7 +273,7 @@ def _open_inputs(job: JobSpec) -> list[int]:
         named.append(("the round's weights", job.weights_path))
     for what, path in named:
         try:
-            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            fds.append(partitions.open_input(path))  # a partition folder: a read-only mount
         except OSError as e:
             for fd in fds:
                 os.close(fd)
@@ -564,6 +565,8 @@ def _enter(
 
 def _read_table(fd: int) -> pa.Table:
     """An Arrow IPC file through a private copy-on-write mapping (see values.read_ipc_file)."""
+    if partitions.is_folder(fd):  # a dataset stored as partitioned Parquet
+        return partitions.read_table(fd)
     mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
     os.close(fd)  # the mapping keeps the file
     return pa.ipc.open_file(pa.py_buffer(mapping)).read_all()

@@ -26,7 +26,7 @@ _SOURCE = re.compile(r"^\s*(?P<domain>[^\s/]+)/(?P<dataset>[^\s/]+)\s+as\s+(?P<n
 _USAGE = (
     "DOMAIN/DATASET as NAME[, DOMAIN/DATASET as NAME ...] [--out VAR] [--name NAME] "
     '[--timeout S] [--dp-epsilon E] [--aggregate sum|mean] [--requirements "PACKAGE==VERSION ..."]'
-    " [--cpus N] [--gpus N] [--memory-mb MB]"
+    " [--cpus N] [--gpus N] [--memory-mb MB] [--distributed]"
 )
 # What a request's job asks the executor for: option -> (Resources field, its number type).
 RESOURCE_OPTIONS = {
@@ -63,6 +63,7 @@ class CellLine:
     aggregate: str | None = None  # "sum" / "mean": securely aggregated across domains
     requirements: tuple[str, ...] = ()  # packages the request's job needs beyond the domain's
     resources: tuple[tuple[str, float], ...] = ()  # (field, value) the job asks for, as given
+    distributed: bool = False  # every dataset as a ray.data Dataset (its mock: a local one)
 
     @property
     def every_domain(self) -> bool:
@@ -96,6 +97,8 @@ def parse_line(line: str) -> CellLine:
         raise CellError(
             "--cpus, --gpus and --memory-mb are for code: a DP query runs the domain's own"
         )
+    if options.get("dp_epsilon") is not None and options.get("distributed"):
+        raise CellError("--distributed is for code: a DP query runs the domain's own")
     if options.get("dp_epsilon") is not None and options.get("name"):
         raise CellError("--name names the code a request sends: a DP query sends none")
     if options.get("dp_epsilon") is not None and not one:
@@ -114,6 +117,8 @@ def _aggregate_line(sources: tuple[Source, ...], options: dict) -> CellLine:
         raise CellError(
             "--aggregate runs with the domains' defaults: no --cpus, --gpus, --memory-mb"
         )
+    if options.get("distributed"):
+        raise CellError("--aggregate takes each domain's dataset as a table: no --distributed")
     usage = "--aggregate takes */DATASET as NAME, or DOMAIN/DATASET as NAME on several domains"
     if len({(s.dataset, s.name) for s in sources}) != 1:
         raise CellError(f"{usage}: one dataset and one NAME")
@@ -138,11 +143,14 @@ def _parse_source(text: str) -> Source:
 
 def parse_options(words: list[str]) -> dict:
     """`--out VAR`, `--name NAME`, `--timeout S`, `--dp-epsilon E`, `--aggregate OP`,
-    `--requirements "A==1 B"` (space-separated) and `--cpus N --gpus N --memory-mb MB`, as
-    keyword arguments of CellLine."""
+    `--requirements "A==1 B"` (space-separated), `--cpus N --gpus N --memory-mb MB` and the
+    flag `--distributed`, as keyword arguments of CellLine."""
     options: dict = {}
     pairs = iter(words)
     for option in pairs:
+        if option == "--distributed":  # a flag: takes no value
+            options["distributed"] = True
+            continue
         value = next(pairs, None)
         if value is None:
             raise CellError(f"{option} needs a value")

@@ -18,6 +18,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.display import display
 
+from jupyter_syft.client.distributed import mock_dataset
 from jupyter_syft.client.mocks import plain_mock
 from jupyter_syft.errors import NotAuthorisedError, SyftError, Unreachable
 from jupyter_syft.kernel import display as show
@@ -279,6 +280,9 @@ class SyftMagics(Magics):
             f"{plan.domain.name}/{d.name} as {n} ({d.info.mock_rows} mock rows)"
             for n, d in plan.inputs.items()
         )
+        if parsed.distributed:  # the same code on a small local ray.data Dataset
+            mocks = {n: mock_dataset(mock, _say) for n, mock in mocks.items()}
+            label += " as local ray.data"
         if parsed.dp_epsilon is not None:
             [(name, dataset)] = plan.inputs.items()  # parse_line: one dataset with --dp-epsilon
             table = dp.MockDPTable(dataset, mocks[name], parsed.dp_epsilon)
@@ -348,8 +352,14 @@ class SyftMagics(Magics):
         for plan in plans:
             datasets = {name: d.name for name, d in plan.inputs.items()}
             try:
+                as_ray = list(datasets) if parsed.distributed else []
                 request = plan.domain.submit(
-                    code, function_name, datasets, parsed.requirements, dict(parsed.resources)
+                    code,
+                    function_name,
+                    datasets,
+                    parsed.requirements,
+                    dict(parsed.resources),
+                    as_ray,
                 )
                 targets.append(Target(plan.domain.name, datasets, request))
             except SyftError as exc:
@@ -444,6 +454,10 @@ class SyftMagics(Magics):
             raise UsageError(str(exc)) from None
 
 
+def _say(text: str) -> None:
+    print(text, flush=True)  # the cell's output, while Ray starts
+
+
 def _options(words: list[str]) -> dict:
     try:
         return parse_options(words)
@@ -497,7 +511,10 @@ def _request_rows(found: list[tuple[str, RequestInfo]], bound: dict[str, str]) -
             its_rounds = _rounds_summary(rounds[domain, info.request_id], info.plan.rounds)
             detail = f"{its_rounds}; {detail}" if detail else its_rounds
         submitted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.submitted_at))
-        data = [show.whole(f"{domain}/{dataset}") for dataset in info.inputs.values()]
+        data = [
+            show.whole(f"{domain}/{dataset}" + (" (distributed)" * (arg in info.distributed)))
+            for arg, dataset in info.inputs.items()
+        ]
         datasets = show.Marked(", ".join(d.markup for d in data), ", ".join(d.text for d in data))
         rows.append(
             [show.whole(submitted), info.request_id[:8], datasets, info.function_name,

@@ -10,6 +10,7 @@ import time
 import ipywidgets as w
 
 from jupyter_syft.client.admin import AdminClient, ReviewRequest
+from jupyter_syft.client.domain import inputs_line
 from jupyter_syft.federated.plan import describe_plan
 from jupyter_syft.widgets import markup as h
 from jupyter_syft.widgets.models import ReviewModel
@@ -28,7 +29,10 @@ class RequestCard(w.VBox):
         self.request_id = review.id
         info = review.info
         name = panel.model.names.get(info.requester, "") or "unnamed user"
-        datasets = ", ".join(f"{d} as {arg}" for arg, d in info.inputs.items())
+        datasets = ", ".join(
+            f"{d} as {arg}" + (" (distributed: ray.data)" if arg in info.distributed else "")
+            for arg, d in info.inputs.items()
+        )
         epsilon = getattr(info, "epsilon", None)  # a DP request's budget, once DP requests exist
         policy = info.policy + (f", epsilon {epsilon:g}" if epsilon is not None else "")
         details = (
@@ -58,7 +62,7 @@ def _head(panel: ApprovalPanel, review: ReviewRequest) -> str:
     return (
         f"<div>{h.badge(h.COLOURS[info.status], info.status)} <b>{h.esc(info.function_name)}</b>"
         f" &middot; request <code>{h.esc(info.request_id[:8])}</code> &middot; from "
-        f"<b>{h.esc(name)}</b> on {h.esc(', '.join(info.inputs.values()))}</div>"
+        f"<b>{h.esc(name)}</b> on {h.esc(inputs_line(info))}</div>"
     )
 
 

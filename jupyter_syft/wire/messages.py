@@ -99,6 +99,9 @@ class SubmitRequest(Call["RequestInfo"], tag="submit_request"):
     # What the job asks the executor for (cpus, gpus, memory); the owner's policy caps it and
     # a request for more than the executor has is refused at submission, saying what it has.
     resources: Resources | None = None
+    # Arguments (of `inputs`) the job takes as a ray.data Dataset over the dataset's
+    # partitions instead of a table; only datasets stored as partitions (DatasetInfo.partitions).
+    distributed: list[str] = []
 
 
 class GetRequest(Call["RequestInfo"], tag="get_request"):
@@ -141,6 +144,11 @@ class BeginUpload(Call["UploadTickets"], tag="begin_upload"):
     dataset: str
     description: str = ""
     public: bool = False
+    # Where the private table is stored: a folder or URI the cluster shares, written as
+    # partitioned Parquet of at most `partition_rows` rows a file (0: ~64 MiB files); "" = the
+    # domain's --storage, else its data dir (one Arrow file).
+    location: str = ""
+    partition_rows: int = 0
 
 
 class CommitUpload(Call["DatasetInfo"], tag="commit_upload"):
@@ -403,6 +411,10 @@ class DatasetInfo(Struct, tag="dataset_info"):
     mock_rows: int
     public: bool
     created_at: float
+    # Stored as this many partitioned Parquet files at a location the cluster shares (a
+    # request may take it as a ray.data Dataset: SubmitRequest.distributed); 0: one Arrow file
+    # in the node's data dir.
+    partitions: int = 0
 
 
 class DatasetList(Struct, tag="dataset_list"):
@@ -473,6 +485,7 @@ class RequestInfo(Struct, tag="request_info"):
     log: str = ""  # the job's stdout and stderr (capped)
     released: bool = False  # error_full and log are the requester's to read
     requirements: list[str] = []  # declared packages, checked and in canonical form
+    distributed: list[str] = []  # arguments taken as a ray.data Dataset (SubmitRequest's)
     note: str = ""  # a passing word from the node on a queued or running job ("warming up")
     progress: JobProgress | None = None  # a building or running job's latest progress
     resources: Resources | None = None  # what the request asked for (None: the defaults)

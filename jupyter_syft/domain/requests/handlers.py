@@ -25,6 +25,7 @@ from jupyter_syft.domain.core import (
     MEMBERS,
     DomainCore,
 )
+from jupyter_syft.domain.datasets.handlers import check_distributed
 from jupyter_syft.domain.jobs import MANIFEST_FILE, PART_FILE, CodeError, check_code
 from jupyter_syft.domain.requests.resources import checked_ask
 from jupyter_syft.identity import Identity
@@ -51,6 +52,7 @@ class Requests:
             if not argument.isidentifier():
                 raise Refused("invalid", f"argument name {argument!r} is not a Python identifier")
             self.core.dataset(dataset)
+        check_distributed(call, self.core)
         try:
             check_code(call.code, call.function_name)
         except CodeError as exc:

@@ -44,6 +44,7 @@ class RequestTables(PrivacyTables):
             )
             self._add_requirements(db, request_id, call.requirements)
             self._add_resources(db, request_id, call.resources)
+            self._add_distributed(db, request_id, call.distributed)
         return self._request_or_fail(request_id)
 
     def decide(self, actor: str, request_id: str, approve: bool, reason: str) -> m.RequestInfo:

@@ -80,18 +80,26 @@ def probe(mode: SandboxMode = "on") -> SandboxStatus:
     return SandboxStatus("on", missing)
 
 
+def shown_folder(path: str) -> str | None:
+    """The folder of every job's view that `path` (a real path) lies in, or None: data kept
+    there (a data dir, a dataset's storage) would be readable by any job."""
+    for folder in [*python_folders(), *SYSTEM_FOLDERS]:
+        if path == folder or path.startswith(folder + os.sep):
+            return folder
+    return None
+
+
 def confinement(
     data_dir: str | None, scratch_mb: int, max_processes: int, cpus: float
 ) -> Confinement:
     """The view every job of this node gets; refuses a data dir the view would show."""
     folders = tuple(python_folders())
     data = os.path.realpath(data_dir) if data_dir else ""
-    for folder in [*folders, *SYSTEM_FOLDERS] if data else []:
-        if data == folder or data.startswith(folder + os.sep):
-            raise ValueError(
-                f"the data dir {data_dir} lies inside {folder}, which jobs may read: "
-                "put it elsewhere"
-            )
+    shown = shown_folder(data) if data else None
+    if shown is not None:
+        raise ValueError(
+            f"the data dir {data_dir} lies inside {shown}, which jobs may read: put it elsewhere"
+        )
     os.makedirs(MOUNTPOINT, mode=0o700, exist_ok=True)
     environments = os.path.join(data, "environments") if data else ""
     if environments:

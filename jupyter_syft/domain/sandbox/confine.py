@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import os
 import resource
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -114,6 +115,9 @@ def enter(
     allowed = [(path, landlock.READ_ONLY) for path in granted]
     allowed += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", landlock.READ_WRITE)]
     allowed += [(device, landlock.DEVICE) for device in [*DEVICES, *_gpu_devices()]]
+    # A dataset's partition folder, handed over as a detached read-only mount of that folder
+    # alone (datasets.partitions.open_input): readable beneath it, through /proc/self/fd/N.
+    allowed += [(f"/proc/self/fd/{fd}", landlock.READ_ONLY) for fd in keep_fds if _is_folder(fd)]
     landlock.restrict_self((path, rights) for path, rights in allowed if os.path.lexists(path))
     rules.load()
     environment_variables = clean_environment()
@@ -165,6 +169,10 @@ def _gpu_devices() -> list[str]:
     except OSError:
         return []
     return sorted(f"/dev/{n}" for n in names if n.startswith("nvidia"))
+
+
+def _is_folder(fd: int) -> bool:
+    return stat.S_ISDIR(os.fstat(fd).st_mode)
 
 
 def _open_fds() -> list[int]:
