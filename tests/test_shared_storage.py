@@ -30,6 +30,7 @@ from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.errors import InvalidError
+from jupyter_syft.kernel.cells import CellError, parse_line
 
 MARKER = "SIBLING-SECRET-7f3a9c"  # written only into the sibling dataset's rows
 ROWS = 1000
@@ -337,3 +338,14 @@ def test_the_distributed_mock_runs_on_a_local_ray_dataset_and_the_request_is_dis
     assert f"(True, {mean}, 8)" in out["mock_again"]
     assert out["distributed"] == ["df"], out
     assert "visits (distributed)" in out["review"]
+
+
+@pytest.mark.unit
+def test_the_distributed_flag_of_a_cell_line() -> None:
+    parsed = parse_line("hospital-a/diabetes as df --distributed --cpus 2")
+    assert parsed.distributed and dict(parsed.resources) == {"cpus": 2.0}
+    assert not parse_line("hospital-a/diabetes as df").distributed
+    with pytest.raises(CellError, match="--distributed is for code"):
+        parse_line("hospital-a/diabetes as df --dp-epsilon 1 --distributed")
+    with pytest.raises(CellError, match="no --distributed"):
+        parse_line("*/diabetes as df --aggregate sum --distributed")

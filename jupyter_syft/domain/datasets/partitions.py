@@ -84,7 +84,7 @@ def location(uri: str, data_dir: Path) -> Location:
     if isinstance(filesystem, pafs.LocalFileSystem):
         path = os.path.realpath(path)
         data = os.path.realpath(data_dir)
-        if path == data or path.startswith(data + os.sep) or data.startswith(path + os.sep):
+        if os.path.commonpath([path, data]) in (path, data):  # one holds the other
             raise Refused(
                 "invalid",
                 f"storage location {uri!r} overlaps the node's data dir {data_dir}: use a "
