@@ -78,6 +78,9 @@ def start_local_ray(say: Callable[[str], None] | None = None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Aggregates by sort, not by hash: the hash shuffle starts actors for each aggregate
+    # (17-20 s for a mean over 8 rows here, against 0.1 s once warm by sort).
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
 def _to_stderr(text: str) -> None:
