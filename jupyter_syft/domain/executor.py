@@ -183,6 +183,11 @@ class Executor(ExecutorBackend):
 
         The forkserver is shared by the whole process and ends when this process does.
         """
+        if self._warming.locked():
+            # Still warming up (the forkserver importing, ~4 s; the start holds the lock):
+            # no job has started, as jobs wait for warm(); waiting would only wait it out.
+            self._closed = True
+            return
         with self._lock:
             self._closed = True
             for process in self._running:

@@ -146,7 +146,8 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
 
 
 async def _warm(executor: ExecutorBackend, core: DomainCore) -> None:
-    await trio.to_thread.run_sync(executor.warm)
+    # Abandoned on a stop: a node stopped while its workers still import stops at once.
+    await trio.to_thread.run_sync(executor.warm, abandon_on_cancel=True)  # type: ignore[call-arg]
     core.warming_up = False
     for status in ("approved", "running"):
         for info in core.store.requests(None, status):
