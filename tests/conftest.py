@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from nodes import DomainProcess, person, start_all
+from shared_domains import SharedDomain, SharedDomains, wait_until_warm
 
 from jupyter_syft.client.connection import close_shared_peers
 
@@ -47,3 +49,45 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[Non
         patch.setattr(subprocess.Popen, "__init__", refuse)
         patch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
         yield
+
+
+@pytest.fixture(scope="session")
+def clinic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDomain]:
+    """One plain domain "clinic" (default flags) for the modules that need no more: started
+    and warmed up once per run instead of once per module. Each module adds datasets of its
+    own names and scientists in its own folder, so the modules stay independent."""
+    root = tmp_path_factory.mktemp("clinic")
+    owner_home, owner = person(root, "owner")
+    node = DomainProcess(root, "clinic", owner_home)
+    try:
+        node.start()
+        shared = SharedDomain(node, owner)
+        wait_until_warm([shared.admin()])
+        yield shared
+    finally:
+        node.kill()
+
+
+FIVE = ("north", "south", "east", "west", "centre")
+
+
+@pytest.fixture(scope="session")
+def five_domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDomains]:
+    """Five plain domains (jobs time out after 30 s) for the modules that aggregate and train
+    across several: started once per run. Each module adds datasets of its own names and
+    scientists in its own folder, and revives the domains a test before it killed."""
+    root = tmp_path_factory.mktemp("five")
+    nodes, owners = {}, {}
+    for name in FIVE:
+        home, owners[name] = person(root, f"owner-{name}")
+        nodes[name] = DomainProcess(root, name, home, "--job-timeout", "30")
+    try:
+        start_all(nodes.values())
+        for name, node in nodes.items():
+            assert node.address, f"domain {name} did not start"
+        shared = SharedDomains(nodes, owners)
+        wait_until_warm([shared.admin(name) for name in FIVE])
+        yield shared
+    finally:
+        for node in nodes.values():
+            node.kill()

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from kernel_client import SyftKernel
-from nodes import Approver, DomainProcess, person, start_all, write_demo
+from nodes import Approver, person, write_demo
+from shared_domains import SharedDomains
 
 import jupyter_syft as syft
-from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.crypto.secagg import FRAC_BITS
@@ -34,20 +34,17 @@ TOLERANCE = len(NAMES) * 2.0 ** -(FRAC_BITS + 1)  # n * 2^-(f+1), the library's 
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains) -> Iterator[dict]:
+    """Three of the shared domains (conftest.py) with this module's dataset and scientist."""
     root: Path = tmp_path_factory.mktemp("secagg-scalar")
     scientist_home, scientist = person(root, "scientist")
-    nodes, owners = {}, {}
-    for name in NAMES:
-        home, owners[name] = person(root, f"owner-{name}")
-        nodes[name] = DomainProcess(root, name, home, "--job-timeout", "20")
-    start_all(nodes.values())
+    five_domains.revive()
+    nodes = {name: five_domains.nodes[name] for name in NAMES}
     approver = None
     try:
         admins = {}
-        for name, node in nodes.items():
-            assert node.address, f"domain {name} did not start"
-            admin = AdminClient(NodeConnection(node.address, owners[name]))
+        for name in NAMES:
+            admin = five_domains.admin(name)
             admin.create_dataset("table", private=PRIVATE[name], mock=MOCK)
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
             admins[name] = admin
@@ -57,8 +54,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if approver is not None:
             approver.close()
-        for node in nodes.values():
-            node.kill()
 
 
 @pytest.fixture

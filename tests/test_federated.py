@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nodes import Approver, DomainProcess, person, start_all
+from nodes import Approver, person
+from shared_domains import SharedDomains
 from sklearn.datasets import load_diabetes
 
 import jupyter_syft as syft
-from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.client.federated import DP, FederatedError
@@ -43,20 +43,16 @@ MOCK[:] = 0.0
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root: Path = tmp_path_factory.mktemp("federated")
-    _, scientist = person(root, "scientist")
-    nodes, owners = {}, {}
-    for name in NAMES:
-        home, owners[name] = person(root, f"owner-{name}")
-        nodes[name] = DomainProcess(root, name, home, "--job-timeout", "30")
-    start_all(nodes.values())
+def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains) -> Iterator[dict]:
+    """Four of the shared domains (conftest.py) with this module's dataset and scientist."""
+    _, scientist = person(tmp_path_factory.mktemp("federated"), "scientist")
+    five_domains.revive()
+    nodes = {name: five_domains.nodes[name] for name in NAMES}
     approver = None
     try:
         admins = {}
-        for name, node in nodes.items():
-            assert node.address, f"domain {name} did not start"
-            admin = AdminClient(NodeConnection(node.address, owners[name]))
+        for name in NAMES:
+            admin = five_domains.admin(name)
             admin.create_dataset("diabetes", private=PRIVATE[name], mock=MOCK)
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
             admin.set_budget(scientist.peer_id, "diabetes", epsilon=10.0, delta=1e-4)
@@ -70,8 +66,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if approver is not None:
             approver.close()
-        for node in nodes.values():
-            node.kill()
 
 
 def make_model():

@@ -19,14 +19,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from kernel_client import SyftKernel
-from nodes import DomainProcess, person
+from nodes import person
+from shared_domains import SharedDomain
 
 from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
@@ -60,20 +60,15 @@ def broken(df):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("progress")
-    owner_home, owner = person(root, "owner")
-    scientist_home, scientist = person(root, "scientist")
-    node = DomainProcess(root, "clinic", owner_home)
-    try:
-        node.start()
-        admin = AdminClient(NodeConnection(node.address, owner))
-        admin.create_dataset("patients", private=TABLE, mock=TABLE.head(5))
-        admin.add_user(scientist.peer_id)
-        domain = DomainClient(NodeConnection(node.address, scientist))
-        yield {"node": node, "admin": admin, "domain": domain, "home": scientist_home}
-    finally:
-        node.kill()
+def world(tmp_path_factory: pytest.TempPathFactory, clinic: SharedDomain) -> dict:
+    """The shared clinic domain (conftest.py) with this module's dataset and scientist."""
+    scientist_home, scientist = person(tmp_path_factory.mktemp("progress"), "scientist")
+    node = clinic.node
+    admin = clinic.admin()
+    admin.create_dataset("patients", private=TABLE, mock=TABLE.head(5))
+    admin.add_user(scientist.peer_id)
+    domain = DomainClient(NodeConnection(node.address, scientist))
+    return {"node": node, "admin": admin, "domain": domain, "home": scientist_home}
 
 
 def approve_all(admin: AdminClient) -> None:

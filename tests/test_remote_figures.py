@@ -12,34 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from kernel_client import SyftKernel
-from nodes import DomainProcess, person
+from nodes import person
+from shared_domains import SharedDomain
 
-from jupyter_syft.client.admin import AdminClient
-from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.wire.values import PNG_SIGNATURE, PNGImage, check_png
 
 TABLE = pd.DataFrame({"bmi": np.linspace(18.0, 40.0, 60)})
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root = tmp_path_factory.mktemp("figures")
-    owner_home, owner = person(root, "owner")
-    scientist_home, scientist = person(root, "scientist")
-    node = DomainProcess(root, "clinic", owner_home)
+def world(tmp_path_factory: pytest.TempPathFactory, clinic: SharedDomain) -> Iterator[dict]:
+    """The shared clinic domain (conftest.py) with this module's dataset, "plots", and its
+    scientist's kernel."""
+    scientist_home, scientist = person(tmp_path_factory.mktemp("figures"), "scientist")
+    admin = clinic.admin()
+    admin.create_dataset("plots", private=TABLE, mock=TABLE.head(10))
+    admin.add_user(scientist.peer_id)
+    kernel = SyftKernel(scientist_home)
     try:
-        node.start()
-        admin = AdminClient(NodeConnection(node.address, owner))
-        admin.create_dataset("patients", private=TABLE, mock=TABLE.head(10))
-        admin.add_user(scientist.peer_id)
-        kernel = SyftKernel(scientist_home)
-        try:
-            assert kernel.execute(f"%syft connect {node.address}").status == "ok"
-            yield {"admin": admin, "kernel": kernel}
-        finally:
-            kernel.stop()
+        assert kernel.execute(f"%syft connect {clinic.node.address}").status == "ok"
+        yield {"admin": admin, "kernel": kernel}
     finally:
-        node.kill()
+        kernel.stop()
 
 
 def images(kernel: SyftKernel, msg_id: str) -> list[dict]:
@@ -54,7 +48,7 @@ def images(kernel: SyftKernel, msg_id: str) -> list[dict]:
 
 def test_a_requests_figure_renders_inline_as_png(world: dict) -> None:
     kernel = world["kernel"]
-    cell = kernel.execute('%%request clinic/patients as df --out plot\ndf["bmi"].hist()')
+    cell = kernel.execute('%%request clinic/plots as df --out plot\ndf["bmi"].hist()')
     assert cell.status == "ok", cell.text
     for review in world["admin"].requests("pending"):
         review.approve()
@@ -76,7 +70,7 @@ def _wait_for_image(kernel: SyftKernel, msg_id: str) -> list[dict]:
 
 def test_a_mock_figure_has_the_mock_banner(world: dict) -> None:
     kernel = world["kernel"]
-    cell = kernel.execute('%%mock clinic/patients as df\ndf["bmi"].hist()')
+    cell = kernel.execute('%%mock clinic/plots as df\ndf["bmi"].hist()')
     assert cell.status == "ok", cell.text
     outputs = [m["content"]["data"] for m in cell.outputs if m["msg_type"] == "display_data"]
     [figure] = outputs  # the stamped one only: the inline backend does not show it again
@@ -90,7 +84,7 @@ def test_a_mock_figure_has_the_mock_banner(world: dict) -> None:
 
 def test_a_figure_a_mock_cell_draws_but_does_not_return_has_the_banner_too(world: dict) -> None:
     kernel = world["kernel"]
-    cell = kernel.execute('%%mock clinic/patients as df\ndf["bmi"].hist()\nlen(df)')
+    cell = kernel.execute('%%mock clinic/plots as df\ndf["bmi"].hist()\nlen(df)')
     assert cell.status == "ok", cell.text
     outputs = [m["content"]["data"] for m in cell.outputs if m["msg_type"] == "display_data"]
     figures = [o for o in outputs if "image/png" in o]

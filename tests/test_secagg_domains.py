@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from nodes import Approver, DomainProcess, person, start_all
+from nodes import Approver, person, start_all
 from scipy import stats
+from shared_domains import SharedDomains
 
 import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
@@ -44,21 +44,19 @@ PRIVATE = {name: private_table(i) for i, name in enumerate(ALL)}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root: Path = tmp_path_factory.mktemp("secagg")
-    _, scientist = person(root, "scientist")
-    nodes, owners = {}, {}
-    for name in ALL:
-        home, owners[name] = person(root, f"owner-{name}")
-        nodes[name] = DomainProcess(root, name, home, "--job-timeout", "20")
-    start_all(nodes.values())
+def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains) -> Iterator[dict]:
+    """The five shared domains (conftest.py) with this module's datasets ("cohort" and
+    "levels") and scientist."""
+    _, scientist = person(tmp_path_factory.mktemp("secagg"), "scientist")
+    five_domains.revive()
+    nodes, owners = five_domains.nodes, five_domains.owners
+    assert list(nodes) == ALL
     approver = None
     try:
         admins = {}
-        for name, node in nodes.items():
-            assert node.address, f"domain {name} did not start"
-            admin = AdminClient(NodeConnection(node.address, owners[name]))
-            admin.create_dataset("diabetes", private=PRIVATE[name], mock=MOCK)
+        for name in ALL:
+            admin = five_domains.admin(name)
+            admin.create_dataset("cohort", private=PRIVATE[name], mock=MOCK)
             levels = pd.DataFrame({"level": [LEVEL[name]]})
             admin.create_dataset("levels", private=levels, mock=levels.assign(level=[0]))
             admin.add_user(scientist.peer_id, "data_scientist", "scientist")
@@ -78,8 +76,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if approver is not None:
             approver.close()
-        for node in nodes.values():
-            node.kill()
 
 
 def counts(df):
@@ -104,7 +100,7 @@ def three(world: dict) -> list[DomainClient]:
 
 
 def test_integer_sum_is_exact_and_no_plain_vector_is_released(world: dict) -> None:
-    result = syft.aggregate(three(world), counts, dataset="diabetes", op="sum", timeout=60)
+    result = syft.aggregate(three(world), counts, dataset="cohort", op="sum", timeout=60)
     expected = sum(np.bincount(PRIVATE[name]["x"], minlength=8) for name in NAMES[:3])
     assert np.array_equal(result.value, expected)
     assert result.value.sum() == 3 * ROWS
@@ -127,15 +123,15 @@ def test_float_sum_and_mean_within_the_stated_precision(world: dict) -> None:
     domains = three(world)
     expected = sum(moments(PRIVATE[name]) for name in NAMES[:3])
     tolerance = 3 * 2.0 ** -(FRAC_BITS + 1)  # n * 2^-(f+1), the library's stated bound
-    total = syft.aggregate(domains, moments, dataset="diabetes", timeout=60)
+    total = syft.aggregate(domains, moments, dataset="cohort", timeout=60)
     assert np.all(np.abs(total.value - expected) <= tolerance)
-    mean = syft.aggregate(domains, moments, dataset="diabetes", op="mean", timeout=60)
+    mean = syft.aggregate(domains, moments, dataset="cohort", op="mean", timeout=60)
     assert np.all(np.abs(mean.value - expected / 3) <= tolerance)
 
 
 def test_a_result_that_is_not_a_vector_fails_the_requests_clearly(world: dict) -> None:
     with pytest.raises(SecAggError, match="only 0 domain"):
-        syft.aggregate(three(world), not_a_vector, dataset="diabetes", length=4, timeout=60)
+        syft.aggregate(three(world), not_a_vector, dataset="cohort", length=4, timeout=60)
     [request] = world["domains"]["north"].requests(status="failed")[-1:]
     assert "non-empty 1-D vector" in request.info.error
 
@@ -144,7 +140,7 @@ def test_a_denying_domain_is_excluded_and_reported(world: dict) -> None:
     world["approver"].deny.add("west")
     try:
         domains = [world["domains"][name] for name in NAMES]
-        result = syft.aggregate(domains, counts, dataset="diabetes", timeout=60)
+        result = syft.aggregate(domains, counts, dataset="cohort", timeout=60)
     finally:
         world["approver"].deny.discard("west")
     expected = sum(np.bincount(PRIVATE[name]["x"], minlength=8) for name in NAMES[:3])
@@ -164,7 +160,7 @@ def test_a_domain_killed_after_the_key_shares_drops_out_and_the_rest_still_sum(
             world["nodes"]["east"].kill()
 
     result = syft.aggregate(
-        three(world), counts, dataset="diabetes", timeout=60, threshold=2, on_round=kill_east
+        three(world), counts, dataset="cohort", timeout=60, threshold=2, on_round=kill_east
     )
     expected = sum(np.bincount(PRIVATE[name]["x"], minlength=8) for name in ["north", "south"])
     assert np.array_equal(result.value, expected)
@@ -179,7 +175,7 @@ def test_replayed_and_out_of_order_frames_are_refused_by_the_domain(world: dict)
     code = function_source(counts)
     requests = {}
     for domain in domains:
-        call = m.SubmitRequest(code, "counts", {"df": "diabetes"}, policy="aggregate")
+        call = m.SubmitRequest(code, "counts", {"df": "cohort"}, policy="aggregate")
         info = domain._connection.call(call)
         requests[domain.peer_id] = domain.request_type(domain._connection, info)
     for request in requests.values():
@@ -353,7 +349,7 @@ def test_domains_killed_after_masking_are_still_in_the_exact_sum(
                 world["nodes"][name].kill()
 
     result = syft.aggregate(
-        domains, counts, dataset="diabetes", timeout=60, threshold=threshold, on_round=kill
+        domains, counts, dataset="cohort", timeout=60, threshold=threshold, on_round=kill
     )
     assert np.array_equal(result.value, all_counts())
     assert sorted(result.contributors) == sorted(ALL)
@@ -389,7 +385,7 @@ def test_fewer_than_threshold_domains_left_after_masking_abort_and_reveal_nothin
         r"the session is aborted and no sum is revealed"
     )
     with pytest.raises(SecAggError, match=message):
-        syft.aggregate(domains, counts, dataset="diabetes", timeout=60, on_round=kill)
+        syft.aggregate(domains, counts, dataset="cohort", timeout=60, on_round=kill)
     assert rounds == [0, 1, 2, 3]  # no UnmaskShares round: no share of any seed went out
     [server] = {id(s): s for s in servers}.values()
     assert server.setup.threshold == 4

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nodes import Approver, DomainProcess, person
+from nodes import Approver, person
+from shared_domains import SharedDomain
 
 import jupyter_syft as syft
 from jupyter_syft.client.admin import AdminClient
@@ -34,15 +34,14 @@ FEATURES = ["a", "b"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root: Path = tmp_path_factory.mktemp("trained")
-    owner_home, owner = person(root, "owner")
-    _, scientist = person(root, "scientist")
-    node = DomainProcess(root, "clinic", owner_home, "--job-timeout", "60")
-    node.start()
+def world(tmp_path_factory: pytest.TempPathFactory, clinic: SharedDomain) -> Iterator[dict]:
+    """The shared clinic domain (conftest.py; its job timeout is the default 60 s) with
+    this module's dataset and scientist."""
+    _, scientist = person(tmp_path_factory.mktemp("trained"), "scientist")
+    node = clinic.node
     approver = None
     try:
-        admin = AdminClient(NodeConnection(node.address, owner))
+        admin = clinic.admin()
         admin.create_dataset("rows", private=PRIVATE, mock=MOCK)
         admin.add_user(scientist.peer_id, "data_scientist", "scientist")
         admin.set_budget(scientist.peer_id, "rows", epsilon=20.0, delta=1e-2)
@@ -52,7 +51,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if approver is not None:
             approver.close()
-        node.kill()
 
 
 def make_recorder():
