@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         "--executor",
         default="local",
         metavar="NAME",
-        help="what runs approved jobs: local (default: sandboxed processes on this machine)",
+        help="what runs approved jobs: local (default: sandboxed processes on this machine) "
+        "or ray (Ray tasks on a cluster: needs --ray-address)",
+    )
+    start.add_argument(
+        "--ray-address",
+        default="",
+        metavar="HOST:PORT|local",
+        help="with --executor ray: the Ray cluster to run jobs on (this machine must be one of "
+        "its nodes, and every node must see the data dir at the same path), or 'local' to "
+        "start a Ray head of the node's own, stopped with it",
     )
     start.add_argument(
         "--package-index",
@@ -194,6 +203,7 @@ def _domain_start(args: argparse.Namespace) -> int:
     from jupyter_syft.domain.executor import SandboxUnavailable
     from jupyter_syft.domain.jobs import BACKENDS
     from jupyter_syft.domain.node import DomainConfig, run_domain
+    from jupyter_syft.domain.ray_executor import ClusterUnavailable
     from jupyter_syft.domain.store import StoreError
     from jupyter_syft.identity import IdentityError, user_identity
     from jupyter_syft.p2p import P2PError
@@ -201,6 +211,16 @@ def _domain_start(args: argparse.Namespace) -> int:
     if args.executor not in BACKENDS:
         known = ", ".join(sorted(BACKENDS))
         print(f"jupyter-syft: no executor {args.executor!r}; known: {known}", file=sys.stderr)
+        return 2
+    if args.executor == "ray" and not args.ray_address:
+        print(
+            "jupyter-syft: --executor ray needs --ray-address HOST:PORT (a Ray cluster this "
+            "machine is a node of) or --ray-address local (start one for this node)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.ray_address and args.executor != "ray":
+        print("jupyter-syft: --ray-address goes with --executor ray", file=sys.stderr)
         return 2
     try:
         admin = user_identity()
@@ -223,6 +243,7 @@ def _domain_start(args: argparse.Namespace) -> int:
         package_index=args.package_index or PYPI,
         sandbox=args.sandbox,
         executor=args.executor,
+        executor_address=args.ray_address,
         rate_per_s=args.rate_per_s,
         rate_burst=args.rate_burst,
         rate_peers=args.rate_peers,
@@ -235,7 +256,14 @@ def _domain_start(args: argparse.Namespace) -> int:
         config,
         admin,
         what="domain",
-        expected=(P2PError, StoreError, IdentityError, OSError, SandboxUnavailable),
+        expected=(
+            P2PError,
+            StoreError,
+            IdentityError,
+            OSError,
+            SandboxUnavailable,
+            ClusterUnavailable,
+        ),
     )
 
 

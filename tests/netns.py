@@ -25,8 +25,9 @@ class NetNS:
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
 
     def command(self, argv: list[str]) -> list[str]:
-        """`argv` as run inside the namespace."""
-        return ["ip", "netns", "exec", self.name, *argv]
+        """`argv` as run inside the namespace. nsenter, not `ip netns exec`: that one mounts a
+        new /sys, without the cgroup controllers the job sandbox needs."""
+        return ["nsenter", f"--net=/run/netns/{self.name}", *argv]
 
     def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start `argv` inside the namespace, leading its own process group (kill_group)."""

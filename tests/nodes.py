@@ -29,6 +29,9 @@ class NodeProcess:
     kind = ""
 
     def __init__(self, root: Path, name: str, home: Path, *extra: str) -> None:
+        # Run inside a network namespace (NetNS.command), with more variables (a HOME...).
+        self.prefix: list[str] = []
+        self.environment: dict[str, str] = {}
         self.name = name
         self.data_dir = root / name
         self.home = home
@@ -39,8 +42,9 @@ class NodeProcess:
 
     def start(self, *more: str) -> str:
         """Start (again) and return the multiaddr it prints; `more` flags are for this start."""
-        env = {**os.environ, "JUPYTER_SYFT_HOME": str(self.home)}
+        env = {**os.environ, **self.environment, "JUPYTER_SYFT_HOME": str(self.home)}
         command = [
+            *self.prefix,
             sys.executable,
             "-m",
             "jupyter_syft.cli",

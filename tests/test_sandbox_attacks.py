@@ -32,6 +32,10 @@ PATIENTS = pd.DataFrame({"age": np.arange(50) % 60 + 20, "bmi": np.linspace(18, 
 OTHER = pd.DataFrame({"secret": [MARKER] * 20, "value": np.arange(20)})
 MOCK_OTHER = pd.DataFrame({"secret": ["x"] * 5, "value": np.arange(5)})
 pytestmark = pytest.mark.timeout(300)
+# Set when tests/test_ray_executor.py runs this module again inside its Ray cluster's network
+# namespace: the domain then runs every attack as a Ray task, on whichever Ray node.
+RAY_ADDRESS = os.environ.get("SYFT_TEST_RAY_ADDRESS", "")
+BACKEND_FLAGS = ["--executor", "ray", "--ray-address", RAY_ADDRESS] if RAY_ADDRESS else []
 
 
 class Listener:
@@ -74,7 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     _, mallory = person(root, "mallory")
     _, alice = person(root, "alice")
     node = DomainProcess(
-        root, "clinic", owner_home, "--job-timeout", "20", "--job-memory-mb", "256"
+        root, "clinic", owner_home, "--job-timeout", "20", "--job-memory-mb", "256", *BACKEND_FLAGS
     )
     node.start()
     listener = Listener()

@@ -226,7 +226,9 @@ class Executor(ExecutorBackend):
             )
         outcome: JobOutcome | None = None
         try:
-            conn.send_bytes(msgspec.msgpack.encode(JobOrder(job, keep=bool(keep_for))))
+            devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+            order = JobOrder(job, keep=bool(keep_for), visible_devices=devices)
+            conn.send_bytes(msgspec.msgpack.encode(order))
             while outcome is None and (ready := conn.poll(remaining())):
                 outcome = _message(conn.recv_bytes(MAX_OUTCOME_BYTES), on_progress)
         except (EOFError, OSError):  # the worker ended without reporting

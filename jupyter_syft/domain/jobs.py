@@ -92,6 +92,9 @@ class JobOrder(msgspec.Struct):
 
     job: JobSpec
     keep: bool = False
+    # The GPUs the job may see (CUDA_VISIBLE_DEVICES of the run's thread of control: a Ray
+    # task's own, set per task), None = as the worker was started. Spares fork before a job.
+    visible_devices: str | None = None
 
 
 class JobOutcome(msgspec.Struct, tag="outcome"):

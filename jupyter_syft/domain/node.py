@@ -21,6 +21,7 @@ import trio
 
 from jupyter_syft.crypto.seal import ResultSeal
 from jupyter_syft.domain import executor as local_executor
+from jupyter_syft.domain import ray_executor  # noqa: F401  (registers --executor ray)
 from jupyter_syft.domain.audit import REFUSAL_WINDOW_S, RefusalLog
 from jupyter_syft.domain.core import DomainCore, Limits
 from jupyter_syft.domain.datasets.partitions import location
@@ -56,6 +57,8 @@ class DomainConfig:
     package_index: str = PYPI  # where declared requirements come from: a URL or a wheel folder
     # Which ExecutorBackend runs approved jobs (jupyter_syft.domain.jobs.BACKENDS).
     executor: str = local_executor.BACKEND
+    # The engine's cluster for a backend that has one (--ray-address; "local": start one).
+    executor_address: str = ""
     # Per-peer rate limit on calls (token bucket), and how many peers it remembers at most.
     rate_per_s: float = RATE_PER_S
     rate_burst: float = RATE_BURST
@@ -85,7 +88,8 @@ async def run_domain(config: DomainConfig, admin: Identity, ready: Callable[[str
         issuer = TicketIssuer()
         flight = FlightDataServer(config.data_dir, tls, issuer)
         flight.start()
-        executor = BACKENDS[config.executor](BackendOptions(config.sandbox, str(config.data_dir)))
+        options = BackendOptions(config.sandbox, str(config.data_dir), config.executor_address)
+        executor = BACKENDS[config.executor](options)
         if executor.sandbox.mode == "off":
             _warn_sandbox_off(config.name)
             store.audit("node", "sandbox_off", config.name, "started with --sandbox off")

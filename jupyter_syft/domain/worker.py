@@ -427,6 +427,8 @@ def _job_process(
         while True:
             order, fds = _receive_job(sock)
             job = order.job
+            if order.visible_devices is not None:  # kept by confine.clean_environment
+                os.environ["CUDA_VISIBLE_DEVICES"] = order.visible_devices
             try:
                 if setup_error:
                     raise JobError(setup_error)
