@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jupyter_syft.client.domain import Dataset
 
 STARTING = "starting a local Ray for the distributed mock (a few seconds)…"
+START_ATTEMPTS = 2
 
 
 class Distributed:
@@ -68,13 +69,23 @@ def start_local_ray(say: Callable[[str], None] | None = None) -> None:
         return
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # no notes on each run in a cell
     (say or _to_stderr)(STARTING)
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        num_cpus=max(2, os.cpu_count() or 2),  # ray.data stalls with a single CPU
-    )
+    for attempt in range(START_ATTEMPTS):
+        try:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                num_cpus=max(2, os.cpu_count() or 2),  # ray.data stalls with a single CPU
+            )
+            break
+        except Exception as exc:  # Ray gives up after 30 s (fixed) on a busy machine
+            ray.shutdown()  # what it did start
+            if attempt + 1 == START_ATTEMPTS:
+                raise RuntimeError(
+                    f"a local Ray could not start for the distributed mock: {exc}"
+                ) from None
+            (say or _to_stderr)("Ray did not start in time (a busy machine?): trying again…")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
