@@ -51,7 +51,7 @@ from jupyter_syft.domain.jobs import (
     register_backend,
 )
 from jupyter_syft.domain.sandbox import SandboxStatus, cgroups, confinement, probe
-from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment
+from jupyter_syft.domain.sandbox.confine import Confinement, clean_environment, process_limit
 from jupyter_syft.wire.messages import DPQuery, JobProgress, Placement, Resources
 
 PRELOAD = [
@@ -221,7 +221,7 @@ class Executor(ExecutorBackend):
             cgroups.limit(
                 worker.cgroup_name(process.pid),
                 memory=job.memory_bytes + CGROUP_MEMORY_MARGIN,
-                processes=self._confinement.max_processes,
+                processes=process_limit(self._confinement, worker.runs_private_runtime(job)),
                 cpus=self._confinement.cpus,
             )
         outcome: JobOutcome | None = None

@@ -67,6 +67,7 @@ from jupyter_syft.domain.jobs import (
     user_file,
 )
 from jupyter_syft.domain.sandbox import JOB_UID_BASE, cgroups, confine, namespaces, syscalls
+from jupyter_syft.domain.sandbox import runtime as private_runtime
 from jupyter_syft.domain.sandbox.confine import Confinement
 from jupyter_syft.errors import DisclosableError
 from jupyter_syft.wire.messages import DPQuery, DPTraining
@@ -436,7 +437,7 @@ def _job_process(
                     raise JobError("the worker was handed the wrong number of inputs")
                 if not entered:  # a kept worker's next round is confined and limited already
                     _enter(job, fds, sock, log_write, confinement, rules, uid, order.keep)
-                report = _run(job, fds, sock)
+                report = _run(job, fds, sock, confinement is not None)
             except JobError as e:
                 report = JobReport(
                     ok=False, error=_truncate(e.public), error_full=_truncate(e.full)
@@ -511,7 +512,7 @@ def _report_tqdm() -> None:
     std.tqdm.display = reporting_display
 
 
-def _run(job: JobSpec, fds: list[int], sock: socket.socket) -> JobReport:
+def _run(job: JobSpec, fds: list[int], sock: socket.socket, confined: bool) -> JobReport:
     """Run one job in the (entered) job process and stream its result."""
     inputs = dict(zip(job.inputs, fds, strict=False))
     weights = fds[-1] if job.weights_path else None
@@ -525,7 +526,7 @@ def _run(job: JobSpec, fds: list[int], sock: socket.socket) -> JobReport:
     elif job.privacy is not None:
         value = _run_private(job, inputs)
     else:
-        value = _call(job, _load_inputs(job, inputs, cuda))
+        value = _call(job, _load_inputs(job, inputs, cuda, confined))
     return _stream_result(job, value, sock)
 
 
@@ -550,19 +551,47 @@ def _enter(
         # of the CPUs over each round's wall-clock limit bounds them instead)
         cpu_seconds = math.ceil(job.timeout_s) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+    runtime = runs_private_runtime(job)
     if confinement is not None and rules is not None:
         try:
-            confine.enter(confinement, uid, rules, job.environment, [sock.fileno(), *fds])
+            if runtime:  # its processes do not inherit the descriptors: a path for each folder
+                for index, fd in _distributed_fds(job, fds).items():
+                    namespaces.attach(fd, f"{namespaces.INPUTS}/{index}")
+                rules = syscalls.build_filter(sockets=True)
+            kept_fds = [sock.fileno(), *fds]
+            confine.enter(confinement, uid, rules, job.environment, kept_fds, runtime=runtime)
         except OSError as e:
             raise JobError(f"the sandbox could not be entered: {e}") from e
     if job.environment:
         sys.path.insert(0, job.environment)
     jobs._report = _ProgressSender(sock)
     _report_tqdm()
+    if runtime:  # confined already: the runtime's processes are the job's
+        scratch = confinement.scratch_bytes if confinement else private_runtime.MIN_OBJECT_STORE * 2
+        try:
+            private_runtime.start(job.resources.cpus, job.memory_bytes, scratch)
+        except Exception as e:
+            raise JobError(
+                *_failure(job, "could not start the job's private Ray runtime", e)
+            ) from e
     import torch
 
     if not torch.cuda.is_available():
         _limit_memory(job.memory_bytes)
+
+
+def runs_private_runtime(job: JobSpec) -> bool:
+    """Whether the job takes a ray.data Dataset: it then runs its own private Ray runtime, in
+    its sandbox's runtime profile (sandbox/runtime.py)."""
+    return any(spec.kind == "distributed" for spec in job.inputs.values())
+
+
+def _distributed_fds(job: JobSpec, fds: list[int]) -> dict[int, int]:
+    """Input index -> descriptor, for the distributed inputs (fds follow job.inputs' order)."""
+    kinds = [spec.kind for spec in job.inputs.values()]
+    return {
+        i: fd for i, (kind, fd) in enumerate(zip(kinds, fds, strict=False)) if kind == "distributed"
+    }
 
 
 def _read_table(fd: int) -> pa.Table:
@@ -605,9 +634,18 @@ def _limit_memory(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))  # the code cannot raise it again
 
 
-def _load_inputs(job: JobSpec, fds: dict[str, int], cuda: bool) -> dict[str, Any]:
+def _load_inputs(job: JobSpec, fds: dict[str, int], cuda: bool, confined: bool) -> dict[str, Any]:
     inputs = {}
-    for name, spec in job.inputs.items():
+    for index, (name, spec) in enumerate(job.inputs.items()):
+        if spec.kind == "distributed":
+            # Sandboxed: the folder attached under /inputs by _enter (the runtime's workers
+            # read it there); with the sandbox off, the node's own path.
+            folder = f"{namespaces.INPUTS}/{index}" if confined else spec.path
+            try:
+                inputs[name] = private_runtime.dataset(folder)
+            except Exception as e:
+                raise JobError(*_failure(job, f"could not load input {name!r}", e)) from e
+            continue
         try:
             table = _read_table(fds[name])
             if table_kind(table.schema) != spec.kind:

@@ -11,6 +11,8 @@ the job's code. After `enter()` the process has:
   capability bounding set), `no_new_privs` set;
 - Landlock (landlock.py) over that view: read-only folders, `/tmp` writable, no TCP, no
   abstract unix sockets or signals outside, no ptrace;
+- (a job with a distributed input, which runs its own Ray runtime: the profile of
+  sandbox/runtime.py, which lists each difference);
 - the seccomp filter (syscalls.py): no sockets, no ptrace, no new namespaces or mounts;
 - per-process limits (files of at most `max_file_bytes`, no core dumps, CPU seconds, and, per
   uid, `max_processes` processes), under the executor's per-job cgroup;
@@ -30,6 +32,7 @@ import sys
 from dataclasses import dataclass
 
 from jupyter_syft.domain.sandbox import landlock, namespaces, syscalls
+from jupyter_syft.domain.sandbox import runtime as private_runtime
 
 DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 SYSTEM_FOLDERS = ["/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc", "/sys/devices/system/cpu"]
@@ -91,16 +94,22 @@ def enter(
     rules: syscalls.Filter,
     environment: str,
     keep_fds: list[int],
+    runtime: bool = False,
 ) -> None:
     """The point of no return: after this, the process is the job's. `environment` is the
-    declared environment's folder it may read ("" for none)."""
+    declared environment's folder it may read ("" for none). `runtime`: the profile of a job
+    that starts its own private Ray runtime (sandbox/runtime.py; `rules` built with sockets):
+    loopback up, unix sockets in /tmp, its input folders under /inputs, TCP left to the network
+    namespace, more processes."""
     for fd in _open_fds():
         if fd > 2 and fd not in keep_fds:
             with contextlib.suppress(OSError):  # the folder listing's own descriptor
                 os.close(fd)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (confinement.max_file_bytes,) * 2)
-    resource.setrlimit(resource.RLIMIT_NPROC, (confinement.max_processes,) * 2)
+    resource.setrlimit(resource.RLIMIT_NPROC, (process_limit(confinement, runtime),) * 2)
+    if runtime:
+        namespaces.loopback_up()
     libc = ctypes.CDLL(None, use_errno=True)
     for cap in range(_LAST_CAP + 1):
         libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the kernel's last cap
@@ -113,17 +122,27 @@ def enter(
         raise OSError(ctypes.get_errno(), "could not set no_new_privs")
     granted = [*SYSTEM_FOLDERS, *confinement.read_only, *([environment] if environment else [])]
     allowed = [(path, landlock.READ_ONLY) for path in granted]
-    allowed += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", landlock.READ_WRITE)]
+    scratch = landlock.READ_WRITE | (landlock.MAKE_SOCK if runtime else 0)
+    allowed += [("/proc", landlock.READ_FILE | landlock.READ_DIR), ("/tmp", scratch)]
+    if runtime:
+        allowed.append((namespaces.INPUTS, landlock.READ_ONLY))
     allowed += [(device, landlock.DEVICE) for device in [*DEVICES, *_gpu_devices()]]
     # A dataset's partition folder, handed over as a detached read-only mount of that folder
     # alone (datasets.partitions.open_input): readable beneath it, through /proc/self/fd/N.
     allowed += [(f"/proc/self/fd/{fd}", landlock.READ_ONLY) for fd in keep_fds if _is_folder(fd)]
-    landlock.restrict_self((path, rights) for path, rights in allowed if os.path.lexists(path))
+    granted_rules = ((path, rights) for path, rights in allowed if os.path.lexists(path))
+    landlock.restrict_self(granted_rules, tcp=not runtime)
     rules.load()
     environment_variables = clean_environment()
     os.environ.clear()
     os.environ.update(environment_variables)
     os.chdir("/tmp")
+
+
+def process_limit(confinement: Confinement, runtime: bool) -> int:
+    """A job's processes (threads count) at most, for its cgroup and RLIMIT_NPROC: a job that
+    runs its own Ray runtime gets room for the runtime's daemons too."""
+    return confinement.max_processes + (private_runtime.RUNTIME_PROCESSES if runtime else 0)
 
 
 def die_with_parent() -> None:

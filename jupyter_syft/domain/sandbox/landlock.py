@@ -9,6 +9,9 @@ the folders it was granted, cannot bind or connect a TCP socket, cannot reach an
 socket or signal a process outside its own Landlock domain, and cannot ptrace (or read the
 `/proc/PID/mem` of) any process that is not confined at least as tightly as it is; none of this
 can be lifted again by it, even as root. Files opened before the restriction stay usable.
+A job running its own private Ray runtime (sandbox/runtime.py) is restricted with
+`tcp=False`: Landlock's TCP rules name ports and Ray picks its ports at random, so its own
+network namespace (nothing but its loopback) is what bounds its TCP; every other rule holds.
 """
 
 from __future__ import annotations
@@ -91,18 +94,21 @@ def abi_version() -> int:
         return 0
 
 
-def restrict_self(rules: Iterable[tuple[str, int]]) -> None:
+def restrict_self(rules: Iterable[tuple[str, int]], tcp: bool = True) -> None:
     """Confine this thread (and what it starts) to `rules`: (path, rights) pairs.
 
-    Everything else of the file system is denied, as is every TCP bind and connect, abstract
-    unix sockets and signals outside the domain. Needs `no_new_privs` set first. Call it in a
-    single-threaded process: other threads stay unconfined.
+    Everything else of the file system is denied, as is every TCP bind and connect (unless
+    `tcp` is False), abstract unix sockets and signals outside the domain. Needs
+    `no_new_privs` set first. Call it in a single-threaded process: other threads stay
+    unconfined.
     """
     abi = abi_version()
     if abi < MIN_ABI:
         raise LandlockError(0, f"Landlock ABI {abi} is below the {MIN_ABI} the sandbox needs")
     attr = _RulesetAttr(
-        ALL_FS, NET_BIND_TCP | NET_CONNECT_TCP, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL
+        ALL_FS,
+        NET_BIND_TCP | NET_CONNECT_TCP if tcp else 0,
+        SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL,
     )
     ruleset = _syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
     try:

@@ -4,7 +4,8 @@ Threat model, one line each:
 - PID namespace: the job sees only its own processes; when its first process ends the kernel
   kills every other one in the namespace, so nothing it started (double fork, setsid) outlives it.
 - Network namespace: only a loopback interface that is down: no route to any address, the
-  node's own ports included, and no DNS.
+  node's own ports included, and no DNS. A job running its own private Ray runtime gets its
+  loopback up: it reaches only what the job itself listens on, never the node's loopback.
 - Mount namespace with a new root: the job's `/` is a fresh tmpfs holding read-only bind mounts
   of the system and Python folders it needs, a fresh `/proc` of its PID namespace, a few device
   nodes and a size-capped tmpfs at `/tmp`; the data dir, the node's keys and home, other jobs'
@@ -37,6 +38,8 @@ MNT_DETACH = 2
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine(), -1)
 OLD_ROOT = "/.old-root"  # where the node's root goes on pivot_root, before it is unmounted
+# A small root-owned tmpfs, empty but for the input folders attach() mounts there (read-only).
+INPUTS = "/inputs"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -116,6 +119,10 @@ def enter_view(
             os.symlink(os.readlink(path), target)
         elif os.path.exists(path):
             bind_read_only(path, target)
+    os.makedirs(mountpoint + INPUTS, mode=0o755)
+    mount(
+        "tmpfs", mountpoint + INPUTS, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=1m,mode=0755"
+    )
     os.makedirs(mountpoint + "/dev", mode=0o755, exist_ok=True)
     for device in devices:
         bind_device(device, mountpoint + device)
@@ -129,3 +136,37 @@ def enter_view(
     unmount(OLD_ROOT)  # the node's root is gone from the view
     os.rmdir(OLD_ROOT)
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+_SYS_MOVE_MOUNT = 429  # the same number on every architecture (new system calls, >= 424)
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def attach(mount_fd: int, target: str) -> None:
+    """Attach a detached mount (an `open_tree` clone, e.g. a dataset's read-only partition
+    folder) at `target`, a new folder, in this mount namespace (as root): so that the processes
+    a job starts (which do not inherit its descriptors) see the same folder."""
+    os.makedirs(target, mode=0o755)
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_MOVE_MOUNT),
+        mount_fd,
+        b"",
+        -100,  # AT_FDCWD
+        os.fsencode(target),
+        ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+    )
+    _check(result, f"move_mount {target}")
+
+
+def loopback_up() -> None:
+    """Bring up `lo` of this network namespace (as root): a job's own private runtime talks over
+    it; the namespace has no other interface, so nothing outside is reachable."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))

@@ -7,6 +7,10 @@ root directories (which could undo the file-system view), and cannot reach kerne
 job has no use for and that have hosted escapes (io_uring, which bypasses seccomp for sockets
 and files; bpf; perf events; userfaultfd; keyrings; module and kexec loading). Everything else
 is allowed: the filter narrows the kernel's attack surface, the other layers decide access.
+
+A job that runs its own private Ray runtime (sandbox/runtime.py) gets `build_filter(sockets=
+True)`: socket() for AF_UNIX, AF_INET and AF_INET6 only, in its own network namespace (nothing
+but its own loopback); every other family (netlink, packet, vsock...) and the rest stay refused.
 """
 
 from __future__ import annotations
@@ -77,21 +81,28 @@ _CLONE_NEW_FLAGS = (
     0x40000000,
 )
 # NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 
 
 Filter: TypeAlias = seccomp.SyscallFilter  # pyseccomp has no type information: Any
 
 
-def build_filter() -> Filter:
+def build_filter(sockets: bool = False) -> Filter:
     """The filter, ready for `.load()`, which installs it on the calling thread for good (it
-    is inherited and cannot be removed).
+    is inherited and cannot be removed). `sockets`: allow unix and IP sockets (see above).
 
     `clone3` answers ENOSYS (its flags live in memory a filter cannot read): glibc then falls
     back to `clone`, whose flags the filter can check.
     """
     rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED:
-        rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        if not (sockets and name == "socket"):
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    if sockets:  # families 0 and 3..9, and everything above AF_INET6 (any upper bits too)
+        refused = [f for f in range(AF_INET6) if f not in (AF_UNIX, AF_INET)]
+        for family in refused:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.EQ, family))
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), "socket", seccomp.Arg(0, seccomp.GT, AF_INET6))
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     for flag in _CLONE_NEW_FLAGS:
         rules.add_rule(
