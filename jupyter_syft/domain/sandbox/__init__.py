@@ -16,6 +16,11 @@ missing), `Confinement` is what jobs may see; the executor and worker apply it
 | cgroup | cgroups | memory, process count and CPU beyond the job's share, children included |
 | rlimits | confine | big files, core dumps, runaway CPU in one process |
 
+A job with a distributed input (a `ray.data.Dataset`) starts a Ray runtime private to it,
+inside all of these layers, under the runtime profile of `runtime.py`, which lists each thing it
+allows on top (IP and unix sockets in the job's own network namespace, its loopback up, more
+processes); every other job keeps the profile above unchanged.
+
 With `--sandbox off` none of this applies (a loud warning at start, and every surface shows it).
 """
 
