@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -52,6 +53,7 @@ POLL_S = 0.25  # how often a running job's progress is collected
 # worker's pool starts and imports first (the job's own limit starts after that).
 TASK_GRACE_S = 120.0
 CAPACITY_TTL_S = 2.0  # nodes join and leave: the cluster's size is asked again after this
+CLOSE_WAIT_S = 30.0  # how long close() waits for cancelled jobs' run() to report
 
 
 class ClusterUnavailable(RuntimeError):
@@ -102,6 +104,10 @@ class RayExecutor(ExecutorBackend):
             parent = options.data_dir or tempfile.gettempdir()
             self._head_dir = tempfile.mkdtemp(prefix="ray-", dir=parent)
             init = {"_temp_dir": self._head_dir, "include_dashboard": False}
+        # ray.init puts Ray's crash handler on SIGTERM and SIGINT, which aborts the process:
+        # the node's own handlers (a clean stop that closes this executor) go back after it.
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             # Job output never reaches the node's log: it is the keeper's, sealed (jobs.py).
             ray.init(**init, log_to_driver=False, logging_level=logging.WARNING)
@@ -110,6 +116,10 @@ class RayExecutor(ExecutorBackend):
             raise ClusterUnavailable(
                 f"could not connect to the Ray cluster at {options.address}: {e}"
             ) from e
+        finally:
+            for sig, handler in handlers.items():
+                if main and handler is not None:
+                    signal.signal(sig, handler)
         here = ray.get_runtime_context().get_node_id()
         on_this_node = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, False)
         # Kept on this node: it lives and dies with the node (its driver), like its jobs.
@@ -122,7 +132,8 @@ class RayExecutor(ExecutorBackend):
         self._running: dict[str, _Running] = {}
         self._closed = False
         self._capacity: tuple[float, Resources] | None = None
-        threading.Thread(target=self._poll, daemon=True).start()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
 
     def warm(self) -> None:
         """Start a pool on every Ray node now (each imports torch and the rest, ~4 s)."""
@@ -157,10 +168,11 @@ class RayExecutor(ExecutorBackend):
             ).remote(msgspec.msgpack.encode(job), self._options, self._board)
         try:
             outcome = self._wait(job, running, on_progress)
+            if not self._closed:  # Ray is going away otherwise
+                self._collect()  # the last attempt's start, if the poller has not seen it yet
         finally:
             with self._lock:
                 self._running.pop(job.request_id, None)
-        self._collect()  # the last attempt's start, if the poller has not seen it yet
         attempts = max(1, len(running.starts))
         node = running.starts[-1] if running.starts else "ray (not started)"
         if outcome.placement is not None:
@@ -233,7 +245,9 @@ class RayExecutor(ExecutorBackend):
                 job.ended = "the executor was closed while the job was running"
         for job in running:
             ray.cancel(job.ref, force=True)
-        deadline = time.monotonic() + 10
+        # No thread may still call Ray when it shuts down (its core worker aborts the process).
+        self._poller.join()
+        deadline = time.monotonic() + CLOSE_WAIT_S
         while time.monotonic() < deadline:  # their run() reports it before Ray goes away
             with self._lock:
                 if not self._running:
