@@ -222,7 +222,8 @@ class Executor(ExecutorBackend):
                 worker.cgroup_name(process.pid),
                 memory=job.memory_bytes + CGROUP_MEMORY_MARGIN,
                 processes=process_limit(self._confinement, worker.runs_private_runtime(job)),
-                cpus=self._confinement.cpus,
+                # The cpus the request was granted (the node's share is the most it can get).
+                cpus=min(self._confinement.cpus, job.resources.cpus or self._confinement.cpus),
             )
         outcome: JobOutcome | None = None
         try:
