@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from nodes import DomainProcess, person, start_all
+from nodes import DomainProcess, person
 from shared_domains import SharedDomain, SharedDomains, wait_until_warm
 
 from jupyter_syft.client.connection import close_shared_peers
@@ -74,20 +74,15 @@ FIVE = ("north", "south", "east", "west", "centre")
 @pytest.fixture(scope="session")
 def five_domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedDomains]:
     """Five plain domains (jobs time out after 30 s) for the modules that aggregate and train
-    across several: started once per run. Each module adds datasets of its own names and
-    scientists in its own folder, and revives the domains a test before it killed."""
+    across several, each started once per run when a module first asks for it (up()). Each
+    module adds datasets of its own names and scientists in its own folder."""
     root = tmp_path_factory.mktemp("five")
     nodes, owners = {}, {}
     for name in FIVE:
         home, owners[name] = person(root, f"owner-{name}")
         nodes[name] = DomainProcess(root, name, home, "--job-timeout", "30")
     try:
-        start_all(nodes.values())
-        for name, node in nodes.items():
-            assert node.address, f"domain {name} did not start"
-        shared = SharedDomains(nodes, owners)
-        wait_until_warm([shared.admin(name) for name in FIVE])
-        yield shared
+        yield SharedDomains(nodes, owners)
     finally:
         for node in nodes.values():
             node.kill()

@@ -29,19 +29,21 @@ class SharedDomain:
 
 @dataclass
 class SharedDomains:
-    """Domains several modules share, by name. A test may kill one: the next module's
-    fixture calls revive()."""
+    """Domains several modules share, by name, each started when a module first needs it. A
+    test may kill one: the next module's up() starts it again."""
 
     nodes: dict[str, DomainProcess]
     owners: dict[str, Identity]
 
-    def revive(self) -> None:
-        """Restart, side by side, the domains an earlier test killed (same data dirs)."""
-        dead = [name for name, node in self.nodes.items() if not running(node)]
-        start_all(self.nodes[name] for name in dead)
-        for name in dead:
-            assert running(self.nodes[name]), f"domain {name} did not restart"
-        wait_until_warm([self.admin(name) for name in dead])
+    def up(self, names: list[str]) -> dict[str, DomainProcess]:
+        """These domains, running and warmed up: started side by side if not yet started or
+        killed by an earlier test (same data dirs)."""
+        down = [name for name in names if not running(self.nodes[name])]
+        start_all(self.nodes[name] for name in down)
+        for name in down:
+            assert running(self.nodes[name]), f"domain {name} did not start"
+        wait_until_warm([self.admin(name) for name in down])
+        return {name: self.nodes[name] for name in names}
 
     def admin(self, name: str) -> AdminClient:
         """The owner's client, made per module (each module's client peers stop at its end)."""

@@ -38,8 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains)
     """Three of the shared domains (conftest.py) with this module's dataset and scientist."""
     root: Path = tmp_path_factory.mktemp("secagg-scalar")
     scientist_home, scientist = person(root, "scientist")
-    five_domains.revive()
-    nodes = {name: five_domains.nodes[name] for name in NAMES}
+    nodes = five_domains.up(NAMES)
     approver = None
     try:
         admins = {}

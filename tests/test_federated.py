@@ -46,8 +46,7 @@ MOCK[:] = 0.0
 def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains) -> Iterator[dict]:
     """Four of the shared domains (conftest.py) with this module's dataset and scientist."""
     _, scientist = person(tmp_path_factory.mktemp("federated"), "scientist")
-    five_domains.revive()
-    nodes = {name: five_domains.nodes[name] for name in NAMES}
+    nodes = five_domains.up(NAMES)
     approver = None
     try:
         admins = {}

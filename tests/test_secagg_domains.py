@@ -48,9 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, five_domains: SharedDomains)
     """The five shared domains (conftest.py) with this module's datasets ("cohort" and
     "levels") and scientist."""
     _, scientist = person(tmp_path_factory.mktemp("secagg"), "scientist")
-    five_domains.revive()
-    nodes, owners = five_domains.nodes, five_domains.owners
-    assert list(nodes) == ALL
+    nodes, owners = five_domains.up(ALL), five_domains.owners
     approver = None
     try:
         admins = {}
