@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from jupyter_client.manager import KernelManager
-from nodes import Approver, DomainProcess, person, start_all
+from nodes import Approver, person
+from shared_domains import SharedDomain
 
 import jupyter_syft as syft
-from jupyter_syft.client.admin import AdminClient
 from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.domain import DomainClient
 from jupyter_syft.demo import HOSPITALS, STOP_S
@@ -224,16 +224,13 @@ def test_opened_notebooks_hold_what_their_kernels_report(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    root: Path = tmp_path_factory.mktemp("plain-python")
-    scientist_home, scientist = person(root, "scientist")
-    owner_home, owner = person(root, "owner")
-    node = DomainProcess(root, "clinic", owner_home)
-    start_all([node])
+def domain(tmp_path_factory: pytest.TempPathFactory, clinic: SharedDomain) -> Iterator[dict]:
+    """The shared clinic domain (conftest.py) with this module's dataset and scientist."""
+    scientist_home, scientist = person(tmp_path_factory.mktemp("plain-python"), "scientist")
+    node = clinic.node
     approver = None
     try:
-        assert node.address, "the domain did not start"
-        admin = AdminClient(NodeConnection(node.address, owner))
+        admin = clinic.admin()
         private = pd.DataFrame({"y": np.random.default_rng(7).normal(40.0, 5.0, ROWS)})
         admin.create_dataset("table", private=private, mock=private.assign(y=1.0))
         admin.add_user(scientist.peer_id, "data_scientist", "scientist")
@@ -248,7 +245,6 @@ def domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     finally:
         if approver is not None:
             approver.close()
-        node.kill()
 
 
 def plain_python(world: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
