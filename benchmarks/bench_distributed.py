@@ -5,7 +5,7 @@ Parquet partition files (`InputSpec(kind="distributed")`): the job's argument is
 `ray.data.Dataset` read by a Ray runtime the job starts inside its own sandbox
 (jupyter_syft/domain/sandbox/runtime.py). Measured:
 - start-up: a trivial job taking a distributed input minus the same job taking a small table
-  (the private runtime's start, in the job's wall time), median of 3;
+  (the private runtime's start, in the job's wall time), median of REPEATS;
 - the mean of one column over ROWS rows of COLUMNS float64 columns, with the job's memory limit
   (JobSpec.memory_bytes) below the dataset's in-memory size; the job times the mean itself;
   peak memory is the job's cgroup's (memory.max_usage_in_bytes, polled), which holds every
@@ -41,9 +41,10 @@ from jupyter_syft.wire.messages import Resources
 from jupyter_syft.wire.values import decode_result, write_ipc_file
 
 ROWS = 20_000_000
-COLUMNS = 8
+COLUMNS = 12
 ROWS_PER_PART = 1_000_000
-MEMORY_LIMIT = 1 * 2**30
+REPEATS = 1  # start-up runs (each ~1 min on a loaded 2-core machine)
+MEMORY_LIMIT = 3 * 2**29  # 1.5 GiB
 SCIENTIST = Identity.generate()
 TRIVIAL = "def f(df):\n    return 1\n"
 MEAN = """
@@ -141,7 +142,7 @@ def main() -> None:
         distributed = {"df": InputSpec(path=str(root / "data"), kind="distributed")}
         table = {"df": InputSpec(path=str(table_file), kind="table")}
         plain, private = [], []
-        for _ in range(3):
+        for _ in range(REPEATS):
             plain.append(timed(executor, spec(root, TRIVIAL, table, MEMORY_LIMIT))[0])
             private.append(timed(executor, spec(root, TRIVIAL, distributed, MEMORY_LIMIT))[0])
         startup = statistics.median(private) - statistics.median(plain)
