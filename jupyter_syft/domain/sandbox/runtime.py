@@ -27,6 +27,13 @@ Everything else (the view, read-only inputs, uid, no capabilities, Landlock's fi
 scopes, the rest of the seccomp filter, memory) is the same. The object store and spilled
 objects live in the job's /tmp, which is memory counted in the job's cgroup: the runtime's
 memory is part of the job's limit.
+
+Known limit (measured, benchmarks/bench_distributed.py): the runtime itself takes ~1.2-1.5 GB
+(the driver, forked with torch preloaded, ~500 MB; Ray Data's stats and autoscaling actors
+~200 MB each; a worker per CPU; spill and restore workers), and spilling goes to /tmp, which is
+memory too. A mean over 20M rows x 12 columns (1.8 GB) in a 1.5 GiB job sat at its memory limit
+spilling, and did not finish in 10 minutes: a dataset larger than memory needs a disk-backed
+scratch for spilling (not built yet) and a job memory limit above the runtime's own size.
 """
 
 from __future__ import annotations
