@@ -34,7 +34,7 @@ from jupyter_syft.client.connection import NodeConnection
 from jupyter_syft.client.network import NetworkClient, NetworkConnection
 from jupyter_syft.demo_file import demo_path
 from jupyter_syft.errors import RequestDenied, SyftError
-from jupyter_syft.identity import USER_KEY_FILE, load_or_create
+from jupyter_syft.identity import USER_KEY_FILE, Identity, load_or_create
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -123,24 +123,24 @@ def fake_like(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(fake).astype(frame.dtypes.to_dict())
 
 
-def start_node(args: list[str], home: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`jupyter-syft ARGS` as the person whose key is in `home`; returns it and its address."""
+def start_node(args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    """`jupyter-syft ARGS` as the person whose key is in `home`, started: node_address() waits
+    for it, so several nodes can start side by side."""
     env = {**os.environ, "JUPYTER_SYFT_HOME": str(home)}
     command = [sys.executable, "-m", "jupyter_syft.cli", *args]
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True
     )
+
+
+def node_address(process: subprocess.Popen, what: str, log: Path) -> str:
+    """The multiaddr a started node prints once it serves."""
     assert process.stdout is not None
-    try:
-        address = process.stdout.readline().strip()
-    except KeyboardInterrupt:  # not yet the caller's to stop
-        process.terminate()
-        process.wait(timeout=STOP_S)
-        raise
+    address = process.stdout.readline().strip()
     if not address:
         process.wait(timeout=10)
-        raise RuntimeError(f"{' '.join(args[:2])} did not start; see {log}")
-    return process, address
+        raise RuntimeError(f"{what} did not start; see {log}")
+    return address
 
 
 def mean_bmi(df):
@@ -223,25 +223,26 @@ def run_demo(folder: Path, keep_running: bool = False) -> int:
     demo_file = folder / "demo.json"
     try:
         section("1. An operator starts a network; three data owners join it")
-        process, network = start_node(
+        # Each node is in `nodes` from its start, so an interruption stops it too.
+        nodes["the network node"] = start_node(
             ["network", "start", "--name", "demo-network", "--data-dir", str(folder / "network")],
             folder / "homes" / "operator",
             folder / "network.log",
         )
-        nodes["the network node"] = process
+        network = node_address(nodes["the network node"], "network start", folder / "network.log")
         console.print(f"network demo-network: [cyan]{network}[/]")
+        owner_identities: dict[str, Identity] = {}
+        for name in HOSPITALS:  # side by side: each node spends a second or two starting
+            home = folder / "homes" / name
+            owner_identities[name] = load_or_create(home / "identity.key")
+            command = ["domain", "start", "--name", name, "--data-dir", str(folder / name)]
+            nodes[name] = start_node([*command, "--network", network], home, folder / f"{name}.log")
         owners: dict[str, AdminClient] = {}
         addresses: dict[str, str] = {}
         for i, name in enumerate(HOSPITALS):
-            home = folder / "homes" / name
-            owner_identity = load_or_create(home / "identity.key")
-            command = ["domain", "start", "--name", name, "--data-dir", str(folder / name)]
-            process, address = start_node(
-                [*command, "--network", network], home, folder / f"{name}.log"
-            )
-            nodes[name] = process
+            address = node_address(nodes[name], "domain start", folder / f"{name}.log")
             addresses[name] = address
-            owners[name] = AdminClient(NodeConnection(address, owner_identity))
+            owners[name] = AdminClient(NodeConnection(address, owner_identities[name]))
             console.print(f"{name}: [cyan]{address}[/]")
 
             private = frame.iloc[thirds[i]].reset_index(drop=True)

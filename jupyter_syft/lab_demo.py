@@ -79,6 +79,8 @@ def _stop(lab: subprocess.Popen | None, demo: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         demo.kill()
         demo.wait()
+    if demo.returncode != 0:  # 130: stopped before its script's end
+        say(f"the demo ended with exit code {demo.returncode}")
     say(f"stopped everything in {time.monotonic() - started:.1f} s")
 
 

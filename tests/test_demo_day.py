@@ -106,6 +106,10 @@ def test_lab_demo_keeps_edited_notebooks_resets_them_and_says_what_it_stops(
             f"notebooks in {notebooks}: copied from examples/: {', '.join(NOTEBOOKS)}"
         ), first
         demo.wait_for("JupyterLab: http://127.0.0.1:", LAB_UP_S)
+        # It runs `jupyter-syft demo --keep-running`, whose demo.json describes the nodes.
+        described = json.loads((folder / "demo.json").read_text())
+        assert set(described["domains"]) == set(HOSPITALS)
+        assert described["network"].startswith("/ip4/127.0.0.1/tcp/")
         # Piped, nothing is cut or wrapped: each node's multiaddr whole, on its own line.
         assert re.search(rf"^network demo-network: {MULTIADDR}$", demo.text, re.M), demo.text
         for name in HOSPITALS:
@@ -128,6 +132,9 @@ def test_lab_demo_keeps_edited_notebooks_resets_them_and_says_what_it_stops(
     assert f"stopping the network node, {', '.join(HOSPITALS)}…" in stop, stop
     for part in ["JupyterLab and its kernels", "the network node", *HOSPITALS]:
         assert re.search(rf"^  stopped {part} \(\d+\.\d s\)$", stop, re.M), stop
+    assert "the demo ended with exit code" not in stop, stop  # `demo --keep-running`'s was 0
+    said_running = "describes them (the Syft kernel: %syft connect demo). Ctrl-C stops them."
+    assert said_running in " ".join(demo.text.split()), demo.text
     said = float(re.search(r"^stopped everything in (\d+\.\d) s$", stop, re.M)[1])  # type: ignore[index]
     assert said <= seconds < STOPPED_WITHIN_S, stop
     assert not (folder / "demo.json").exists()
