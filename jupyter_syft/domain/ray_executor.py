@@ -100,9 +100,10 @@ class RayExecutor(ExecutorBackend):
         init: dict[str, Any] = {"address": options.address}
         if options.address == LOCAL:
             # ray.init without an address starts a head owned by this process, stopped by
-            # ray.shutdown(); its files go under the data dir, not the machine's /tmp/ray.
-            parent = options.data_dir or tempfile.gettempdir()
-            self._head_dir = tempfile.mkdtemp(prefix="ray-", dir=parent)
+            # ray.shutdown(); its files go in a folder of its own (mode 0700) in the temp dir,
+            # not the machine's /tmp/ray, nor the data dir: Ray's unix socket paths under it
+            # must fit 107 bytes, which a data dir's path often leaves no room for.
+            self._head_dir = tempfile.mkdtemp(prefix="syft-ray-")
             init = {"_temp_dir": self._head_dir, "include_dashboard": False}
         # ray.init puts Ray's crash handler on SIGTERM and SIGINT, which aborts the process:
         # the node's own handlers (a clean stop that closes this executor) go back after it.
