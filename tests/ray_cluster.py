@@ -109,16 +109,18 @@ class RayCluster:
         return True
 
     def wait_for_nodes(self, count: int) -> list[str]:
-        """The ids of the alive Ray nodes, once there are `count` of them."""
+        """The ids of the alive Ray nodes, the head's first, once there are `count` of them."""
         code = f"""
             import time, ray
             ray.init(address={ADDRESS!r}, logging_level="ERROR", log_to_driver=False)
             while True:
-                alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+                alive = [n for n in ray.nodes() if n["Alive"]]
                 if len(alive) == {count}:
                     break
                 time.sleep(0.2)
-            emit(alive)
+            # ray.nodes() is in no particular order: the head first.
+            alive.sort(key=lambda n: "node:__internal_head__" not in n["Resources"])
+            emit([n["NodeID"] for n in alive])
         """
         try:
             alive: list[str] = self.script(code, timeout=START_TIMEOUT_S)
