@@ -6,7 +6,8 @@ partition files (`InputSpec(kind="distributed")`). The job's argument is a real
 (jupyter_syft/domain/sandbox/runtime.py). Then that runtime is attacked from the job's code and
 from its Ray tasks: connecting out, reading what is not the job's input, starting processes past
 the limit, leaving a process behind, using more memory than the job may. A marker is searched in
-everything that comes back; the listener must receive nothing.
+everything that comes back; the listener must receive nothing. Checks that test independent
+things share one job (a runtime start takes seconds) and are asserted each from its report.
 """
 
 from __future__ import annotations
@@ -128,16 +129,15 @@ def parent(pid: int) -> int:
     return int(status.split("PPid:")[1].split()[0])
 
 
-def run_watched(executor: Executor, spec: JobSpec) -> tuple[JobOutcome, set[int]]:
-    """Run the job; its uids, after checking that no process of them is left."""
+def run_watched(executor: Executor, spec: JobSpec) -> tuple[JobOutcome, set[int], list[int]]:
+    """Run the job; its uids and the processes of them still running 10 s after it ended."""
     watcher = JobUids()
     outcome = executor.run(spec)
     uids = watcher.stop()
     deadline = time.monotonic() + 10
     while (left := survivors(uids)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert left == [], f"processes of the job left running: {left}"
-    return outcome, uids
+    return outcome, uids, left
 
 
 def survivors(uids: set[int]) -> list[int]:
@@ -151,47 +151,36 @@ def everything_returned(spec: JobSpec, outcome: JobOutcome) -> str:
     return text
 
 
-def test_the_argument_is_a_ray_data_dataset_that_streams(
-    executor: Executor, storage: dict[str, Any], tmp_path: Path
-) -> None:
-    code = """
-    import os
-    import ray
-    import ray.data
-
-    def f(df):
-        assert isinstance(df, ray.data.Dataset), type(df)
-        doubled = df.map_batches(lambda batch: {"y": batch["x"] * 2}, batch_format="numpy")
-        names = set()
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                with open(f"/proc/{pid}/comm") as comm:
-                    names.add(comm.read().strip())
-        return {
-            "mean": df.mean("x"),
-            "count": df.count(),
-            "doubled_sum": doubled.sum("y"),
-            "processes": sorted(names),
-            "nodes": [node["NodeManagerAddress"] for node in ray.nodes()],
-        }
-    """
-    spec = job(tmp_path, storage, code)
-    outcome, uids = run_watched(executor, spec)
-    found = result(spec, outcome)
-    values = storage["values"]
-    assert found["count"] == ROWS
-    assert found["mean"] == pytest.approx(values.mean())
-    assert found["doubled_sum"] == pytest.approx(2 * values.sum())
-    # The runtime is the job's own: its daemons are in the job's PID namespace, on loopback.
-    assert {"gcs_server", "raylet"} <= set(found["processes"])
-    assert found["nodes"] == ["127.0.0.1"]
-    assert len(uids) == 1  # every process of the job, Ray's included, ran as the job's uid
-
-
-ATTACKS = """
+LIMIT = MAX_PROCESSES + RUNTIME_PROCESSES
+# One job (one private runtime start) runs the checks that test independent things, each
+# reported under its own key: the dataset, the attacks from the driver and from a Ray task, and
+# the processes past the limit and the one left behind. Each test asserts its own part.
+CHECKS = """
 import os
 import socket
+import time
 import ray
+import ray.data
+from ray.data.aggregate import Count, Mean, Sum
+
+def dataset_checks(df):
+    assert isinstance(df, ray.data.Dataset), type(df)
+    kept = df.map_batches(
+        lambda batch: {{"x": batch["x"], "y": batch["x"] * 2}}, batch_format="numpy"
+    )
+    totals = kept.aggregate(Count(), Mean("x"), Sum("y"))
+    names = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with open(f"/proc/{{pid}}/comm") as comm:
+                names.add(comm.read().strip())
+    return {{
+        "mean": totals["mean(x)"],
+        "count": totals["count()"],
+        "doubled_sum": totals["sum(y)"],
+        "processes": sorted(names),
+        "nodes": [node["NodeManagerAddress"] for node in ray.nodes()],
+    }}
 
 def attempt(what, action):
     try:
@@ -226,86 +215,107 @@ def attacks():
 def in_a_task():
     return attacks()
 
+@ray.remote(max_retries=0)
+def fork_many(count):
+    children = []
+    for _ in range(count):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(600)
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return len(children)
+
+@ray.remote(max_retries=0)
+def leave_behind():
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(600)
+        os._exit(0)
+    return "left"
+
 def f(df):
-    return {{
-        "driver": attacks(),
-        "task": ray.get(in_a_task.remote()),
-        "inputs": sorted(os.listdir("/inputs/0/..")),
-    }}
+    # The forks first: their children are gone before Ray Data's actors take their memory.
+    report = {{"started": ray.get(fork_many.remote({limit}))}}
+    report["driver"] = attacks()
+    report["task"] = ray.get(in_a_task.remote())
+    report["inputs"] = sorted(os.listdir("/inputs/0/.."))
+    report["dataset"] = dataset_checks(df)
+    report["left"] = ray.get(leave_behind.remote())
+    return report
 """
 
 
-def test_attacks_from_the_job_and_its_ray_tasks_find_nothing(
-    executor: Executor, storage: dict[str, Any], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def checked(
+    executor: Executor, storage: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The one job that runs CHECKS: its report, its uids, what survived it, what the node's
+    listener received and everything that came back."""
     listener = Listener()
     try:
-        code = ATTACKS.format(
+        code = CHECKS.format(
             port=listener.port,
             key=str(storage["key"]),
             other=str(storage["other"] / "part-0.parquet"),
+            limit=LIMIT,
         )
-        spec = job(tmp_path, storage, code)
-        outcome, _ = run_watched(executor, spec)
-        found = result(spec, outcome)
+        spec = job(tmp_path_factory.mktemp("checks"), storage, code)
+        outcome, uids, left = run_watched(executor, spec)
         time.sleep(0.5)  # a connection on its way would have arrived
-        assert listener.connections == 0 and not listener.received
+        heard = (listener.connections, bytes(listener.received))
     finally:
         listener.close()
+    return {
+        "report": result(spec, outcome),
+        "uids": uids,
+        "left": left,
+        "heard": heard,
+        "returned": everything_returned(spec, outcome),
+    }
+
+
+def test_the_argument_is_a_ray_data_dataset_that_streams(
+    checked: dict[str, Any], storage: dict[str, Any]
+) -> None:
+    found = checked["report"]["dataset"]
+    values = storage["values"]
+    assert found["count"] == ROWS
+    assert found["mean"] == pytest.approx(values.mean())
+    assert found["doubled_sum"] == pytest.approx(2 * values.sum())
+    # The runtime is the job's own: its daemons are in the job's PID namespace, on loopback.
+    assert {"gcs_server", "raylet"} <= set(found["processes"])
+    assert found["nodes"] == ["127.0.0.1"]
+    assert len(checked["uids"]) == 1  # every process of the job, Ray's included, had its uid
+
+
+def test_attacks_from_the_job_and_its_ray_tasks_find_nothing(checked: dict[str, Any]) -> None:
+    found = checked["report"]
+    assert checked["heard"] == (0, b"")
     assert len(found["driver"]) == len(found["task"]) == 10
     for line in found["driver"] + found["task"]:
         assert ": refused (" in line, line
     assert found["inputs"] == ["0"]  # above the input folder: nothing but the job's inputs
-    assert MARKER not in everything_returned(spec, outcome)
+    assert MARKER not in checked["returned"]
 
 
 def test_processes_past_the_limit_and_left_behind_through_ray_tasks(
-    executor: Executor, storage: dict[str, Any], tmp_path: Path
+    checked: dict[str, Any],
 ) -> None:
     """A task forks until the job's process limit stops it (its children held, then ended so
     that Ray can go on); another leaves a double-forked, setsid child running: none of the job's
     processes, Ray's included, is left when the job ends."""
-    limit = MAX_PROCESSES + RUNTIME_PROCESSES
-    code = f"""
-    import os
-    import time
-    import ray
-
-    @ray.remote(max_retries=0)
-    def fork_many(count):
-        children = []
-        for _ in range(count):
-            try:
-                pid = os.fork()
-            except OSError:
-                break
-            if pid == 0:
-                time.sleep(600)
-                os._exit(0)
-            children.append(pid)
-        for pid in children:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        return len(children)
-
-    @ray.remote(max_retries=0)
-    def leave_behind():
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                time.sleep(600)
-            os._exit(0)
-        return "left"
-
-    def f(df):
-        started = ray.get(fork_many.remote({limit}))
-        return started, ray.get(leave_behind.remote())
-    """
-    spec = job(tmp_path, storage, code, timeout_s=240)
-    outcome, uids = run_watched(executor, spec)
-    started, left = result(spec, outcome)
-    assert 0 < started < limit and left == "left"
-    assert len(uids) == 1
+    found = checked["report"]
+    assert 0 < found["started"] < LIMIT and found["left"] == "left"
+    assert checked["left"] == [], f"processes of the job left running: {checked['left']}"
+    assert len(checked["uids"]) == 1
 
 
 def test_memory_past_the_limit_through_a_ray_worker(
@@ -324,7 +334,8 @@ def test_memory_past_the_limit_through_a_ray_worker(
         return ray.get(allocate.remote(3 * 2**30))
     """
     spec = job(tmp_path, storage, code)
-    outcome, _ = run_watched(executor, spec)
+    outcome, _, left = run_watched(executor, spec)
+    assert left == [], f"processes of the job left running: {left}"
     assert not outcome.ok
     assert not os.path.exists(spec.output_dir)
     follow_up = job(tmp_path / "next", storage, "def f(df):\n    return df.count()\n")

@@ -104,7 +104,10 @@ def _init(ray: Any, folder: str, cpus: float, object_store: int) -> None:
         _temp_dir=folder,
         _plasma_directory=folder,
         _node_ip_address="127.0.0.1",
-        _system_config={"object_spilling_config": json.dumps(spilling)},
+        _system_config={
+            "object_spilling_config": json.dumps(spilling),
+            "enable_metrics_collection": False,  # nothing reads the job's metrics
+        },
         log_to_driver=False,
         logging_level=logging.WARNING,
     )
