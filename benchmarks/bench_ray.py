@@ -3,7 +3,10 @@
 (a) 200 trivial jobs from 4 scientists at once, owner auto-approving: throughput (jobs/s) and
 p50/p95 latency (submit to result), on a domain with the local pool and on a domain with
 `--executor ray` on a two-node Ray cluster (tests/ray_cluster.py: both nodes on this machine,
-one CPU each, inside a network namespace). Run as root: `.venv/bin/python benchmarks/bench_ray.py`.
+one CPU each, inside a network namespace).
+(b) one CPU-bound computation split over 4 requests (each one Ray task of 1 cpu), wall time from
+submission to the last result on 2 Ray nodes, then on 1 (the worker node killed): the ratio.
+Run as root: `.venv/bin/python benchmarks/bench_ray.py`.
 """
 
 from __future__ import annotations
@@ -72,7 +75,39 @@ WORKLOAD = """
 """
 
 
-def run_workload(cluster: RayCluster, root: Path, *flags: str) -> dict:
+SPLIT = 4
+CPU_BOUND = """
+    import time
+    from pathlib import Path
+    import pandas as pd
+    from nodes import Approver, person
+    from jupyter_syft.client.admin import AdminClient
+    from jupyter_syft.client.connection import NodeConnection
+    from jupyter_syft.client.domain import DomainClient
+
+    root, address, split = Path(ROOT), ADDRESS, SPLIT
+    admin = AdminClient(NodeConnection(address, person(root, "owner")[1]))
+    scientist = DomainClient(NodeConnection(address, person(root, "s1")[1]))
+    approver = Approver({"domain": admin})
+    # One CPU-bound computation (a sum of squares in pure Python) split over `split` requests,
+    # each a quarter of the range: each is one Ray task of 1 cpu.
+    source = (
+        "def part(df, index={index}, split={split}, n=48_000_000):\\n"
+        "    step = n // split\\n"
+        "    return sum(i * i for i in range(index * step, (index + 1) * step))\\n"
+    )
+    started = time.monotonic()
+    requests = [scientist.submit(source.format(index=i, split=split), "part", {"df": "numbers"})
+                for i in range(split)]
+    total = sum(request.result(timeout=600) for request in requests)
+    wall = time.monotonic() - started
+    approver.close()
+    n = 48_000_000
+    emit({"wall": wall, "correct": total == (n - 1) * n * (2 * n - 1) // 6})
+"""
+
+
+def start_domain(cluster: RayCluster, root: Path, *flags: str) -> DomainProcess:
     owner_home, _ = person(root, "owner")
     for name in SCIENTISTS:
         person(root, name)
@@ -80,13 +115,14 @@ def run_workload(cluster: RayCluster, root: Path, *flags: str) -> dict:
     node.prefix = cluster.ns.command([])
     node.environment = {"HOME": str(cluster.home)}
     node.start()
-    try:
-        code = textwrap.dedent(WORKLOAD)
-        code = code.replace("ROOT", repr(str(root))).replace("ADDRESS", repr(node.address))
-        code = code.replace("NAMES", repr(SCIENTISTS)).replace("JOBS", str(JOBS))
-        result: dict = cluster.script(code, timeout=1800)
-    finally:
-        node.kill()
+    return node
+
+
+def run(cluster: RayCluster, node: DomainProcess, root: Path, workload: str) -> dict:
+    code = textwrap.dedent(workload).replace("ROOT", repr(str(root)))
+    code = code.replace("ADDRESS", repr(node.address)).replace("NAMES", repr(SCIENTISTS))
+    code = code.replace("JOBS", str(JOBS)).replace("SPLIT", str(SPLIT))
+    result: dict = cluster.script(code, timeout=1800)
     return result
 
 
@@ -95,19 +131,48 @@ def main() -> None:
         base = Path(folder)
         cluster = RayCluster(base / "r")
         try:
-            local = run_workload(cluster, base / "local")
-            ray = run_workload(cluster, base / "ray", "--executor", "ray", "--ray-address", ADDRESS)
+            node = start_domain(cluster, base / "local")
+            try:
+                local = run(cluster, node, base / "local", WORKLOAD)
+            finally:
+                node.kill()
+            ray_flags = ("--executor", "ray", "--ray-address", ADDRESS)
+            node = start_domain(cluster, base / "ray", *ray_flags)
+            try:
+                ray = run(cluster, node, base / "ray", WORKLOAD)
+                two_nodes = run(cluster, node, base / "ray", CPU_BOUND)
+                cluster.kill_node("worker")
+                one_node = run(cluster, node, base / "ray", CPU_BOUND)
+            finally:
+                node.kill()
         finally:
             cluster.close()
     print(f"\nRay cluster (2 nodes, 1 CPU each, this machine) up in {cluster.start_seconds:.1f} s")
-    print(
-        f"| {JOBS} trivial jobs, {len(SCIENTISTS)} scientists | jobs/s | p50 s | p95 s | failed |"
-    )
-    print("|---|---|---|---|---|")
-    for name, row in (("local pool (--workers 8)", local), ("Ray, 2 nodes x 1 CPU", ray)):
-        rate = row["jobs"] / row["wall"]
-        failed = JOBS - row["jobs"]
-        print(f"| {name} | {rate:.1f} | {row['p50']:.2f} | {row['p95']:.2f} | {failed} |")
+    rate = {name: row["jobs"] / row["wall"] for name, row in (("local", local), ("ray", ray))}
+    rows = [
+        (f"{JOBS} trivial jobs, {len(SCIENTISTS)} scientists: jobs/s", rate["local"], rate["ray"]),
+        ("  latency p50 s", local["p50"], ray["p50"]),
+        ("  latency p95 s", local["p95"], ray["p95"]),
+        ("  failed", JOBS - local["jobs"], JOBS - ray["jobs"]),
+        (f"CPU-bound job split over {SPLIT} tasks, 2 Ray nodes: wall s", None, two_nodes["wall"]),
+        ("  the same on 1 Ray node: wall s", None, one_node["wall"]),
+        ("  1 node / 2 nodes", None, one_node["wall"] / two_nodes["wall"]),
+        ("  results correct", None, two_nodes["correct"] and one_node["correct"]),
+    ]
+    print("| measure | local pool (--workers 8) | Ray, 2 nodes x 1 CPU |")
+    print("|---|---|---|")
+    for name, on_local, on_ray in rows:
+        print(f"| {name} | {_cell(on_local)} | {_cell(on_ray)} |")
+
+
+def _cell(value: float | bool | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.2f}"
 
 
 if __name__ == "__main__":
