@@ -256,6 +256,10 @@ class Executor(ExecutorBackend):
                 return False
             self._kept[key] = (process, conn, time.monotonic())
         self._evict_stale()
+        # Let it go once idle for KEEP_S even if no other job comes to evict it.
+        timer = threading.Timer(KEEP_S + 1, self._evict_stale)
+        timer.daemon = True
+        timer.start()
         return True
 
     def _evict_stale(self) -> None:
