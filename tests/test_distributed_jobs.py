@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_executor import SCIENTIST, result
-from test_sandbox_attacks import Listener
+from test_sandbox_attacks import Listener, processes_by_uid
 
 from jupyter_syft.domain.executor import Executor
 from jupyter_syft.domain.jobs import InputSpec, JobOutcome, JobSpec
@@ -107,18 +107,6 @@ class JobUids:
         self._stop.set()
         self._thread.join()
         return self.seen
-
-
-def processes_by_uid() -> list[tuple[int, int]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            found.append((int(entry), int(status.split("Uid:")[1].split()[0])))
-    return found
 
 
 def parent(pid: int) -> int:

@@ -123,19 +123,22 @@ def snapshot(world: dict) -> dict[str, str]:
     return hashes
 
 
-def job_processes() -> list[int]:
-    """Processes running as a job uid, anywhere on the machine."""
-    pids = []
+def processes_by_uid() -> list[tuple[int, int]]:
+    """(pid, uid) of every process on the machine."""
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 status = Path(f"/proc/{entry}/status").read_text()
             except OSError:
                 continue
-            uid = int(status.split("Uid:")[1].split()[0])
-            if uid >= JOB_UID_BASE:
-                pids.append(int(entry))
-    return pids
+            found.append((int(entry), int(status.split("Uid:")[1].split()[0])))
+    return found
+
+
+def job_processes() -> list[int]:
+    """Processes running as a job uid, anywhere on the machine."""
+    return [pid for pid, uid in processes_by_uid() if uid >= JOB_UID_BASE]
 
 
 def attack(world: dict, code: str, others_meanwhile: bool = False) -> tuple[RemoteRequest, str]:

@@ -314,24 +314,13 @@ class StoreCore(SqliteFile):
             raise StoreError(f"no request {request_id}")
         return info
 
-    def _add_requirements(
-        self, db: sqlite3.Connection, request_id: str, requirements: list[str]
+    def _add_list(
+        self, db: sqlite3.Connection, table: str, request_id: str, values: list[str]
     ) -> None:
-        if requirements:
-            db.execute(
-                "INSERT INTO request_requirements VALUES (?, ?)",
-                (request_id, json.dumps(requirements)),
-            )
-
-    def _add_distributed(
-        self, db: sqlite3.Connection, request_id: str, arguments: list[str]
-    ) -> None:
-        """The arguments a request takes as ray.data Datasets (SubmitRequest.distributed)."""
-        if arguments:
-            db.execute(
-                "INSERT INTO request_distributed VALUES (?, ?)",
-                (request_id, json.dumps(arguments)),
-            )
+        """A request's list (`request_requirements`: declared packages; `request_distributed`:
+        the arguments it takes as ray.data Datasets), as JSON; nothing for an empty one."""
+        if values:
+            db.execute(f"INSERT INTO {table} VALUES (?, ?)", (request_id, json.dumps(values)))
 
     def _add_resources(
         self, db: sqlite3.Connection, request_id: str, resources: m.Resources | None

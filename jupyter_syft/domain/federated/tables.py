@@ -50,7 +50,7 @@ class FederatedTables(PrivacyTables):
                 "INSERT INTO federated_plans VALUES (?, ?, ?)",
                 (request_id, dataset, m.encode(plan)),
             )
-            self._add_requirements(db, request_id, requirements or [])
+            self._add_list(db, "request_requirements", request_id, requirements or [])
             if round_spec is not None:
                 epsilon = epsilon_units(round_spec.epsilon) * plan.rounds
                 delta = delta_units(round_spec.delta) * plan.rounds

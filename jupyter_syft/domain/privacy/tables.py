@@ -82,7 +82,7 @@ class PrivacyTables(StoreCore):
                 "INSERT INTO dp_requests VALUES (?, ?, ?, ?, ?)",
                 (request_id, dataset, m.encode(spec), epsilon, delta),
             )
-            self._add_requirements(db, request_id, requirements or [])
+            self._add_list(db, "request_requirements", request_id, requirements or [])
             if auto_approve:
                 self._audit(db, "policy", "approved", request_id, "DP query within policy")
                 self._charge(db, request_id)

@@ -42,9 +42,9 @@ class RequestTables(PrivacyTables):
             self._insert_request(
                 db, request_id, requester, call.code, call.function_name, call.inputs, call.policy
             )
-            self._add_requirements(db, request_id, call.requirements)
+            self._add_list(db, "request_requirements", request_id, call.requirements)
             self._add_resources(db, request_id, call.resources)
-            self._add_distributed(db, request_id, call.distributed)
+            self._add_list(db, "request_distributed", request_id, call.distributed)
         return self._request_or_fail(request_id)
 
     def decide(self, actor: str, request_id: str, approve: bool, reason: str) -> m.RequestInfo:
