@@ -7,7 +7,7 @@ NODE_STAMP := node_modules/.installed
 LAB_SOURCES := package.json package-lock.json tsconfig.json $(wildcard labextension/*/*)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo demo-headless test test-fast fuzz screenshots lint bench bench-network bench-peers clean
+.PHONY: demo demo-headless test test-fast fuzz screenshots lint bench bench-ray bench-network bench-peers clean
 
 # The JupyterLab extension's build tools, exactly as locked (see .npmrc for why the lock).
 $(NODE_STAMP): package.json package-lock.json
@@ -77,6 +77,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_load.py
 	$(MAKE) $(CHROMIUM)
 	$(BIN)/python benchmarks/bench_sidebar.py
+
+# The local pool against a two-node Ray cluster in a network namespace (root): ~8 minutes.
+bench-ray: $(STAMP)
+	$(BIN)/python benchmarks/bench_ray.py
 
 # 20 domain processes and a network node: ~12 minutes on 2 cores.
 bench-network: $(STAMP)
